@@ -1,0 +1,198 @@
+"""Offline, in-process commands: models, config, enroll-local, identify, eval."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from engine.cli.common import jprint, load_config
+from engine.errors import FaceEngineError, InvalidImageError
+from engine.models.registry import ModelRegistry
+
+VIDEO_EXT = {".mp4", ".avi", ".mkv", ".mov", ".gif", ".webm", ".m4v", ".ts"}
+
+
+def _registry(cfg) -> ModelRegistry:  # noqa: ANN001
+    return ModelRegistry(cfg.models.dir, cfg.models.mirror or None, cfg.models.verify_hash)
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    reg = _registry(cfg)
+    rows = []
+    for name, spec in reg.specs.items():
+        status = reg.status(name)
+        if args.json:
+            jprint({"name": name, "task": spec.task, "file": spec.file, "status": status, "size": spec.size,
+                    "sha256": spec.sha256, "license": spec.license, "dim": spec.dim})
+        else:
+            rows.append((name, spec.task, status, f"{spec.size / 1e6:.1f} MB", spec.license))
+    if not args.json:
+        print(f"model directory: {reg.model_dir}")
+        print(f"{'name':<14}{'task':<10}{'status':<10}{'size':<10}licence")
+        for r in rows:
+            print(f"{r[0]:<14}{r[1]:<10}{r[2]:<10}{r[3]:<10}{r[4]}")
+    return 0
+
+
+def cmd_models_fetch(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    reg = _registry(cfg)
+    names = args.names or None
+    if names is None and not (args.mirror or cfg.models.mirror):
+        names = [cfg.models.detector, cfg.models.embedder]
+    reg.fetch(names, mirror=args.mirror or cfg.models.mirror or None, progress=lambda m: print(m, file=sys.stderr),
+              force=args.force)
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    print(load_config(args).to_toml())
+    return 0
+
+
+def _open_gallery(cfg, analyzer):  # noqa: ANN001, ANN202
+    from engine.gallery.gallery import Gallery
+    from engine.store.sqlite import SQLiteStore
+
+    store = SQLiteStore(cfg.store.path)
+    return Gallery(store, analyzer.dim, analyzer.model_name, cfg.gallery.index)
+
+
+def cmd_enroll_local(args: argparse.Namespace) -> int:
+    from engine.vision.analyzer import FaceAnalyzer
+    from engine.vision.image import read_image
+
+    cfg = load_config(args)
+    analyzer = FaceAnalyzer.from_config(cfg, _registry(cfg))
+    gallery = _open_gallery(cfg, analyzer)
+    gallery.ensure_watchlist(args.watchlist)
+    embs = []
+    for path in args.images:
+        _, emb = analyzer.single_face(read_image(path, cfg.limits.max_image_side, cfg.limits.max_image_pixels),
+                                      what=str(path))
+        embs.append(emb)
+    person = gallery.enroll(args.watchlist, args.person, np.stack(embs), args.name or args.person,
+                            dict(kv.split("=", 1) for kv in args.meta or []), replace=args.replace)
+    print(f"enrolled {person.person_id} ({person.display_name}) in {args.watchlist}: "
+          f"{person.template_count} templates", file=sys.stderr)
+    if args.json:
+        jprint({"watchlist": args.watchlist, "person_id": person.person_id, "templates": person.template_count})
+    return 0
+
+
+def _faces_json(res, gallery, cfg) -> list[dict]:  # noqa: ANN001
+    faces = []
+    matches = gallery.search(res.embeddings, 1, cfg.gallery.match_threshold) if gallery else [[]] * len(
+        res.detections)
+    for i in range(len(res.detections)):
+        face = {"box": [round(float(v), 1) for v in res.detections.boxes[i]],
+                "score": round(float(res.detections.scores[i]), 4),
+                "landmarks": res.detections.landmarks[i].round(1).tolist(), "match": None}
+        if matches[i]:
+            m = matches[i][0]
+            face["match"] = {"watchlist": m.watchlist, "person_id": m.person_id, "name": m.display_name,
+                             "score": round(m.score, 4)}
+        faces.append(face)
+    return faces
+
+
+def cmd_identify(args: argparse.Namespace) -> int:
+    from engine.vision.analyzer import FaceAnalyzer
+    from engine.vision.image import read_image
+
+    cfg = load_config(args)
+    if args.gallery:
+        cfg.store.path = args.gallery
+    analyzer = FaceAnalyzer.from_config(cfg, _registry(cfg))
+    gallery = _open_gallery(cfg, analyzer) if Path(cfg.store.path).exists() else None
+    path = Path(args.input)
+    if not path.exists():
+        raise InvalidImageError(f"{path}: no such file")
+    if path.suffix.lower() not in VIDEO_EXT:
+        res = analyzer.analyze(read_image(path, cfg.limits.max_image_side, cfg.limits.max_image_pixels))
+        faces = _faces_json(res, gallery, cfg)
+        if args.json:
+            jprint({"source": str(path), "faces": faces})
+        else:
+            _print_faces(str(path), faces)
+        return 0
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise InvalidImageError(f"{path}: cannot open as a video")
+    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or 0
+    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    frame_no, t0, last = 0, time.monotonic(), 0.0
+    try:
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            if args.every > 1 and frame_no % args.every:
+                frame_no += 1
+                continue
+            res = analyzer.analyze(frame)
+            if len(res.detections):
+                faces = _faces_json(res, gallery, cfg)
+                if args.json:
+                    jprint({"frame": frame_no, "time_s": round(frame_no / fps, 3), "faces": faces})
+                else:
+                    _print_faces(f"frame {frame_no} ({frame_no / fps:.2f}s)", faces)
+            frame_no += 1
+            now = time.monotonic()
+            if now - last > 1.0 and not args.quiet:
+                last = now
+                rate = frame_no / max(now - t0, 1e-6)
+                pct = f"{100 * frame_no / total:.0f}% " if total else ""
+                print(f"\r{pct}{frame_no}/{total or '?'} frames, {rate:.1f} fps", end="", file=sys.stderr,
+                      flush=True)
+    finally:
+        cap.release()
+    if not args.quiet:
+        print(f"\rdone: {frame_no} frames in {time.monotonic() - t0:.1f}s", file=sys.stderr)
+    return 0
+
+
+def _print_faces(label: str, faces: list[dict]) -> None:
+    print(f"{label}: {len(faces)} face(s)")
+    for f in faces:
+        m = f["match"]
+        who = f"{m['name']} [{m['watchlist']}/{m['person_id']}] score={m['score']:.3f}" if m else "no match"
+        print(f"  box={f['box']} det={f['score']:.2f} -> {who}")
+
+
+def cmd_eval_lfw(args: argparse.Namespace) -> int:
+    from engine.evaluation.lfw import evaluate, print_progress
+    from engine.vision.analyzer import FaceAnalyzer
+
+    cfg = load_config(args)
+    cfg.detector.input_size = args.det_size
+    cfg.detector.score_threshold = args.det_threshold
+    cfg.detector.min_face_size = 10
+    cfg.embedder.flip_augment = args.flip
+    analyzer = FaceAnalyzer.from_config(cfg, _registry(cfg))
+    data = Path(args.data)
+    if not (data / "pairs.txt").is_file():
+        raise FaceEngineError(f"{data}/pairs.txt not found: --data must hold pairs.txt and images/")
+    t0 = time.monotonic()
+    res, _, _ = evaluate(analyzer, data, args.mode, progress=None if args.quiet else print_progress)
+    dt = time.monotonic() - t0
+    print(f"model: detector={analyzer.detector.name} embedder={analyzer.embedder.name} mode={args.mode} "
+          f"flip={args.flip}")
+    print(f"pairs: {res.pairs} in {res.folds} folds, images: {res.images}, time: {dt:.1f}s")
+    print("fold accuracies: " + " ".join(f"{a:.4f}" for a in res.fold_accuracies))
+    print(f"accuracy: {res.accuracy:.4f} +- {res.accuracy_std:.4f}")
+    print(f"TAR@FAR=1e-3: {res.tar_at_far:.4f} at threshold {res.far_threshold:.4f}")
+    print(f"no face found (fallback alignment used): {len(res.no_face)}"
+          + (": " + ", ".join(res.no_face[:10]) + (" ..." if len(res.no_face) > 10 else "") if res.no_face else ""))
+    if args.json:
+        jprint({"accuracy": res.accuracy, "accuracy_std": res.accuracy_std, "tar_at_far_1e-3": res.tar_at_far,
+                "far_threshold": res.far_threshold, "threshold": res.threshold, "no_face": res.no_face,
+                "folds": res.fold_accuracies})
+    print(res.summary_line())
+    return 0

@@ -1,0 +1,227 @@
+"""One nested, typed configuration. Every field has a default and a one-line description,
+so `faceengine config show` documents itself and the server runs with no config file.
+
+Values come from (lowest to highest): defaults, a TOML file, `FACEENGINE_<SECTION>_<FIELD>`
+environment variables, then explicit command-line flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ConfigError
+
+
+def _f(default: Any, doc: str, **kw: Any) -> Any:
+    """A dataclass field with a one-line description kept in its metadata."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc}, **kw)
+    return field(default=default, metadata={"doc": doc}, **kw)
+
+
+def default_data_dir() -> str:
+    return os.environ.get("FACEENGINE_HOME", str(Path.home() / ".local" / "share" / "faceengine"))
+
+
+def default_model_dir() -> str:
+    return os.environ.get("FACEENGINE_MODEL_DIR", str(Path(default_data_dir()) / "models"))
+
+
+@dataclass
+class ModelsConfig:
+    dir: str = field(
+        default_factory=default_model_dir,
+        metadata={"doc": "Folder holding verified ONNX weights (env FACEENGINE_MODEL_DIR)."},
+    )
+    mirror: str = _f("", "Local mirror folder to copy missing models from (air-gapped sites); empty = none.")
+    detector: str = _f("yunet", "Detector manifest name: yunet, scrfd_500m, scrfd_2.5g, det_10g.")
+    embedder: str = _f("mobilefacenet", "Embedder manifest name: mobilefacenet, sface, w600k_mbf, w600k_r50...")
+    verify_hash: bool = _f(True, "Check each model's SHA-256 against the manifest before loading.")
+
+
+@dataclass
+class RuntimeConfig:
+    provider: str = _f("cpu", "Execution provider: cpu, cuda, tensorrt, or auto (best available).")
+    intra_op_threads: int = _f(0, "onnxruntime intra-op threads per session (0 = onnxruntime default).")
+    inter_op_threads: int = _f(1, "onnxruntime inter-op threads per session.")
+    graph_optimization: str = _f("all", "onnxruntime graph optimisation level: disable, basic, extended, all.")
+
+
+@dataclass
+class DetectorConfig:
+    input_size: int = _f(640, "Network input side in pixels; frames are letterboxed to it (aspect kept).")
+    score_threshold: float = _f(0.6, "Minimum detector confidence for a face.")
+    nms_threshold: float = _f(0.4, "IoU above which overlapping boxes are suppressed.")
+    min_face_size: int = _f(20, "Faces whose shorter box side is below this many pixels are dropped.")
+    max_faces: int = _f(200, "At most this many faces are kept per image (highest scores first).")
+
+
+@dataclass
+class EmbedderConfig:
+    flip_augment: bool = _f(False, "Add the embedding of the mirrored crop (more accurate, twice the cost).")
+    batch_size: int = _f(32, "Largest number of faces embedded in one onnxruntime call.")
+
+
+@dataclass
+class GalleryConfig:
+    index: str = _f("Flat", "FAISS index: Flat (exact), IVF or IVF<nlist> for large galleries.")
+    match_threshold: float = _f(
+        0.40, "Cosine similarity at or above which a face matches (see `faceengine eval lfw`)."
+    )
+    top_k: int = _f(5, "Candidates returned by a gallery search.")
+
+
+@dataclass
+class StoreConfig:
+    path: str = field(
+        default_factory=lambda: str(Path(default_data_dir()) / "faceengine.db"),
+        metadata={"doc": "SQLite database file for watchlists, events and audit."},
+    )
+
+
+@dataclass
+class LimitsConfig:
+    max_message_bytes: int = _f(16 * 1024 * 1024, "Largest gRPC message accepted, in bytes.")
+    max_image_side: int = _f(8192, "Largest accepted image width or height in pixels.")
+    max_image_pixels: int = _f(40_000_000, "Largest accepted decoded pixel count (width x height).")
+    max_faces_per_frame: int = _f(200, "Faces beyond this count in one frame are ignored.")
+    max_images_per_enrollment: int = _f(20, "Most images one EnrollPerson call may carry.")
+
+
+@dataclass
+class PipelineConfig:
+    queue_size: int = _f(8, "Frames buffered per camera; when full the oldest is dropped (newest wins).")
+    batch_size: int = _f(8, "Most frames detected in one batched call across cameras.")
+    batch_wait_ms: float = _f(5.0, "Longest wait to fill a detection batch, in milliseconds.")
+    workers: int = _f(1, "Inference worker threads sharing the model sessions.")
+    tracking: bool = _f(True, "Track faces across frames and recognise each track from its best shots.")
+    track_max_age_s: float = _f(1.0, "A track ends when its face is unseen for this many seconds.")
+    min_face_size: int = _f(32, "Faces smaller than this (pixels) are tracked but never matched.")
+    min_quality: float = _f(0.45, "Faces below this quality score (0..1) are never matched.")
+    reembed_margin: float = _f(0.1, "Re-embed a track only when quality improves by this much...")
+    reembed_interval_s: float = _f(2.0, "...or when this many seconds passed since its last embedding.")
+    thumbnail_size: int = _f(112, "Side of the JPEG face thumbnail stored with match events.")
+
+
+@dataclass
+class ServerConfig:
+    host: str = _f("0.0.0.0", "Address the gRPC server binds to.")
+    port: int = _f(50051, "gRPC port.")
+    metrics_port: int = _f(9108, "Prometheus metrics HTTP port (0 = off).")
+    max_workers: int = _f(32, "gRPC server thread pool size (streams and calls in flight).")
+    max_streams: int = _f(256, "Most concurrent ingest streams; beyond this RESOURCE_EXHAUSTED.")
+    shutdown_grace_s: float = _f(5.0, "Seconds given to in-flight calls on shutdown.")
+
+
+@dataclass
+class Config:
+    models: ModelsConfig = field(default_factory=ModelsConfig, metadata={"doc": "Model files."})
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig, metadata={"doc": "onnxruntime."})
+    detector: DetectorConfig = field(default_factory=DetectorConfig, metadata={"doc": "Face detection."})
+    embedder: EmbedderConfig = field(default_factory=EmbedderConfig, metadata={"doc": "Face embedding."})
+    gallery: GalleryConfig = field(default_factory=GalleryConfig, metadata={"doc": "Watchlist search."})
+    store: StoreConfig = field(default_factory=StoreConfig, metadata={"doc": "Persistence."})
+    limits: LimitsConfig = field(default_factory=LimitsConfig, metadata={"doc": "Hostile-input limits."})
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig, metadata={"doc": "Video pipeline."})
+    server: ServerConfig = field(default_factory=ServerConfig, metadata={"doc": "gRPC server."})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Config:
+        """Defaults, then the TOML file (if given), then FACEENGINE_<SECTION>_<FIELD> variables."""
+        cfg = cls()
+        if path:
+            try:
+                with open(path, "rb") as fh:
+                    data = tomllib.load(fh)
+            except FileNotFoundError as exc:
+                raise ConfigError(f"config file {path} not found") from exc
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+            cfg.update(data, source=str(path))
+        env = os.environ if env is None else env
+        for sec in dataclasses.fields(cfg):
+            section = getattr(cfg, sec.name)
+            for fld in dataclasses.fields(section):
+                key = f"FACEENGINE_{sec.name}_{fld.name}".upper()
+                if key in env:
+                    cfg.update({sec.name: {fld.name: env[key]}}, source=key)
+        return cfg
+
+    def update(self, data: dict[str, Any], source: str = "override") -> None:
+        """Apply a nested dict of overrides, coercing and checking each value's type."""
+        for sec_name, values in data.items():
+            if not hasattr(self, sec_name) or sec_name.startswith("_"):
+                raise ConfigError(f"{source}: unknown config section [{sec_name}]")
+            section = getattr(self, sec_name)
+            if not isinstance(values, dict):
+                raise ConfigError(f"{source}: [{sec_name}] must be a table")
+            hints = typing.get_type_hints(type(section))
+            names = {f.name for f in dataclasses.fields(section)}
+            for key, raw in values.items():
+                if key not in names:
+                    raise ConfigError(f"{source}: unknown field {sec_name}.{key}")
+                setattr(section, key, _coerce(raw, hints[key], f"{source}: {sec_name}.{key}"))
+
+    def describe(self) -> list[tuple[str, Any, str]]:
+        """(dotted name, value, description) for every field."""
+        rows = []
+        for sec in dataclasses.fields(self):
+            section = getattr(self, sec.name)
+            for fld in dataclasses.fields(section):
+                rows.append((f"{sec.name}.{fld.name}", getattr(section, fld.name), fld.metadata.get("doc", "")))
+        return rows
+
+    def to_toml(self) -> str:
+        """The configuration as a commented TOML document."""
+        out: list[str] = []
+        for sec in dataclasses.fields(self):
+            out.append(f"[{sec.name}]  # {sec.metadata.get('doc', '')}")
+            section = getattr(self, sec.name)
+            for fld in dataclasses.fields(section):
+                out.append(f"# {fld.metadata.get('doc', '')}")
+                out.append(f"{fld.name} = {_toml_value(getattr(section, fld.name))}")
+            out.append("")
+        return "\n".join(out)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _coerce(raw: Any, hint: Any, where: str) -> Any:
+    try:
+        if hint is bool:
+            if isinstance(raw, str):
+                if raw.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if raw.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(raw)
+            return bool(raw)
+        if hint is int:
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError(raw)
+            return int(raw)
+        if hint is float:
+            return float(raw)
+        if hint is str:
+            return str(raw)
+        if typing.get_origin(hint) is list:
+            if isinstance(raw, str):
+                return [s.strip() for s in raw.split(",") if s.strip()]
+            return list(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: cannot use {raw!r} as {getattr(hint, '__name__', hint)}") from exc
+    return raw

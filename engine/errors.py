@@ -1,0 +1,68 @@
+"""Typed errors. Each carries the gRPC status code name it maps to, so the service layer
+turns any engine failure into a precise status with a message a person can act on."""
+
+from __future__ import annotations
+
+
+class FaceEngineError(Exception):
+    """Base class for all engine errors."""
+
+    grpc_code: str = "INTERNAL"
+
+
+class InvalidImageError(FaceEngineError):
+    """The bytes or array given are not a usable image (corrupt, empty, 0x0, too large...)."""
+
+    grpc_code = "INVALID_ARGUMENT"
+
+
+class InvalidArgumentError(FaceEngineError):
+    """A request field is out of range or malformed."""
+
+    grpc_code = "INVALID_ARGUMENT"
+
+
+class NoFaceError(InvalidArgumentError):
+    """An image that must contain exactly one face contains none."""
+
+
+class MultipleFacesError(InvalidArgumentError):
+    """An image that must contain exactly one face contains several."""
+
+
+class NotFoundError(FaceEngineError):
+    """Unknown camera, watchlist, person or event."""
+
+    grpc_code = "NOT_FOUND"
+
+
+class AlreadyExistsError(FaceEngineError):
+    """Creating something that already exists."""
+
+    grpc_code = "ALREADY_EXISTS"
+
+
+class ResourceExhaustedError(FaceEngineError):
+    """The engine is overloaded or a size limit was exceeded."""
+
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+
+class ModelError(FaceEngineError):
+    """A model file is missing, corrupt, or does not match its manifest entry."""
+
+    grpc_code = "FAILED_PRECONDITION"
+
+
+class ModelNotFoundError(ModelError):
+    """The model file is not in the model directory."""
+
+
+class ModelHashMismatchError(ModelError):
+    """The model file's SHA-256 differs from the manifest: refuse to load it."""
+
+
+class ConfigError(FaceEngineError):
+    """The configuration file is unreadable or holds an invalid value."""
+
+    grpc_code = "FAILED_PRECONDITION"

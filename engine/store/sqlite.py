@@ -1,0 +1,334 @@
+"""SQLite implementation of the gallery, event and audit stores.
+
+One file, WAL journal and synchronous=FULL: a write is on disk when the call returns, and a
+crash never leaves a half-written person or event (each change is one transaction). Several
+processes may open the same file; `gallery_version` lets each rebuild its FAISS cache when
+another process changed the gallery.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
+from engine.store.base import EventQuery, MatchEvent, Person, Watchlist
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS watchlists (
+    name TEXT PRIMARY KEY, description TEXT NOT NULL DEFAULT '', created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS persons (
+    watchlist TEXT NOT NULL REFERENCES watchlists(name) ON DELETE CASCADE,
+    person_id TEXT NOT NULL, display_name TEXT NOT NULL DEFAULT '', metadata TEXT NOT NULL DEFAULT '{}',
+    created REAL NOT NULL, updated REAL NOT NULL, PRIMARY KEY (watchlist, person_id));
+CREATE TABLE IF NOT EXISTS templates (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, watchlist TEXT NOT NULL, person_id TEXT NOT NULL,
+    model TEXT NOT NULL, dim INTEGER NOT NULL, embedding BLOB NOT NULL, created REAL NOT NULL,
+    FOREIGN KEY (watchlist, person_id) REFERENCES persons(watchlist, person_id) ON DELETE CASCADE);
+CREATE INDEX IF NOT EXISTS templates_person ON templates(watchlist, person_id);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT UNIQUE NOT NULL, camera_id TEXT NOT NULL,
+    ts REAL NOT NULL, watchlist TEXT NOT NULL, person_id TEXT NOT NULL, display_name TEXT NOT NULL,
+    score REAL NOT NULL, box TEXT NOT NULL, track_id INTEGER NOT NULL, frame_seq INTEGER NOT NULL,
+    thumbnail BLOB, created REAL NOT NULL, updated REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS events_ts ON events(ts);
+CREATE INDEX IF NOT EXISTS events_person ON events(watchlist, person_id, ts);
+CREATE INDEX IF NOT EXISTS events_camera ON events(camera_id, ts);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, actor TEXT NOT NULL, role TEXT NOT NULL,
+    action TEXT NOT NULL, target TEXT NOT NULL, result TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS cameras (
+    camera_id TEXT PRIMARY KEY, uri TEXT NOT NULL, options TEXT NOT NULL DEFAULT '{}', created REAL NOT NULL);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+"""
+
+
+class SQLiteStore:
+    """Gallery + events + audit + camera definitions in one SQLite file (thread-safe)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        with self._lock:
+            self._db.executescript(SCHEMA)
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('gallery_version', '0')")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _tx(self) -> _Tx:
+        return _Tx(self)
+
+    def _q(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # ---- gallery -------------------------------------------------------------------------------
+    def gallery_version(self) -> int:
+        return int(self._q("SELECT value FROM meta WHERE key='gallery_version'")[0][0])
+
+    def _bump(self, db: sqlite3.Connection) -> None:
+        db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key='gallery_version'")
+
+    def create_watchlist(self, name: str, description: str = "") -> Watchlist:
+        if not name or len(name) > 128:
+            raise InvalidArgumentError("watchlist name must be 1-128 characters")
+        now = time.time()
+        with self._tx() as db:
+            try:
+                db.execute("INSERT INTO watchlists VALUES (?, ?, ?)", (name, description, now))
+            except sqlite3.IntegrityError as exc:
+                raise AlreadyExistsError(f"watchlist {name!r} already exists") from exc
+            self._bump(db)
+        return Watchlist(name, description, 0, now)
+
+    def delete_watchlist(self, name: str) -> int:
+        """Delete a watchlist with its persons and templates; returns the number of persons removed."""
+        with self._tx() as db:
+            if not db.execute("SELECT 1 FROM watchlists WHERE name=?", (name,)).fetchone():
+                raise NotFoundError(f"watchlist {name!r} not found")
+            n = db.execute("SELECT COUNT(*) FROM persons WHERE watchlist=?", (name,)).fetchone()[0]
+            db.execute("DELETE FROM templates WHERE watchlist=?", (name,))
+            db.execute("DELETE FROM persons WHERE watchlist=?", (name,))
+            db.execute("DELETE FROM watchlists WHERE name=?", (name,))
+            self._bump(db)
+        return int(n)
+
+    def get_watchlist(self, name: str) -> Watchlist:
+        rows = self._q(
+            "SELECT w.name, w.description, (SELECT COUNT(*) FROM persons p WHERE p.watchlist=w.name), w.created "
+            "FROM watchlists w WHERE w.name=?", (name,))
+        if not rows:
+            raise NotFoundError(f"watchlist {name!r} not found")
+        return Watchlist(*rows[0])
+
+    def list_watchlists(self) -> list[Watchlist]:
+        rows = self._q(
+            "SELECT w.name, w.description, (SELECT COUNT(*) FROM persons p WHERE p.watchlist=w.name), w.created "
+            "FROM watchlists w ORDER BY w.name")
+        return [Watchlist(*r) for r in rows]
+
+    def upsert_person(self, person: Person, embeddings: np.ndarray, model: str, replace: bool = False) -> list[int]:
+        """Create or update a person and add templates in one transaction; returns new template ids.
+
+        With replace=True the person's old templates are deleted first (their ids are returned by
+        `removed_templates` through the gallery, which drops them from the index)."""
+        emb = np.ascontiguousarray(embeddings, np.float32)
+        if emb.ndim != 2 or emb.shape[0] == 0:
+            raise InvalidArgumentError("at least one embedding is needed")
+        now = time.time()
+        with self._tx() as db:
+            if not db.execute("SELECT 1 FROM watchlists WHERE name=?", (person.watchlist,)).fetchone():
+                raise NotFoundError(f"watchlist {person.watchlist!r} not found; create it first")
+            row = db.execute("SELECT created FROM persons WHERE watchlist=? AND person_id=?",
+                             (person.watchlist, person.person_id)).fetchone()
+            meta = json.dumps(person.metadata, sort_keys=True)
+            if row:
+                db.execute("UPDATE persons SET display_name=?, metadata=?, updated=? WHERE watchlist=? AND person_id=?",
+                           (person.display_name, meta, now, person.watchlist, person.person_id))
+                if replace:
+                    db.execute("DELETE FROM templates WHERE watchlist=? AND person_id=?",
+                               (person.watchlist, person.person_id))
+            else:
+                db.execute("INSERT INTO persons VALUES (?, ?, ?, ?, ?, ?)",
+                           (person.watchlist, person.person_id, person.display_name, meta, now, now))
+            ids = []
+            for vec in emb:
+                cur = db.execute(
+                    "INSERT INTO templates (watchlist, person_id, model, dim, embedding, created) VALUES (?,?,?,?,?,?)",
+                    (person.watchlist, person.person_id, model, emb.shape[1], vec.tobytes(), now))
+                ids.append(int(cur.lastrowid or 0))
+            self._bump(db)
+        return ids
+
+    def template_ids(self, watchlist: str, person_id: str) -> list[int]:
+        return [r[0] for r in self._q("SELECT id FROM templates WHERE watchlist=? AND person_id=?",
+                                      (watchlist, person_id))]
+
+    def remove_person(self, watchlist: str, person_id: str) -> list[int]:
+        """Delete a person and all their templates; returns the template ids removed."""
+        with self._tx() as db:
+            if not db.execute("SELECT 1 FROM persons WHERE watchlist=? AND person_id=?",
+                              (watchlist, person_id)).fetchone():
+                raise NotFoundError(f"person {person_id!r} not found in watchlist {watchlist!r}")
+            ids = [r[0] for r in db.execute("SELECT id FROM templates WHERE watchlist=? AND person_id=?",
+                                            (watchlist, person_id))]
+            db.execute("DELETE FROM templates WHERE watchlist=? AND person_id=?", (watchlist, person_id))
+            db.execute("DELETE FROM persons WHERE watchlist=? AND person_id=?", (watchlist, person_id))
+            self._bump(db)
+        return ids
+
+    def get_person(self, watchlist: str, person_id: str) -> Person:
+        rows = self._q(
+            "SELECT p.watchlist, p.person_id, p.display_name, p.metadata, "
+            "(SELECT COUNT(*) FROM templates t WHERE t.watchlist=p.watchlist AND t.person_id=p.person_id), "
+            "p.created, p.updated FROM persons p WHERE p.watchlist=? AND p.person_id=?", (watchlist, person_id))
+        if not rows:
+            raise NotFoundError(f"person {person_id!r} not found in watchlist {watchlist!r}")
+        return _person(rows[0])
+
+    def list_persons(self, watchlist: str, limit: int = 100, after: str = "") -> list[Person]:
+        self.get_watchlist(watchlist)
+        rows = self._q(
+            "SELECT p.watchlist, p.person_id, p.display_name, p.metadata, "
+            "(SELECT COUNT(*) FROM templates t WHERE t.watchlist=p.watchlist AND t.person_id=p.person_id), "
+            "p.created, p.updated FROM persons p WHERE p.watchlist=? AND p.person_id > ? "
+            "ORDER BY p.person_id LIMIT ?", (watchlist, after, limit))
+        return [_person(r) for r in rows]
+
+    def templates(self, model: str) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str, str]]]:
+        """All templates of one embedding model: ids (N,), vectors (N, D), (watchlist, person, name) rows."""
+        rows = self._q(
+            "SELECT t.id, t.embedding, t.dim, t.watchlist, t.person_id, p.display_name FROM templates t "
+            "JOIN persons p ON p.watchlist=t.watchlist AND p.person_id=t.person_id WHERE t.model=? ORDER BY t.id",
+            (model,))
+        if not rows:
+            return np.zeros((0,), np.int64), np.zeros((0, 0), np.float32), []
+        ids = np.array([r[0] for r in rows], np.int64)
+        vecs = np.stack([np.frombuffer(r[1], np.float32, count=r[2]) for r in rows])
+        return ids, vecs, [(r[3], r[4], r[5]) for r in rows]
+
+    def template_models(self) -> dict[str, int]:
+        return {m: n for m, n in self._q("SELECT model, COUNT(*) FROM templates GROUP BY model")}
+
+    # ---- events --------------------------------------------------------------------------------
+    def add_event(self, e: MatchEvent) -> None:
+        now = time.time()
+        e.created = e.created or now
+        e.updated = now
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO events (event_id, camera_id, ts, watchlist, person_id, display_name, score, box, "
+                "track_id, frame_seq, thumbnail, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (e.event_id, e.camera_id, e.timestamp, e.watchlist, e.person_id, e.display_name, e.score,
+                 json.dumps([float(v) for v in e.box]), e.track_id, e.frame_seq, e.thumbnail, e.created, e.updated))
+
+    def update_event(self, e: MatchEvent) -> None:
+        e.updated = time.time()
+        with self._tx() as db:
+            cur = db.execute("UPDATE events SET score=?, box=?, thumbnail=?, ts=?, frame_seq=?, updated=? "
+                             "WHERE event_id=?",
+                             (e.score, json.dumps([float(v) for v in e.box]), e.thumbnail, e.timestamp,
+                              e.frame_seq, e.updated, e.event_id))
+            if cur.rowcount == 0:
+                raise NotFoundError(f"event {e.event_id} not found")
+
+    def get_event(self, event_id: str) -> MatchEvent:
+        rows = self._q(f"SELECT {_EVENT_COLS} FROM events WHERE event_id=?", (event_id,))
+        if not rows:
+            raise NotFoundError(f"event {event_id} not found")
+        return _event(rows[0])
+
+    def query_events(self, q: EventQuery) -> tuple[list[MatchEvent], str]:
+        """Newest first; the page token is the last row's sequence number."""
+        where, args = ["1=1"], []
+        for col, val in (("camera_id", q.camera_id), ("watchlist", q.watchlist), ("person_id", q.person_id)):
+            if val:
+                where.append(f"{col}=?")
+                args.append(val)
+        if q.since:
+            where.append("ts>=?")
+            args.append(q.since)
+        if q.until:
+            where.append("ts<?")
+            args.append(q.until)
+        if q.min_score:
+            where.append("score>=?")
+            args.append(q.min_score)
+        if q.page_token:
+            try:
+                where.append("seq<?")
+                args.append(int(q.page_token))
+            except ValueError as exc:
+                raise InvalidArgumentError(f"invalid page token {q.page_token!r}") from exc
+        size = max(1, min(q.page_size or 100, 1000))
+        rows = self._q(f"SELECT {_EVENT_COLS}, seq FROM events WHERE {' AND '.join(where)} "
+                       "ORDER BY seq DESC LIMIT ?", (*args, size + 1))
+        more = len(rows) > size
+        rows = rows[:size]
+        return [_event(r[:-1]) for r in rows], (str(rows[-1][-1]) if more and rows else "")
+
+    def purge_events(self, before: float) -> int:
+        with self._tx() as db:
+            return db.execute("DELETE FROM events WHERE ts<?", (before,)).rowcount
+
+    def delete_person_events(self, watchlist: str, person_id: str) -> int:
+        with self._tx() as db:
+            return db.execute("DELETE FROM events WHERE watchlist=? AND person_id=?",
+                              (watchlist, person_id)).rowcount
+
+    # ---- audit ---------------------------------------------------------------------------------
+    def audit(self, actor: str, role: str, action: str, target: str, result: str, detail: str = "") -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO audit (ts, actor, role, action, target, result, detail) VALUES (?,?,?,?,?,?,?)",
+                       (time.time(), actor, role, action, target, result, detail))
+
+    def query_audit(self, since: float = 0.0, limit: int = 100, after_id: int = 0,
+                    action: str = "") -> list[dict[str, Any]]:
+        sql = "SELECT id, ts, actor, role, action, target, result, detail FROM audit WHERE ts>=? AND id>?"
+        args: list[Any] = [since, after_id]
+        if action:
+            sql += " AND action=?"
+            args.append(action)
+        rows = self._q(sql + " ORDER BY id LIMIT ?", (*args, limit))
+        keys = ("id", "ts", "actor", "role", "action", "target", "result", "detail")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    # ---- pull cameras --------------------------------------------------------------------------
+    def save_camera(self, camera_id: str, uri: str, options: dict[str, str]) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO cameras VALUES (?, ?, ?, ?)",
+                       (camera_id, uri, json.dumps(options), time.time()))
+
+    def delete_camera(self, camera_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM cameras WHERE camera_id=?", (camera_id,))
+
+    def list_camera_defs(self) -> list[tuple[str, str, dict[str, str]]]:
+        return [(c, u, json.loads(o)) for c, u, o in self._q("SELECT camera_id, uri, options FROM cameras")]
+
+
+_EVENT_COLS = ("event_id, camera_id, ts, watchlist, person_id, display_name, score, box, track_id, frame_seq, "
+               "thumbnail, created, updated")
+
+
+def _event(r: tuple[Any, ...]) -> MatchEvent:
+    return MatchEvent(r[0], r[1], r[2], r[3], r[4], r[5], r[6], tuple(json.loads(r[7])), r[8], r[9],
+                      r[10] or b"", r[11], r[12])
+
+
+def _person(r: tuple[Any, ...]) -> Person:
+    return Person(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6])
+
+
+class _Tx:
+    """`with store._tx() as db:` runs the block in one IMMEDIATE transaction under the store lock."""
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self.store = store
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.store._lock.acquire()
+        self.store._db.execute("BEGIN IMMEDIATE")
+        return self.store._db
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            self.store._db.execute("ROLLBACK" if exc_type else "COMMIT")
+        finally:
+            self.store._lock.release()

@@ -1,0 +1,98 @@
+"""`FaceAnalyzer`: detector + aligner + embedder built from the config, the one entry point
+the CLI, the service and the video pipeline use for still images."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.config import Config
+from engine.errors import MultipleFacesError, NoFaceError
+from engine.models.registry import ModelRegistry
+from engine.vision.align import Aligner
+from engine.vision.detections import Detections
+from engine.vision.detectors import FaceDetector, load_detector
+from engine.vision.embedder import FaceEmbedder, load_embedder
+from engine.vision.image import check_array
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FaceResult:
+    """Faces of one image and their unit embeddings (row i belongs to face i)."""
+
+    detections: Detections
+    embeddings: np.ndarray
+
+
+class FaceAnalyzer:
+    def __init__(self, detector: FaceDetector, embedder: FaceEmbedder, aligner: Aligner | None = None) -> None:
+        self.detector = detector
+        self.embedder = embedder
+        self.aligner = aligner or Aligner()
+
+    @classmethod
+    def from_config(cls, cfg: Config, registry: ModelRegistry | None = None) -> FaceAnalyzer:
+        registry = registry or ModelRegistry(cfg.models.dir, cfg.models.mirror or None, cfg.models.verify_hash)
+        det = load_detector(registry, cfg.models.detector, cfg.detector, cfg.runtime)
+        emb = load_embedder(registry, cfg.models.embedder, cfg.embedder, cfg.runtime)
+        log.info("analyzer: detector=%s embedder=%s (dim %d)", det.name, emb.name, emb.dim)
+        return cls(det, emb)
+
+    @property
+    def model_name(self) -> str:
+        return self.embedder.name
+
+    @property
+    def dim(self) -> int:
+        return self.embedder.dim
+
+    def embed_faces(self, image: np.ndarray, dets: Detections) -> np.ndarray:
+        if len(dets) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        return self.embedder.embed(self.aligner.align_all(image, dets))
+
+    def analyze(self, image: np.ndarray) -> FaceResult:
+        image = check_array(image)
+        dets = self.detector.detect(image)
+        return FaceResult(dets, self.embed_faces(image, dets))
+
+    def analyze_batch(self, images: Sequence[np.ndarray]) -> list[FaceResult]:
+        """Detect on all images in one batch, then embed all faces of all images in one batch."""
+        images = [check_array(im) for im in images]
+        dets = self.detector.detect_batch(images)
+        crops = [self.aligner.align_all(im, d) for im, d in zip(images, dets, strict=True)]
+        counts = [len(d) for d in dets]
+        if sum(counts) == 0:
+            return [FaceResult(d, np.zeros((0, self.dim), np.float32)) for d in dets]
+        embs = self.embedder.embed(np.concatenate(crops))
+        out, start = [], 0
+        for d, n in zip(dets, counts, strict=True):
+            out.append(FaceResult(d, embs[start : start + n]))
+            start += n
+        return out
+
+    def single_face(self, image: np.ndarray, what: str = "image") -> tuple[Detections, np.ndarray]:
+        """The one face of an enrolment/probe image; NoFaceError / MultipleFacesError otherwise."""
+        res = self.analyze(image)
+        n = len(res.detections)
+        if n == 0:
+            raise NoFaceError(f"{what}: no face found (need one clear, frontal face of at least "
+                              f"{self.detector.cfg.min_face_size} px)")  # type: ignore[attr-defined]
+        if n > 1:
+            boxes = ", ".join(f"[{int(b[0])},{int(b[1])},{int(b[2])},{int(b[3])}]" for b in res.detections.boxes)
+            raise MultipleFacesError(f"{what}: {n} faces found (boxes {boxes}); crop the image to one person")
+        return res.detections, res.embeddings[0]
+
+    def largest_face(self, image: np.ndarray, what: str = "image") -> tuple[Detections, np.ndarray]:
+        """The largest face (for search/verify probes, where a bystander should not fail the call)."""
+        image = check_array(image)
+        dets = self.detector.detect(image)
+        if len(dets) == 0:
+            raise NoFaceError(f"{what}: no face found")
+        best = dets[int(np.argmax(dets.sizes))]
+        return best, self.embed_faces(image, best)[0]

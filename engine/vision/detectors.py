@@ -1,0 +1,193 @@
+"""Face detectors on onnxruntime (YuNet, SCRFD) behind one interface.
+
+Frames of any size are letterboxed (aspect kept, padded right/bottom) to the network size, run
+as one batch, decoded per family, filtered (score, NMS, minimum size, max faces) and mapped back
+to original image coordinates.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from engine.config import DetectorConfig, RuntimeConfig
+from engine.models.registry import ModelRegistry, ModelSpec
+from engine.models.session import Session
+from engine.vision.detections import Detections
+from engine.vision.image import check_array
+
+STRIDES = (8, 16, 32)
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How an image was scaled into the network input."""
+
+    scale: float
+    width: int  # network input width
+    height: int
+
+
+class FaceDetector(ABC):
+    """Detect faces in BGR images. `detect_batch` runs several frames in one model call."""
+
+    name: str
+
+    def detect(self, image: np.ndarray) -> Detections:
+        return self.detect_batch([image])[0]
+
+    @abstractmethod
+    def detect_batch(self, images: Sequence[np.ndarray]) -> list[Detections]: ...
+
+
+class OnnxFaceDetector(FaceDetector):
+    """Shared letterbox, batching and post-processing; subclasses decode their heads."""
+
+    def __init__(self, spec: ModelSpec, session: Session, cfg: DetectorConfig) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.session = session
+        self.cfg = cfg
+        self._anchor_cache: dict[tuple[int, int, int], np.ndarray] = {}
+
+    def target_size(self, w: int, h: int) -> tuple[int, int]:
+        """Network input (width, height): long side -> input_size, each side padded to a multiple of 32."""
+        side = self.cfg.input_size
+        scale = side / max(w, h)
+        return (max(32, math.ceil(w * scale / 32) * 32), max(32, math.ceil(h * scale / 32) * 32))
+
+    def preprocess(self, image: np.ndarray, size: tuple[int, int], out: np.ndarray) -> Letterbox:
+        """Letterbox `image` into the HxWx3 float32 buffer `out` (pre-filled with normalised black)."""
+        h, w = image.shape[:2]
+        tw, th = size
+        scale = min(tw / w, th / h)
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        resized = cv2.resize(image, (nw, nh), interpolation=interp)
+        if self.spec.color == "RGB":
+            resized = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
+        if self.spec.mean or self.spec.std != 1.0:
+            out[:nh, :nw] = (resized.astype(np.float32) - self.spec.mean) / self.spec.std
+        else:
+            out[:nh, :nw] = resized
+        return Letterbox(scale, tw, th)
+
+    def detect_batch(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        images = [check_array(im) for im in images]
+        results: list[Detections | None] = [None] * len(images)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, im in enumerate(images):
+            groups.setdefault(self.target_size(im.shape[1], im.shape[0]), []).append(i)
+        for size, idx in groups.items():
+            tw, th = size
+            # padding is black after normalisation, as if the frame had black borders
+            buf = np.full((len(idx), th, tw, 3), -self.spec.mean / self.spec.std, np.float32)
+            boxes = [self.preprocess(images[i], size, buf[k]) for k, i in enumerate(idx)]
+            outs = self.session.run(np.ascontiguousarray(buf.transpose(0, 3, 1, 2)))
+            for k, i in enumerate(idx):
+                raw_boxes, kps, scores = self.decode([o[k] for o in outs], tw, th)
+                results[i] = self.postprocess(raw_boxes, kps, scores, boxes[k], images[i].shape)
+        return [r if r is not None else Detections.empty() for r in results]
+
+    @abstractmethod
+    def decode(self, outs: list[np.ndarray], w: int, h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Network outputs of one image -> (boxes Mx4 xyxy, kps Mx5x2, scores M) in input pixels."""
+
+    def postprocess(self, boxes: np.ndarray, kps: np.ndarray, scores: np.ndarray, lb: Letterbox,
+                    shape: tuple[int, ...]) -> Detections:
+        keep = scores >= self.cfg.score_threshold
+        boxes, kps, scores = boxes[keep], kps[keep], scores[keep]
+        if len(scores) == 0:
+            return Detections.empty()
+        xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+        idx = cv2.dnn.NMSBoxes(xywh.tolist(), scores.tolist(), self.cfg.score_threshold, self.cfg.nms_threshold)
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        boxes, kps, scores = boxes[idx] / lb.scale, kps[idx] / lb.scale, scores[idx]
+        h, w = shape[:2]
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
+        sizes = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+        keep = sizes >= self.cfg.min_face_size
+        boxes, kps, scores = boxes[keep], kps[keep], scores[keep]
+        order = np.argsort(-scores)[: self.cfg.max_faces]
+        return Detections(boxes[order].astype(np.float32), kps[order].astype(np.float32),
+                          scores[order].astype(np.float32))
+
+    def _grid(self, w: int, h: int, stride: int, per_cell: int) -> np.ndarray:
+        """(cells*per_cell, 2) grid cell column/row indices, row-major, cached per input size."""
+        key = (w, h, stride * 10 + per_cell)
+        grid = self._anchor_cache.get(key)
+        if grid is None:
+            cols, rows = w // stride, h // stride
+            yy, xx = np.mgrid[:rows, :cols]
+            grid = np.stack([xx, yy], axis=-1).reshape(-1, 2).astype(np.float32)
+            if per_cell > 1:
+                grid = np.repeat(grid, per_cell, axis=0)
+            self._anchor_cache[key] = grid
+        return grid
+
+
+class YuNetDetector(OnnxFaceDetector):
+    """YuNet (libfacedetection / OpenCV Zoo 2023mar): cls, obj, bbox, kps heads at strides 8/16/32."""
+
+    def decode(self, outs: list[np.ndarray], w: int, h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        all_b, all_k, all_s = [], [], []
+        for i, stride in enumerate(STRIDES):
+            cls, obj = outs[i].reshape(-1), outs[3 + i].reshape(-1)
+            bbox, kps = outs[6 + i].reshape(-1, 4), outs[9 + i].reshape(-1, 10)
+            score = np.sqrt(np.clip(cls, 0, 1) * np.clip(obj, 0, 1))
+            sel = np.nonzero(score >= self.cfg.score_threshold)[0]
+            if sel.size == 0:
+                continue
+            grid = self._grid(w, h, stride, 1)[sel]
+            b = bbox[sel]
+            cxcy = (grid + b[:, :2]) * stride
+            wh = np.exp(b[:, 2:]) * stride
+            all_b.append(np.concatenate([cxcy - wh / 2, cxcy + wh / 2], axis=1))
+            all_k.append((kps[sel].reshape(-1, 5, 2) + grid[:, None, :]) * stride)
+            all_s.append(score[sel])
+        return _cat(all_b, all_k, all_s)
+
+
+class ScrfdDetector(OnnxFaceDetector):
+    """SCRFD (InsightFace): scores, distance boxes and keypoints at strides 8/16/32, 2 anchors a cell."""
+
+    def decode(self, outs: list[np.ndarray], w: int, h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        all_b, all_k, all_s = [], [], []
+        n = len(outs) // 3
+        anchors = 2 if n == 3 else 1
+        for i, stride in enumerate(STRIDES[:n]):
+            scores = outs[i].reshape(-1)
+            sel = np.nonzero(scores >= self.cfg.score_threshold)[0]
+            if sel.size == 0:
+                continue
+            centers = self._grid(w, h, stride, anchors)[sel] * stride
+            d = outs[n + i].reshape(-1, 4)[sel] * stride
+            all_b.append(np.concatenate([centers - d[:, :2], centers + d[:, 2:]], axis=1))
+            k = outs[2 * n + i].reshape(-1, 10)[sel].reshape(-1, 5, 2) * stride
+            all_k.append(centers[:, None, :] + k)
+            all_s.append(scores[sel])
+        return _cat(all_b, all_k, all_s)
+
+
+def _cat(b: list[np.ndarray], k: list[np.ndarray], s: list[np.ndarray]) -> tuple[np.ndarray, ...]:
+    if not s:
+        return np.zeros((0, 4), np.float32), np.zeros((0, 5, 2), np.float32), np.zeros((0,), np.float32)
+    return np.concatenate(b), np.concatenate(k), np.concatenate(s)
+
+
+_FAMILIES: dict[str, type[OnnxFaceDetector]] = {"yunet": YuNetDetector, "scrfd": ScrfdDetector}
+
+
+def load_detector(registry: ModelRegistry, name: str, cfg: DetectorConfig, runtime: RuntimeConfig) -> FaceDetector:
+    """Build the detector for a manifest name (family picks the decoder)."""
+    spec = registry.spec(name)
+    if spec.task != "detector" or spec.family not in _FAMILIES:
+        raise ValueError(f"model {name} is not a supported detector (task={spec.task}, family={spec.family})")
+    session = Session(registry.path(name), runtime, sample_shape=(3, 160, 160), dynamic_hw=True)
+    return _FAMILIES[spec.family](spec, session, cfg)
