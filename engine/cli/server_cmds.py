@@ -1,0 +1,52 @@
+"""`faceengine serve`."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from engine.cli.common import add_config_args, load_config
+
+
+def register(sub: Any, lazy: Callable[[str, str], Callable[[argparse.Namespace], int]]) -> None:
+    s = sub.add_parser("serve", help="run the gRPC server (ingest, cameras, watchlists, matches)")
+    add_config_args(s)
+    s.add_argument("--host", help="bind address (default 0.0.0.0)")
+    s.add_argument("--port", type=int, help="gRPC port (default 50051; 0 = pick a free port)")
+    s.add_argument("--metrics-port", type=int, help="Prometheus port (0 = off)")
+    s.add_argument("--ready-file", help="write the bound address to this file once serving")
+    s.set_defaults(func=lazy("engine.cli.server_cmds", "cmd_serve"))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from engine.service.server import FaceEngineServer
+
+    cfg = load_config(args)
+    over: dict[str, Any] = {}
+    for attr, key in (("host", "host"), ("port", "port"), ("metrics_port", "metrics_port")):
+        if getattr(args, attr) is not None:
+            over[key] = getattr(args, attr)
+    cfg.update({"server": over}, source="command line")
+    srv = FaceEngineServer(cfg).start()
+    print(f"faceengine: serving on {srv.address}", file=sys.stderr, flush=True)
+    if args.ready_file:
+        from pathlib import Path
+
+        tmp = Path(args.ready_file + ".tmp")
+        tmp.write_text(srv.address)
+        tmp.replace(args.ready_file)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        print(f"faceengine: {signal.Signals(signum).name}: shutting down", file=sys.stderr, flush=True)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    stop.wait()
+    srv.stop()
+    return 0

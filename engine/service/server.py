@@ -1,0 +1,125 @@
+"""`FaceEngineServer`: builds the engine from a Config and serves it over gRPC, with health
+checking, reflection, a Prometheus endpoint and graceful shutdown that flushes events."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from engine.config import Config
+from engine.errors import NotFoundError
+from engine.gallery.gallery import Gallery
+from engine.metrics import EngineMetrics
+from engine.service.proto import pb, rpc
+from engine.service.servicers import CamerasServicer, IngestServicer, MatchesServicer, WatchlistsServicer
+from engine.store.sqlite import SQLiteStore
+from engine.video.pipeline import CameraState, Engine
+from engine.video.sources import PullSource
+from engine.vision.analyzer import FaceAnalyzer
+
+log = logging.getLogger(__name__)
+SERVICES = ("Ingest", "Cameras", "Watchlists", "Matches")
+
+
+class FaceEngineServer:
+    def __init__(self, cfg: Config, analyzer: FaceAnalyzer | None = None,
+                 interceptors: list[grpc.ServerInterceptor] | None = None,
+                 credentials: grpc.ServerCredentials | None = None) -> None:
+        self.cfg = cfg
+        self.metrics = EngineMetrics()
+        self.store = SQLiteStore(cfg.store.path)
+        self.analyzer = analyzer or FaceAnalyzer.from_config(cfg)
+        self.gallery = Gallery(self.store, self.analyzer.dim, self.analyzer.model_name, cfg.gallery.index)
+        self.engine = Engine(cfg, self.analyzer, self.gallery, self.store, self.metrics)
+        self.sources: dict[str, PullSource] = {}
+        self.running = False
+        self._stopped = threading.Event()
+        lim = cfg.limits.max_message_bytes
+        self.grpc = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=cfg.server.max_workers, thread_name_prefix="grpc"),
+            interceptors=interceptors or [],
+            options=[("grpc.max_receive_message_length", lim), ("grpc.max_send_message_length", lim),
+                     ("grpc.so_reuseport", 0)],
+            maximum_concurrent_rpcs=cfg.server.max_workers * 4,
+        )
+        rpc.add_IngestServicer_to_server(IngestServicer(self), self.grpc)
+        rpc.add_CamerasServicer_to_server(CamerasServicer(self), self.grpc)
+        rpc.add_WatchlistsServicer_to_server(WatchlistsServicer(self), self.grpc)
+        rpc.add_MatchesServicer_to_server(MatchesServicer(self), self.grpc)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        names = [pb.DESCRIPTOR.services_by_name[s].full_name for s in SERVICES]
+        reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.grpc)
+        addr = f"{cfg.server.host}:{cfg.server.port}"
+        self.port = (self.grpc.add_secure_port(addr, credentials) if credentials
+                     else self.grpc.add_insecure_port(addr))
+        if self.port == 0:
+            raise OSError(f"cannot bind gRPC server to {addr}")
+        self.address = f"{'127.0.0.1' if cfg.server.host in ('0.0.0.0', '::', '') else cfg.server.host}:{self.port}"
+
+    # ---- cameras (engine + persistence + pull threads) -----------------------------------------
+    def add_camera(self, camera_id: str, uri: str, options: dict[str, str], persist: bool = True) -> CameraState:
+        cam = self.engine.add_camera(camera_id, uri, options)
+        if persist:
+            self.store.save_camera(camera_id, cam.uri, cam.options)
+        if cam.kind == "pull":
+            src = PullSource(self.engine, cam)
+            cam.source = src
+            self.sources[camera_id] = src
+            if self.running:
+                src.start()
+        return cam
+
+    def remove_camera(self, camera_id: str) -> None:
+        if camera_id not in self.engine._cams:
+            raise NotFoundError(f"camera {camera_id!r} not found")
+        src = self.sources.pop(camera_id, None)
+        if src is not None:
+            src.stop()
+        self.engine.remove_camera(camera_id)
+        self.store.delete_camera(camera_id)
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> FaceEngineServer:
+        for cid, uri, opts in self.store.list_camera_defs():  # cameras survive restarts
+            if cid not in self.engine._cams:
+                self.add_camera(cid, uri, opts, persist=False)
+        self.engine.start()
+        self.running = True
+        for src in self.sources.values():
+            src.start()
+        self.grpc.start()
+        if self.cfg.server.metrics_port:
+            try:
+                self.metrics.serve(self.cfg.server.metrics_port, self.cfg.server.host)
+            except OSError as exc:
+                log.warning("metrics endpoint not started on port %s: %s", self.cfg.server.metrics_port, exc)
+        for s in ("", *[pb.DESCRIPTOR.services_by_name[n].full_name for n in SERVICES]):
+            self.health.set(s, health_pb2.HealthCheckResponse.SERVING)
+        log.info("faceengine serving on %s (detector=%s, embedder=%s, provider=%s, gallery=%d templates)",
+                 self.address, self.analyzer.detector.name, self.analyzer.embedder.name,
+                 self.analyzer.embedder.session.providers[0], len(self.gallery))
+        return self
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop taking calls, finish queued frames, flush events, close the store."""
+        if self._stopped.is_set():
+            return
+        grace = self.cfg.server.shutdown_grace_s if grace is None else grace
+        self.health.enter_graceful_shutdown()
+        for src in list(self.sources.values()):
+            src.stop()
+        self.engine.stop(drain_s=grace)
+        self.running = False
+        self.grpc.stop(grace).wait()
+        self.store.close()
+        self._stopped.set()
+        log.info("faceengine stopped")
+
+    def wait(self) -> None:
+        self._stopped.wait()

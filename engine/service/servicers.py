@@ -1,0 +1,303 @@
+"""gRPC servicers: thin adapters from protobuf to the engine, gallery and stores."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import grpc
+import numpy as np
+
+from engine.errors import FaceEngineError, InvalidArgumentError, NotFoundError, ResourceExhaustedError
+from engine.service.convert import (
+    box,
+    error_msg,
+    event_msg,
+    image_from_proto,
+    person_msg,
+    unary,
+    watchlist_msg,
+)
+from engine.service.proto import pb, rpc
+from engine.store.base import EventQuery
+from engine.video.events import MatchFilterSpec
+from engine.video.pipeline import DROP_POLICY, FrameJob, FrameOutcome, is_drop
+
+if TYPE_CHECKING:
+    from engine.service.server import FaceEngineServer
+
+log = logging.getLogger(__name__)
+_END = object()
+
+
+class IngestServicer(rpc.IngestServicer):
+    def __init__(self, srv: FaceEngineServer) -> None:
+        self.srv = srv
+        self._active = 0
+        self._lock = threading.Lock()
+
+    def StreamFrames(self, request_iterator: Iterator[pb.Frame], context: grpc.ServicerContext):  # noqa: N802
+        srv = self.srv
+        with self._lock:
+            if self._active >= srv.cfg.server.max_streams:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"too many ingest streams ({self._active}); retry later or raise server.max_streams")
+            self._active += 1
+        srv.metrics.active_streams.inc()
+        out: queue.Queue[object] = queue.Queue(maxsize=512)
+        state = {"submitted": 0, "answered": 0, "reader_done": False, "lost": 0}
+        cond = threading.Condition()
+
+        def put(msg: object) -> None:
+            while True:
+                try:
+                    out.put_nowait(msg)
+                    return
+                except queue.Full:  # the client is not reading its results: drop the oldest
+                    try:
+                        out.get_nowait()
+                        state["lost"] += 1
+                    except queue.Empty:
+                        pass
+
+        def reply(o: FrameOutcome) -> None:
+            put(self._result(o))
+            with cond:
+                state["answered"] += 1
+                cond.notify_all()
+
+        def reader() -> None:
+            try:
+                for frame in request_iterator:
+                    if not context.is_active():
+                        break
+                    self._accept(frame, reply, put)
+                    with cond:
+                        state["submitted"] += 1
+            except Exception as exc:  # client cancelled or transport error: end quietly
+                log.debug("ingest reader ended: %s", exc)
+            finally:
+                with cond:
+                    state["reader_done"] = True
+                    cond.notify_all()
+                put(_END)
+
+        t = threading.Thread(target=reader, name="ingest-reader", daemon=True)
+        t.start()
+        try:
+            reader_done = False
+            while context.is_active():
+                try:
+                    msg = out.get(timeout=0.5)
+                except queue.Empty:
+                    msg = None
+                if msg is _END:
+                    reader_done = True
+                elif msg is not None:
+                    yield msg
+                if reader_done and out.empty():
+                    with cond:
+                        finished = state["answered"] >= state["submitted"]
+                    if finished or not srv.running:
+                        break
+        finally:
+            with self._lock:
+                self._active -= 1
+            srv.metrics.active_streams.dec()
+
+    def _accept(self, frame: pb.Frame, reply, put) -> None:  # noqa: ANN001
+        """Decode and queue one frame; a bad frame is answered at once with its error."""
+        srv = self.srv
+        now = time.time()
+        try:
+            if not frame.camera_id:
+                raise InvalidArgumentError("frame has no camera_id")
+            cam = srv.engine.camera(frame.camera_id)
+            if cam.kind != "push":
+                raise InvalidArgumentError(f"camera {frame.camera_id!r} is a pull camera ({cam.uri}); "
+                                           "register a push camera for gateway frames")
+            t0 = time.perf_counter()
+            kind = frame.WhichOneof("image")
+            img = pb.Image()
+            if kind == "encoded":
+                img.encoded = frame.encoded
+            elif kind == "raw":
+                img.raw.CopyFrom(frame.raw)
+            image = image_from_proto(img, srv.cfg.limits, what=f"frame {frame.sequence}")
+            srv.metrics.stage_seconds.labels("decode").observe(time.perf_counter() - t0)
+            ts = frame.capture_time if frame.capture_time > 0 else now
+            srv.engine.submit(FrameJob(frame.camera_id, frame.sequence, ts, image, reply))
+        except FaceEngineError as exc:
+            srv.metrics.frame_errors.labels(type(exc).__name__).inc()
+            reply(FrameOutcome(frame.camera_id, frame.sequence, error=exc))
+
+    def _result(self, o: FrameOutcome) -> pb.FrameResult:
+        res = pb.FrameResult(camera_id=o.camera_id, sequence=o.seq, latency_ms=o.latency_ms)
+        if o.error is not None:
+            res.error.CopyFrom(error_msg(o.error))
+            if is_drop(o.error):
+                res.dropped_sequences.append(o.seq)
+        for f in o.faces:
+            face = res.faces.add(box=box(f.box), score=f.score, track_id=f.track_id, quality=f.quality)
+            for x, y in f.landmarks:
+                face.landmarks.add(x=float(x), y=float(y))
+            if f.match is not None:
+                m = f.match
+                face.match.CopyFrom(pb.Match(watchlist=m.watchlist, person_id=m.person_id,
+                                             display_name=m.display_name, score=m.score, event_id=m.event_id))
+        cam = self.srv.engine._cams.get(o.camera_id)
+        if cam is not None:
+            res.drops.CopyFrom(pb.DropStats(frames_received=cam.frames_in, frames_processed=cam.frames_processed,
+                                            frames_dropped=cam.frames_dropped, policy=DROP_POLICY))
+        return res
+
+
+class CamerasServicer(rpc.CamerasServicer):
+    def __init__(self, srv: FaceEngineServer) -> None:
+        self.srv = srv
+
+    @unary
+    def AddCamera(self, request: pb.AddCameraRequest, context: grpc.ServicerContext) -> pb.Camera:  # noqa: N802
+        cam = self.srv.add_camera(request.camera_id, request.uri, dict(request.options))
+        return camera_msg(cam)
+
+    @unary
+    def RemoveCamera(self, request: pb.CameraRequest, context: grpc.ServicerContext) -> pb.Empty:  # noqa: N802
+        self.srv.remove_camera(request.camera_id)
+        return pb.Empty()
+
+    @unary
+    def GetCamera(self, request: pb.CameraRequest, context: grpc.ServicerContext) -> pb.Camera:  # noqa: N802
+        return camera_msg(self.srv.engine.camera(request.camera_id))
+
+    @unary
+    def ListCameras(self, request: pb.ListCamerasRequest, context: grpc.ServicerContext):  # noqa: N802
+        return pb.ListCamerasResponse(cameras=[camera_msg(c) for c in self.srv.engine.cameras()])
+
+
+def camera_msg(c) -> pb.Camera:  # noqa: ANN001
+    return pb.Camera(camera_id=c.camera_id, uri=c.uri, kind=c.kind, state=c.state, fps_in=c.fps_in.rate(),
+                     fps_processed=c.fps_out.rate(), frames_in=c.frames_in, frames_processed=c.frames_processed,
+                     frames_dropped=c.frames_dropped, last_error=c.last_error, reconnects=c.reconnects,
+                     last_frame_time=c.last_frame_time, options=c.options)
+
+
+class WatchlistsServicer(rpc.WatchlistsServicer):
+    def __init__(self, srv: FaceEngineServer) -> None:
+        self.srv = srv
+
+    @unary
+    def CreateWatchlist(self, request, context):  # noqa: ANN001, ANN201, N802
+        return watchlist_msg(self.srv.gallery.create_watchlist(request.name, request.description))
+
+    @unary
+    def ListWatchlists(self, request, context):  # noqa: ANN001, ANN201, N802
+        return pb.ListWatchlistsResponse(watchlists=[watchlist_msg(w) for w in self.srv.gallery.list_watchlists()])
+
+    @unary
+    def DeleteWatchlist(self, request, context):  # noqa: ANN001, ANN201, N802
+        self.srv.gallery.delete_watchlist(request.name)
+        return pb.Empty()
+
+    @unary
+    def EnrollPerson(self, request: pb.EnrollPersonRequest, context):  # noqa: ANN001, ANN201, N802
+        srv = self.srv
+        if not request.images:
+            raise InvalidArgumentError("EnrollPerson needs at least one image")
+        if len(request.images) > srv.cfg.limits.max_images_per_enrollment:
+            raise InvalidArgumentError(f"{len(request.images)} images: at most "
+                                       f"{srv.cfg.limits.max_images_per_enrollment} per enrolment")
+        srv.gallery.store.get_watchlist(request.watchlist)  # NOT_FOUND before any model work
+        embs = []
+        for i, img in enumerate(request.images):
+            what = f"image {i + 1} of {len(request.images)}"
+            _, emb = srv.analyzer.single_face(image_from_proto(img, srv.cfg.limits, what), what)
+            embs.append(emb)
+        person = srv.gallery.enroll(request.watchlist, request.person_id, np.stack(embs),
+                                    request.display_name or request.person_id, dict(request.metadata),
+                                    replace=request.replace)
+        return person_msg(person)
+
+    @unary
+    def RemovePerson(self, request, context):  # noqa: ANN001, ANN201, N802
+        return pb.RemovePersonResponse(templates_removed=self.srv.gallery.remove_person(request.watchlist,
+                                                                                       request.person_id))
+
+    @unary
+    def GetPerson(self, request, context):  # noqa: ANN001, ANN201, N802
+        return person_msg(self.srv.gallery.get_person(request.watchlist, request.person_id))
+
+    @unary
+    def ListPersons(self, request, context):  # noqa: ANN001, ANN201, N802
+        rows, token = self.srv.gallery.list_persons(request.watchlist, request.page_size, request.page_token)
+        return pb.ListPersonsResponse(persons=[person_msg(p) for p in rows], next_page_token=token)
+
+
+class MatchesServicer(rpc.MatchesServicer):
+    def __init__(self, srv: FaceEngineServer) -> None:
+        self.srv = srv
+
+    def SubscribeMatches(self, request: pb.MatchFilter, context: grpc.ServicerContext):  # noqa: N802
+        srv = self.srv
+        for cid in request.camera_ids:
+            if cid not in srv.engine._cams:
+                context.abort(grpc.StatusCode.NOT_FOUND, f"camera {cid!r} not found")
+        flt = MatchFilterSpec(frozenset(request.camera_ids), frozenset(request.watchlists), request.min_score)
+        sub = srv.engine.bus.subscribe(flt)
+        srv.metrics.subscribers.inc()
+        try:
+            while context.is_active() and srv.running:
+                try:
+                    item = sub.queue.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                if item is None:
+                    break
+                ev, update = item
+                yield event_msg(ev, update)
+        finally:
+            srv.engine.bus.unsubscribe(sub)
+            srv.metrics.subscribers.dec()
+
+    @unary
+    def QueryMatches(self, request: pb.QueryMatchesRequest, context):  # noqa: ANN001, ANN201, N802
+        if request.until and request.since and request.until < request.since:
+            raise InvalidArgumentError("until is before since")
+        events, token = self.srv.store.query_events(EventQuery(
+            request.camera_id, request.watchlist, request.person_id, request.since, request.until,
+            request.min_score, request.page_size or 100, request.page_token))
+        return pb.QueryMatchesResponse(events=[event_msg(e, thumbnails=request.include_thumbnails) for e in events],
+                                       next_page_token=token)
+
+    @unary
+    def SearchByImage(self, request: pb.SearchRequest, context):  # noqa: ANN001, ANN201, N802
+        srv = self.srv
+        if request.top_k > 100:
+            raise InvalidArgumentError("top_k must be at most 100")
+        for w in request.watchlists:
+            srv.gallery.store.get_watchlist(w)
+        det, emb = srv.analyzer.largest_face(image_from_proto(request.image, srv.cfg.limits))
+        thr = srv.cfg.gallery.match_threshold
+        hits = srv.gallery.search(emb, request.top_k or srv.cfg.gallery.top_k,
+                                  request.min_score if request.min_score else -1.0, list(request.watchlists))[0]
+        return pb.SearchResponse(face=box(det.boxes[0]), threshold=thr, hits=[
+            pb.SearchHit(watchlist=h.watchlist, person_id=h.person_id, display_name=h.display_name, score=h.score,
+                         is_match=h.score >= thr) for h in hits])
+
+    @unary
+    def Verify(self, request: pb.VerifyRequest, context):  # noqa: ANN001, ANN201, N802
+        srv = self.srv
+        da, ea = srv.analyzer.largest_face(image_from_proto(request.image_a, srv.cfg.limits, "image_a"), "image_a")
+        db, eb = srv.analyzer.largest_face(image_from_proto(request.image_b, srv.cfg.limits, "image_b"), "image_b")
+        score = float(ea @ eb)
+        thr = srv.cfg.gallery.match_threshold
+        return pb.VerifyResponse(score=score, same_person=score >= thr, threshold=thr, face_a=box(da.boxes[0]),
+                                 face_b=box(db.boxes[0]))
+
+
+__all__ = ["CamerasServicer", "IngestServicer", "MatchesServicer", "NotFoundError", "ResourceExhaustedError",
+           "WatchlistsServicer"]
