@@ -77,7 +77,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             w, h = x2 - x1, y2 - y1
             crop = frame[max(0, int(y1 - h)) : int(y2 + h), max(0, int(x1 - w)) : int(x2 + w)]
             c.ensure_watchlist("demo")
-            p = c.enroll("demo", "person-1", [encode_jpeg(crop)], "Person seen in frame %d" % args.enroll_frame)
+            p = c.enroll("demo", "person-1", [encode_jpeg(crop)], f"Person seen in frame {args.enroll_frame}")
             say(f"enrolled {p.display_name} [demo/{p.person_id}] from a face cut out of frame {args.enroll_frame}")
             photo = Path(args.media) / "images" / "obama.jpg"
             if photo.is_file():  # he sits in the audience near the end of stage_360p.mp4
