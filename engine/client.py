@@ -36,6 +36,7 @@ class Client:
         self.cameras = rpc.CamerasStub(self.channel)
         self.watchlists = rpc.WatchlistsStub(self.channel)
         self.matches = rpc.MatchesStub(self.channel)
+        self.admin = rpc.AdminStub(self.channel)
 
     def close(self) -> None:
         self.channel.close()
@@ -51,10 +52,12 @@ class Client:
 
     # convenience wrappers ----------------------------------------------------------------------
     def ensure_push_camera(self, camera_id: str) -> None:
+        """Register a push camera if missing. A gateway token may not add cameras (an admin
+        registers them): then this does nothing and frames for an unknown camera fail in-band."""
         try:
             self.cameras.AddCamera(pb.AddCameraRequest(camera_id=camera_id, uri="push"), metadata=self.metadata)
         except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
+            if exc.code() not in (grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.PERMISSION_DENIED):
                 raise
 
     def ensure_watchlist(self, name: str) -> None:

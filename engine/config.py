@@ -97,9 +97,9 @@ class LimitsConfig:
 @dataclass
 class PipelineConfig:
     queue_size: int = _f(8, "Frames buffered per camera; when full the oldest is dropped (newest wins).")
-    batch_size: int = _f(8, "Most frames detected in one batched call across cameras.")
-    batch_wait_ms: float = _f(5.0, "Longest wait to fill a detection batch, in milliseconds.")
-    workers: int = _f(1, "Inference worker threads sharing the model sessions.")
+    batch_size: int = _f(1, "Most frames detected in one batched call across cameras (CPU: 1; GPU: 8-16).")
+    batch_wait_ms: float = _f(0.0, "Longest wait to fill a detection batch, in milliseconds (GPU: ~5).")
+    workers: int = _f(2, "Inference worker threads sharing the model sessions (two keep two cores busy).")
     tracking: bool = _f(True, "Track faces across frames and recognise each track from its best shots.")
     track_max_age_s: float = _f(1.0, "A track ends when its face is unseen for this many seconds.")
     min_face_size: int = _f(32, "Faces smaller than this (pixels) are tracked but never matched.")
@@ -114,9 +114,28 @@ class ServerConfig:
     host: str = _f("0.0.0.0", "Address the gRPC server binds to.")
     port: int = _f(50051, "gRPC port.")
     metrics_port: int = _f(9108, "Prometheus metrics HTTP port (0 = off).")
-    max_workers: int = _f(32, "gRPC server thread pool size (streams and calls in flight).")
-    max_streams: int = _f(256, "Most concurrent ingest streams; beyond this RESOURCE_EXHAUSTED.")
+    max_workers: int = _f(64, "gRPC server thread pool size (each open stream holds one thread).")
+    max_streams: int = _f(48, "Most concurrent ingest streams (kept 8+ below max_workers); beyond: RESOURCE_EXHAUSTED.")
     shutdown_grace_s: float = _f(5.0, "Seconds given to in-flight calls on shutdown.")
+
+
+@dataclass
+class AuthConfig:
+    enabled: bool = _f(True, "Require an API token (authorization: Bearer ...); off only on a loopback host.")
+
+
+@dataclass
+class TLSConfig:
+    cert_file: str = _f("", "Server certificate chain (PEM); with key_file turns TLS on. Empty = plaintext.")
+    key_file: str = _f("", "Server private key (PEM).")
+    client_ca_file: str = _f("", "CA bundle (PEM) for client certificates; set = mutual TLS (certs required).")
+
+
+@dataclass
+class RetentionConfig:
+    events_days: float = _f(30.0, "Match events (and thumbnails) older than this many days are purged; 0 = keep.")
+    interval_s: float = _f(3600.0, "Seconds between background purges in the server (0 = no background purge).")
+    erase_person_events: bool = _f(True, "RemovePerson also erases that person's past match events and thumbnails.")
 
 
 @dataclass
@@ -130,6 +149,9 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig, metadata={"doc": "Hostile-input limits."})
     pipeline: PipelineConfig = field(default_factory=PipelineConfig, metadata={"doc": "Video pipeline."})
     server: ServerConfig = field(default_factory=ServerConfig, metadata={"doc": "gRPC server."})
+    auth: AuthConfig = field(default_factory=AuthConfig, metadata={"doc": "API tokens and roles."})
+    tls: TLSConfig = field(default_factory=TLSConfig, metadata={"doc": "TLS and mutual TLS."})
+    retention: RetentionConfig = field(default_factory=RetentionConfig, metadata={"doc": "Data retention, erasure."})
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Config:

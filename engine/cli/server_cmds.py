@@ -19,6 +19,8 @@ def register(sub: Any, lazy: Callable[[str, str], Callable[[argparse.Namespace],
     s.add_argument("--port", type=int, help="gRPC port (default 50051; 0 = pick a free port)")
     s.add_argument("--metrics-port", type=int, help="Prometheus port (0 = off)")
     s.add_argument("--ready-file", help="write the bound address to this file once serving")
+    s.add_argument("--dev", action="store_true",
+                   help="development mode: no API tokens; binds 127.0.0.1 and refuses any non-loopback host")
     s.set_defaults(func=lazy("engine.cli.server_cmds", "cmd_serve"))
 
 
@@ -30,7 +32,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for attr, key in (("host", "host"), ("port", "port"), ("metrics_port", "metrics_port")):
         if getattr(args, attr) is not None:
             over[key] = getattr(args, attr)
+    if args.dev:
+        over.setdefault("host", "127.0.0.1")
+        cfg.update({"auth": {"enabled": False}}, source="--dev")
     cfg.update({"server": over}, source="command line")
+    if not cfg.auth.enabled:
+        print("faceengine: auth is OFF (development mode): any local process may call the API",
+              file=sys.stderr, flush=True)
     srv = FaceEngineServer(cfg).start()
     print(f"faceengine: serving on {srv.address}", file=sys.stderr, flush=True)
     if args.ready_file:

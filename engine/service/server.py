@@ -12,18 +12,21 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from engine.config import Config
-from engine.errors import NotFoundError
+from engine.errors import ConfigError, NotFoundError
 from engine.gallery.gallery import Gallery
 from engine.metrics import EngineMetrics
+from engine.retention import RetentionWorker
+from engine.service.auth import AdminServicer, AuthInterceptor
 from engine.service.proto import pb, rpc
 from engine.service.servicers import CamerasServicer, IngestServicer, MatchesServicer, WatchlistsServicer
+from engine.service.tls import is_loopback, server_credentials
 from engine.store.sqlite import SQLiteStore
 from engine.video.pipeline import CameraState, Engine
 from engine.video.sources import PullSource
 from engine.vision.analyzer import FaceAnalyzer
 
 log = logging.getLogger(__name__)
-SERVICES = ("Ingest", "Cameras", "Watchlists", "Matches")
+SERVICES = ("Ingest", "Cameras", "Watchlists", "Matches", "Admin")
 
 
 class FaceEngineServer:
@@ -31,8 +34,17 @@ class FaceEngineServer:
                  interceptors: list[grpc.ServerInterceptor] | None = None,
                  credentials: grpc.ServerCredentials | None = None) -> None:
         self.cfg = cfg
+        if not cfg.auth.enabled and not is_loopback(cfg.server.host):
+            raise ConfigError(f"refusing to serve on {cfg.server.host!r} with auth.enabled=false: without tokens "
+                              "the API is open; bind to 127.0.0.1 (e.g. `faceengine serve --dev`) or enable auth")
+        credentials = credentials or server_credentials(cfg.tls)
         self.metrics = EngineMetrics()
         self.store = SQLiteStore(cfg.store.path)
+        fixed = self.store.repair()  # start-up consistency check; the index is then rebuilt from SQLite
+        if any(fixed.values()):
+            log.warning("store consistency check repaired %s", fixed)
+        self.retention = RetentionWorker(self.store, cfg.retention)
+        self.auth = AuthInterceptor(self.store, enabled=cfg.auth.enabled)
         self.analyzer = analyzer or FaceAnalyzer.from_config(cfg)
         self.gallery = Gallery(self.store, self.analyzer.dim, self.analyzer.model_name, cfg.gallery.index)
         self.engine = Engine(cfg, self.analyzer, self.gallery, self.store, self.metrics)
@@ -42,7 +54,7 @@ class FaceEngineServer:
         lim = cfg.limits.max_message_bytes
         self.grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=cfg.server.max_workers, thread_name_prefix="grpc"),
-            interceptors=interceptors or [],
+            interceptors=[self.auth, *(interceptors or [])],
             options=[("grpc.max_receive_message_length", lim), ("grpc.max_send_message_length", lim),
                      ("grpc.so_reuseport", 0)],
             maximum_concurrent_rpcs=cfg.server.max_workers * 4,
@@ -51,6 +63,7 @@ class FaceEngineServer:
         rpc.add_CamerasServicer_to_server(CamerasServicer(self), self.grpc)
         rpc.add_WatchlistsServicer_to_server(WatchlistsServicer(self), self.grpc)
         rpc.add_MatchesServicer_to_server(MatchesServicer(self), self.grpc)
+        rpc.add_AdminServicer_to_server(AdminServicer(self.store), self.grpc)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         names = [pb.DESCRIPTOR.services_by_name[s].full_name for s in SERVICES]
@@ -94,6 +107,7 @@ class FaceEngineServer:
         for src in self.sources.values():
             src.start()
         self.grpc.start()
+        self.retention.start()
         if self.cfg.server.metrics_port:
             try:
                 self.metrics.serve(self.cfg.server.metrics_port, self.cfg.server.host)
@@ -117,6 +131,7 @@ class FaceEngineServer:
         self.engine.stop(drain_s=grace)
         self.running = False
         self.grpc.stop(grace).wait()
+        self.retention.stop()
         self.store.close()
         self._stopped.set()
         log.info("faceengine stopped")

@@ -13,6 +13,7 @@ import grpc
 import numpy as np
 
 from engine.errors import FaceEngineError, InvalidArgumentError, NotFoundError, ResourceExhaustedError
+from engine.service.auth import add_audit_detail
 from engine.service.convert import (
     box,
     error_msg,
@@ -43,7 +44,9 @@ class IngestServicer(rpc.IngestServicer):
     def StreamFrames(self, request_iterator: Iterator[pb.Frame], context: grpc.ServicerContext):  # noqa: N802
         srv = self.srv
         with self._lock:
-            if self._active >= srv.cfg.server.max_streams:
+            # streams each hold a server thread: keep 8 free for health checks and operators
+            limit = min(srv.cfg.server.max_streams, max(1, srv.cfg.server.max_workers - 8))
+            if self._active >= limit:
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                               f"too many ingest streams ({self._active}); retry later or raise server.max_streams")
             self._active += 1
@@ -217,6 +220,7 @@ class WatchlistsServicer(rpc.WatchlistsServicer):
             what = f"image {i + 1} of {len(request.images)}"
             _, emb = srv.analyzer.single_face(image_from_proto(img, srv.cfg.limits, what), what)
             embs.append(emb)
+        add_audit_detail(f"images={len(embs)} replace={str(request.replace).lower()}")
         person = srv.gallery.enroll(request.watchlist, request.person_id, np.stack(embs),
                                     request.display_name or request.person_id, dict(request.metadata),
                                     replace=request.replace)
@@ -224,8 +228,18 @@ class WatchlistsServicer(rpc.WatchlistsServicer):
 
     @unary
     def RemovePerson(self, request, context):  # noqa: ANN001, ANN201, N802
-        return pb.RemovePersonResponse(templates_removed=self.srv.gallery.remove_person(request.watchlist,
-                                                                                       request.person_id))
+        srv = self.srv
+        erase = srv.cfg.retention.erase_person_events
+        try:
+            n = srv.gallery.remove_person(request.watchlist, request.person_id)  # templates, person, vectors
+        except NotFoundError:
+            if erase:  # a retry after a crash between the two steps still erases the events
+                srv.store.delete_person_events(request.watchlist, request.person_id)
+            raise
+        erased = srv.store.delete_person_events(request.watchlist, request.person_id) if erase else 0
+        srv.store.checkpoint()  # no copy of the erased rows stays behind in the WAL
+        add_audit_detail(f"templates={n} events_erased={erased}")
+        return pb.RemovePersonResponse(templates_removed=n)
 
     @unary
     def GetPerson(self, request, context):  # noqa: ANN001, ANN201, N802

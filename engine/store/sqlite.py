@@ -48,6 +48,12 @@ CREATE TABLE IF NOT EXISTS cameras (
     camera_id TEXT PRIMARY KEY, uri TEXT NOT NULL, options TEXT NOT NULL DEFAULT '{}', created REAL NOT NULL);
 CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
     BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+CREATE TABLE IF NOT EXISTS tokens (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, role TEXT NOT NULL, hash TEXT UNIQUE NOT NULL,
+    created REAL NOT NULL, revoked REAL);
+CREATE UNIQUE INDEX IF NOT EXISTS tokens_active_name ON tokens(name) WHERE revoked IS NULL;
 """
 
 
@@ -63,6 +69,7 @@ class SQLiteStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute("PRAGMA secure_delete=ON")  # deleted templates/thumbnails are overwritten with zeros
         with self._lock:
             self._db.executescript(SCHEMA)
             self._db.execute("INSERT OR IGNORE INTO meta VALUES ('gallery_version', '0')")
@@ -288,6 +295,63 @@ class SQLiteStore:
         rows = self._q(sql + " ORDER BY id LIMIT ?", (*args, limit))
         keys = ("id", "ts", "actor", "role", "action", "target", "result", "detail")
         return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    # ---- API tokens (only SHA-256 hashes are stored) -------------------------------------------
+    def create_token(self, name: str, role: str, token_hash: str) -> float:
+        """Store a new active token; a name may be reused once its previous token is revoked."""
+        if not name or len(name) > 128:
+            raise InvalidArgumentError("token name must be 1-128 characters")
+        now = time.time()
+        with self._tx() as db:
+            try:
+                db.execute("INSERT INTO tokens (name, role, hash, created) VALUES (?, ?, ?, ?)",
+                           (name, role, token_hash, now))
+            except sqlite3.IntegrityError as exc:
+                raise AlreadyExistsError(f"an active token named {name!r} already exists; revoke it first") from exc
+        return now
+
+    def token_by_hash(self, token_hash: str) -> tuple[str, str] | None:
+        """(name, role) of the active token with this hash, or None (unknown or revoked)."""
+        rows = self._q("SELECT name, role FROM tokens WHERE hash=? AND revoked IS NULL", (token_hash,))
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    def list_tokens(self) -> list[dict[str, Any]]:
+        rows = self._q("SELECT name, role, created, revoked FROM tokens ORDER BY id")
+        return [{"name": n, "role": r, "created": c, "revoked": v or 0.0} for n, r, c, v in rows]
+
+    def revoke_token(self, name: str) -> dict[str, Any]:
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute("SELECT id, role, created FROM tokens WHERE name=? AND revoked IS NULL",
+                             (name,)).fetchone()
+            if not row:
+                raise NotFoundError(f"no active token named {name!r}")
+            db.execute("UPDATE tokens SET revoked=? WHERE id=?", (now, row[0]))
+        return {"name": name, "role": row[1], "created": row[2], "revoked": now}
+
+    # ---- consistency and erasure ---------------------------------------------------------------
+    def repair(self) -> dict[str, int]:
+        """Start-up check: drop templates whose person is gone and persons left with no template.
+
+        Neither can come from this store's transactions; they appear only if the file was edited
+        with foreign keys off or by an older writer. Returns the counts removed."""
+        with self._tx() as db:
+            orphans = db.execute(
+                "DELETE FROM templates WHERE NOT EXISTS (SELECT 1 FROM persons p WHERE "
+                "p.watchlist=templates.watchlist AND p.person_id=templates.person_id)").rowcount
+            empty = db.execute(
+                "DELETE FROM persons WHERE NOT EXISTS (SELECT 1 FROM templates t WHERE "
+                "t.watchlist=persons.watchlist AND t.person_id=persons.person_id)").rowcount
+            lost = db.execute("DELETE FROM persons WHERE NOT EXISTS (SELECT 1 FROM watchlists w "
+                              "WHERE w.name=persons.watchlist)").rowcount
+            if orphans or empty or lost:
+                self._bump(db)
+        return {"orphan_templates": orphans, "empty_persons": empty, "persons_without_watchlist": lost}
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database and truncate it, so erased rows leave no copy in the WAL."""
+        with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     # ---- pull cameras --------------------------------------------------------------------------
     def save_camera(self, camera_id: str, uri: str, options: dict[str, str]) -> None:

@@ -1,0 +1,68 @@
+"""Data retention: match events (with their face thumbnails) older than `retention.events_days`
+are purged, by a background thread in the server and by `faceengine purge`.
+
+Only match events hold face images; faces that matched nobody are never stored. Gallery
+templates stay until their person is removed; the audit log is kept (it is append-only and
+cannot be deleted through the engine).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from engine.config import RetentionConfig
+from engine.store.sqlite import SQLiteStore
+
+log = logging.getLogger(__name__)
+
+
+def purge_expired(store: SQLiteStore, events_days: float, now: float | None = None) -> int:
+    """Delete events older than events_days (0 = keep everything); returns how many were deleted."""
+    if events_days <= 0:
+        return 0
+    cutoff = (time.time() if now is None else now) - events_days * 86400.0
+    n = store.purge_events(cutoff)
+    if n:
+        store.checkpoint()  # the erased thumbnails leave no copy in the WAL
+        log.info("retention: purged %d events older than %.1f days", n, events_days)
+    return n
+
+
+class RetentionWorker:
+    """Runs `purge_expired` at start and then every `interval_s` seconds until stopped."""
+
+    def __init__(self, store: SQLiteStore, cfg: RetentionConfig) -> None:
+        self.store = store
+        self.cfg = cfg
+        self.purged = 0
+        self.runs = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> RetentionWorker:
+        if self.cfg.interval_s > 0 and self.cfg.events_days > 0:
+            self._thread = threading.Thread(target=self._loop, name="retention", daemon=True)
+            self._thread.start()
+        return self
+
+    def run_once(self) -> int:
+        n = purge_expired(self.store, self.cfg.events_days)
+        self.purged += n
+        self.runs += 1
+        return n
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except Exception:  # a locked or failing store must not kill the thread: retry next time
+                log.exception("retention purge failed")
+            self._stop.wait(self.cfg.interval_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None

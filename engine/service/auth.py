@@ -1,0 +1,338 @@
+"""API tokens, roles and the audit log, enforced by one gRPC server interceptor.
+
+Tokens are random (256 bits), shown once at creation and stored only as SHA-256 hashes. A call
+carries `authorization: Bearer <token>`; the interceptor resolves it to a (name, role) and checks
+the method against `METHOD_ROLES`, the single access table. A method missing from the table is
+denied, so a new RPC fails closed until someone decides who may call it. Health checking and
+reflection stay open. Calls listed in `AUDITED` are written to the store's append-only audit log
+with the caller, the target and the outcome (OK or the gRPC status code name).
+
+Roles:
+  gateway   Ingest.StreamFrames only (camera gateways).
+  operator  live and historical matches, search, verify, and read-only views of cameras,
+            watchlists and persons (an operator must know what it is looking at).
+  admin     everything: cameras, watchlists, enrolment and removal, tokens, the audit log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from engine.errors import InvalidArgumentError
+from engine.service.convert import unary
+from engine.service.proto import pb, rpc
+from engine.store.sqlite import SQLiteStore
+
+log = logging.getLogger(__name__)
+
+ROLES = ("gateway", "operator", "admin")
+_PKG = "/faceengine.v1."
+_ADMIN = frozenset({"admin"})
+_OPERATOR = frozenset({"operator", "admin"})
+_GATEWAY = frozenset({"gateway", "admin"})
+
+# The ONE access table: full method name -> roles allowed. Unlisted methods are denied.
+METHOD_ROLES: dict[str, frozenset[str]] = {
+    f"{_PKG}Ingest/StreamFrames": _GATEWAY,
+    f"{_PKG}Cameras/AddCamera": _ADMIN,
+    f"{_PKG}Cameras/RemoveCamera": _ADMIN,
+    f"{_PKG}Cameras/GetCamera": _OPERATOR,
+    f"{_PKG}Cameras/ListCameras": _OPERATOR,
+    f"{_PKG}Watchlists/CreateWatchlist": _ADMIN,
+    f"{_PKG}Watchlists/DeleteWatchlist": _ADMIN,
+    f"{_PKG}Watchlists/EnrollPerson": _ADMIN,
+    f"{_PKG}Watchlists/RemovePerson": _ADMIN,
+    f"{_PKG}Watchlists/ListWatchlists": _OPERATOR,
+    f"{_PKG}Watchlists/GetPerson": _OPERATOR,
+    f"{_PKG}Watchlists/ListPersons": _OPERATOR,
+    f"{_PKG}Matches/SubscribeMatches": _OPERATOR,
+    f"{_PKG}Matches/QueryMatches": _OPERATOR,
+    f"{_PKG}Matches/SearchByImage": _OPERATOR,
+    f"{_PKG}Matches/Verify": _OPERATOR,
+    f"{_PKG}Admin/QueryAudit": _ADMIN,
+    f"{_PKG}Admin/CreateToken": _ADMIN,
+    f"{_PKG}Admin/ListTokens": _ADMIN,
+    f"{_PKG}Admin/RevokeToken": _ADMIN,
+}
+
+# Open to anyone (no token): liveness probes and API discovery.
+OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/",
+                 "/grpc.reflection.v1.ServerReflection/")
+
+
+def _person_target(r: Any) -> str:
+    return f"{r.watchlist}/{r.person_id}"
+
+
+def _query_target(r: Any) -> str:
+    parts = [f"{k}={v}" for k, v in (("camera", r.camera_id), ("watchlist", r.watchlist),
+                                      ("person", r.person_id)) if v]
+    return ";".join(parts) or "*"
+
+
+# Audited methods -> the audit target taken from the request (action = the method's short name).
+AUDITED: dict[str, Callable[[Any], str]] = {
+    f"{_PKG}Watchlists/CreateWatchlist": lambda r: r.name,
+    f"{_PKG}Watchlists/DeleteWatchlist": lambda r: r.name,
+    f"{_PKG}Watchlists/EnrollPerson": _person_target,
+    f"{_PKG}Watchlists/RemovePerson": _person_target,
+    f"{_PKG}Cameras/AddCamera": lambda r: r.camera_id,
+    f"{_PKG}Cameras/RemoveCamera": lambda r: r.camera_id,
+    f"{_PKG}Matches/QueryMatches": _query_target,
+    f"{_PKG}Matches/SubscribeMatches": lambda r: ";".join(
+        [*(f"camera={c}" for c in r.camera_ids), *(f"watchlist={w}" for w in r.watchlists)]) or "*",
+    f"{_PKG}Matches/SearchByImage": lambda r: ",".join(r.watchlists) or "*",
+    f"{_PKG}Matches/Verify": lambda r: "",
+    f"{_PKG}Admin/CreateToken": lambda r: r.name,
+    f"{_PKG}Admin/RevokeToken": lambda r: r.name,
+    f"{_PKG}Admin/QueryAudit": lambda r: r.action or "*",
+}
+
+
+# ---- tokens ------------------------------------------------------------------------------------
+def hash_token(token: str) -> str:
+    """SHA-256 hex of a token: enough for 256-bit random secrets (no salt or stretching needed)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_token(store: SQLiteStore, name: str, role: str) -> tuple[str, float]:
+    """Make and store a new token; returns (the token, shown once, creation time)."""
+    if role not in ROLES:
+        raise InvalidArgumentError(f"role {role!r} unknown; use one of {', '.join(ROLES)}")
+    token = "fe_" + secrets.token_urlsafe(32)
+    return token, store.create_token(name, role, hash_token(token))
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    role: str
+
+
+ANONYMOUS = Principal("anonymous", "auth-off")
+
+
+@dataclass
+class CallInfo:
+    """What the interceptor knows about the current call; servicers may add audit detail."""
+
+    principal: Principal
+    method: str
+    details: list[str] = field(default_factory=list)
+
+
+_local = threading.local()
+
+
+def current() -> CallInfo | None:
+    """The call being served on this thread (None outside the interceptor)."""
+    return getattr(_local, "call", None)
+
+
+def add_audit_detail(text: str) -> None:
+    """Attach a detail (e.g. 'events_erased=3') to the current call's audit record."""
+    info = current()
+    if info is not None:
+        info.details.append(text)
+
+
+# ---- interceptor -------------------------------------------------------------------------------
+class AuthInterceptor(grpc.ServerInterceptor):
+    """Authenticates, authorises (METHOD_ROLES) and audits (AUDITED) every call.
+
+    The checks run inside the wrapped handler, on the call's worker thread, so a slow store never
+    stalls the server's dispatch loop (and health checks)."""
+
+    def __init__(self, store: SQLiteStore, enabled: bool = True) -> None:
+        self.store = store
+        self.enabled = enabled
+
+    def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
+        handler = continuation(details)
+        method: str = details.method
+        if handler is None or method.startswith(OPEN_PREFIXES):
+            return handler
+        metadata = details.invocation_metadata or ()
+        return _rewrap(handler, lambda behavior, streaming: self._guard(behavior, method, metadata, streaming))
+
+    def authenticate(self, metadata: Any) -> Principal:
+        """Resolve the bearer token; raises _Denied(UNAUTHENTICATED) when missing, bad or revoked."""
+        if not self.enabled:
+            return ANONYMOUS
+        values = [v for k, v in metadata if k == "authorization"]
+        if not values:
+            raise _Denied(grpc.StatusCode.UNAUTHENTICATED,
+                          "missing 'authorization: Bearer <token>' metadata (create a token with "
+                          "`faceengine token create`)")
+        scheme, _, token = str(values[0]).strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise _Denied(grpc.StatusCode.UNAUTHENTICATED, "authorization metadata must be 'Bearer <token>'")
+        found = self.store.token_by_hash(hash_token(token.strip()))
+        if found is None:
+            raise _Denied(grpc.StatusCode.UNAUTHENTICATED, "invalid or revoked API token")
+        return Principal(*found)
+
+    def authorize(self, method: str, principal: Principal) -> None:
+        if not self.enabled:
+            return
+        allowed = METHOD_ROLES.get(method)
+        if allowed is None:
+            raise _Denied(grpc.StatusCode.PERMISSION_DENIED, f"{method} is not in the access table (denied)")
+        if principal.role not in allowed:
+            raise _Denied(grpc.StatusCode.PERMISSION_DENIED,
+                          f"token {principal.name!r} (role {principal.role}) may not call "
+                          f"{method.rsplit('/', 1)[-1]}; allowed roles: {', '.join(sorted(allowed))}")
+
+    def _audit(self, info: CallInfo, request: Any, result: str) -> None:
+        target_of = AUDITED.get(info.method)
+        if target_of is None:
+            return
+        try:
+            target = target_of(request) if request is not None else ""
+        except Exception:  # noqa: BLE001 - a malformed request must still be audited
+            target = "?"
+        try:
+            self.store.audit(info.principal.name, info.principal.role, info.method.rsplit("/", 1)[-1],
+                             target[:1000], result, " ".join(info.details)[:1000])
+        except Exception:
+            log.exception("audit record for %s could not be written", info.method)
+
+    def _guard(self, behavior: Callable[..., Any], method: str, metadata: Any, streaming: tuple[bool, bool]
+               ) -> Callable[..., Any]:
+        request_streaming, response_streaming = streaming
+
+        def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                principal = self.authenticate(metadata)
+            except _Denied as exc:
+                log.warning("%s: %s (peer %s)", method, exc.message, context.peer())
+                context.abort(exc.code, exc.message)
+            info = CallInfo(principal, method)
+            try:
+                self.authorize(method, principal)
+            except _Denied as exc:
+                log.warning("%s denied to %s/%s", method, principal.name, principal.role)
+                self._audit(info, None if request_streaming else request, exc.code.name)
+                context.abort(exc.code, exc.message)
+            audited_request = None if request_streaming else request
+            if response_streaming:
+                return self._stream(behavior(request, context), info, audited_request, context)
+            _local.call = info
+            result = "OK"
+            try:
+                return behavior(request, context)
+            except BaseException:
+                code = context.code()
+                result = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+                _cap_details(context)
+                raise
+            finally:
+                _local.call = None
+                self._audit(info, audited_request, result)
+
+        return guarded
+
+    def _stream(self, it: Iterator[Any], info: CallInfo, request: Any, context: grpc.ServicerContext
+                ) -> Iterator[Any]:
+        """Run a response stream with the call info set; audit once when it opens (or fails to)."""
+        audited = info.method not in AUDITED
+        try:
+            while True:
+                _local.call = info
+                try:
+                    item = next(it)
+                except StopIteration:
+                    break
+                finally:
+                    _local.call = None
+                if not audited:
+                    audited = True
+                    self._audit(info, request, "OK")
+                yield item
+        except BaseException:
+            if not audited:
+                audited = True
+                code = context.code()
+                self._audit(info, request, code.name if isinstance(code, grpc.StatusCode) else "CANCELLED")
+            raise
+        finally:
+            if not audited:
+                self._audit(info, request, "OK")
+
+
+MAX_DETAILS = 2000
+
+
+def _cap_details(context: grpc.ServicerContext) -> None:
+    """Shorten a status message that echoes a huge request field (e.g. a 10k-character id): status
+    details travel in HTTP/2 trailers and clients drop trailers over 8 KiB, turning the precise code
+    into RESOURCE_EXHAUSTED."""
+    try:
+        details = context.details()
+    except Exception:  # noqa: BLE001 - older grpc without details()
+        return
+    if details and len(details) > MAX_DETAILS:
+        text = details.decode("utf-8", "replace") if isinstance(details, bytes) else str(details)
+        context.set_details(text[: MAX_DETAILS - 40] + f"... ({len(text)} characters, truncated)")
+
+
+class _Denied(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _rewrap(handler: Any, wrap: Callable[[Callable[..., Any], tuple[bool, bool]], Callable[..., Any]]) -> Any:
+    """A method handler of the same kind whose behaviour is wrap(behaviour)."""
+    ser = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary, (False, False)), **ser)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream, (False, True)), **ser)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary, (True, False)), **ser)
+    return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream, (True, True)), **ser)
+
+
+# ---- Admin service -----------------------------------------------------------------------------
+def _token_info(d: dict[str, Any]) -> pb.TokenInfo:
+    return pb.TokenInfo(name=d["name"], role=d["role"], created=d["created"], revoked=d.get("revoked") or 0.0)
+
+
+class AdminServicer(rpc.AdminServicer):
+    """Audit log queries and token management (role admin; see METHOD_ROLES)."""
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self.store = store
+
+    @unary
+    def QueryAudit(self, request: pb.AuditQuery, context: grpc.ServicerContext) -> pb.AuditQueryResponse:  # noqa: N802
+        limit = max(1, min(request.limit or 100, 1000))
+        rows = self.store.query_audit(request.since, limit, request.after_id, request.action)
+        return pb.AuditQueryResponse(records=[pb.AuditRecord(
+            id=r["id"], time=r["ts"], actor=r["actor"], role=r["role"], action=r["action"], target=r["target"],
+            result=r["result"], detail=r["detail"]) for r in rows])
+
+    @unary
+    def CreateToken(self, request: pb.CreateTokenRequest, context: grpc.ServicerContext) -> pb.CreateTokenResponse:  # noqa: N802
+        token, created = create_token(self.store, request.name, request.role)
+        add_audit_detail(f"role={request.role}")
+        return pb.CreateTokenResponse(info=pb.TokenInfo(name=request.name, role=request.role, created=created),
+                                      token=token)
+
+    @unary
+    def ListTokens(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.ListTokensResponse:  # noqa: N802
+        return pb.ListTokensResponse(tokens=[_token_info(t) for t in self.store.list_tokens()])
+
+    @unary
+    def RevokeToken(self, request: pb.RevokeTokenRequest, context: grpc.ServicerContext) -> pb.TokenInfo:  # noqa: N802
+        return _token_info(self.store.revoke_token(request.name))
