@@ -152,3 +152,30 @@ def test_identify_cli_json_and_video_progress(tmp_path: Path, model_dir: Path) -
     out = run_cli("enroll-local", "--model-dir", str(model_dir), "--db", db, "--person", "x",
                   str(IMAGES / "multiface.jpg"))
     assert out.returncode == 1 and "6 faces found" in out.stderr
+
+
+def test_site_model_from_local_manifest(tmp_path: Path) -> None:
+    """A model the manifest does not know (here: a renamed ArcFace-style 112x112 graph with other
+    normalisation) is accepted once described, with its hash, in the model dir's manifest.local.json."""
+    import json
+
+    from engine.config import EmbedderConfig, RuntimeConfig
+    from engine.models.registry import sha256_file
+    from engine.vision.embedder import load_embedder
+
+    d = tmp_path / "m"
+    d.mkdir()
+    shutil.copy(MIRROR / "mobilefacenet.onnx", d / "site_arcface.onnx")
+    entry = {"file": "site_arcface.onnx", "task": "embedder", "family": "arcface",
+             "sha256": sha256_file(d / "site_arcface.onnx"), "input_size": [112, 112], "color": "RGB",
+             "mean": 127.5, "std": 127.5, "dim": 128}
+    (d / "manifest.local.json").write_text(json.dumps({"models": {"site_arcface": entry}}))
+    reg = ModelRegistry(d)
+    emb = load_embedder(reg, "site_arcface", EmbedderConfig(), RuntimeConfig())
+    crops = np.random.default_rng(0).integers(0, 255, (3, 112, 112, 3), dtype=np.uint8)
+    out = emb.embed(crops)
+    assert out.shape == (3, 128) and np.allclose(np.linalg.norm(out, axis=1), 1, atol=1e-5)
+    entry["sha256"] = "0" * 64
+    (d / "manifest.local.json").write_text(json.dumps({"models": {"site_arcface": entry}}))
+    with pytest.raises(ModelHashMismatchError):
+        ModelRegistry(d).path("site_arcface")

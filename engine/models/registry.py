@@ -29,6 +29,9 @@ _MANIFEST_CANDIDATES = (
 )
 
 
+LOCAL_MANIFEST = "manifest.local.json"  # in the model dir: extra models a site adds, same format
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """One manifest entry: where a model comes from and how to feed it."""
@@ -91,6 +94,12 @@ class ModelRegistry:
         self.mirror = Path(mirror).expanduser() if mirror else None
         self.verify_hash = verify_hash
         self.specs = manifest if manifest is not None else load_manifest()
+        local = self.model_dir / LOCAL_MANIFEST
+        if manifest is None and local.is_file():  # a site's own models, with their own hashes
+            try:
+                self.specs.update(load_manifest(local))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ModelError(f"{local} is not a valid manifest: {exc}") from exc
         self._verified: dict[Path, tuple[int, float]] = {}
 
     def spec(self, name: str) -> ModelSpec:
@@ -101,8 +110,8 @@ class ModelRegistry:
             if spec.file == name:
                 return spec
         raise ModelNotFoundError(
-            f"unknown model {name!r}; known: {', '.join(sorted(self.specs))} "
-            "(to use another file, add an entry with its sha256 to models/manifest.json)"
+            f"unknown model {name!r}; known: {', '.join(sorted(self.specs))} (to use another file, describe it "
+            f"with its sha256 in {self.model_dir / LOCAL_MANIFEST}, same format as models/manifest.json)"
         )
 
     def status(self, name: str) -> str:
