@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import faiss
@@ -17,6 +18,15 @@ from engine.gallery.faiss_index import (
 )
 
 DIM = 64
+
+
+@pytest.fixture(autouse=True)
+def _one_faiss_thread() -> Iterator[None]:
+    """One OpenMP thread: tiny k-means on a busy shared machine is far slower with spinning thread teams."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
 
 
 def _unit(n: int, dim: int = DIM, seed: int = 0) -> np.ndarray:

@@ -28,7 +28,9 @@ Specs (`spec` argument):
 
 Below the training size (`max(min_train_size, 39 * nlist)` vectors) every spec searches the exact store,
 which is also the faster option for small galleries. faiss OpenMP threads are a process-wide setting and are
-left to the caller (`faiss.omp_set_num_threads`); one thread per single-face lookup is usually best.
+left to the caller (`faiss.omp_set_num_threads`). One thread is usually best for a server: single-face
+lookups gain nothing from a second thread, and on a busy machine spinning OpenMP teams can make IVF
+training 10-100x slower (seen on a loaded 2-core host).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ __all__ = [
     "VectorIndex",
     "auto_nlist",
     "create_index",
+    "pq_subquantizers",
 ]
 
 DEFAULT_NPROBE_FRACTION = 0.875
@@ -96,7 +99,7 @@ def auto_nlist(n: int) -> int:
     return int(min(max(2 ** round(math.log2(target)), 8), 4096))
 
 
-def _pq_m(dim: int) -> int | None:
+def pq_subquantizers(dim: int) -> int | None:
     """Sub-quantizer count for 4-bit fast-scan PQ: the largest even divisor of dim <= 64, or None."""
     for m in range(min(MAX_PQ_M, dim), 1, -1):
         if m % 2 == 0 and dim % m == 0:
@@ -105,7 +108,7 @@ def _pq_m(dim: int) -> int | None:
 
 
 def _ivf_factory(dim: int, nlist: int) -> str:
-    m = _pq_m(dim)
+    m = pq_subquantizers(dim)
     return f"IVF{nlist},PQ{m}x4fs" if m else f"IVF{nlist},Flat"
 
 
@@ -302,6 +305,13 @@ class VectorIndex:
             return int(ivf.nlist) if ivf is not None else None
 
     @property
+    def effective_nprobe(self) -> int | None:
+        """IVF lists actually probed per query by the built approximate index, or None."""
+        with self._lock:
+            ivf = faiss.try_extract_index_ivf(self._ann) if self._ann is not None else None
+            return int(ivf.nprobe) if ivf is not None else None
+
+    @property
     def train_size(self) -> int | None:
         """Vectors needed before the approximate index is built (exact search below); None for Flat."""
         if self._kind == "flat":
@@ -322,6 +332,25 @@ class VectorIndex:
             return False
         with self._lock:
             return bool(self._present(np.array([item], dtype=np.int64))[0])
+
+    def configure(self, *, nprobe: int | None = None, ef_search: int | None = None,
+                  refine_k: int | None = None) -> None:
+        """Change search-time knobs on a live index (e.g. to tune recall/latency without a rebuild)."""
+        with self._lock:
+            if nprobe is not None:
+                if nprobe < 1:
+                    raise ValueError(f"nprobe must be >= 1, got {nprobe}")
+                self.nprobe = nprobe
+            if ef_search is not None:
+                if ef_search < 1:
+                    raise ValueError(f"ef_search must be >= 1, got {ef_search}")
+                self.ef_search = ef_search
+            if refine_k is not None:
+                if refine_k < 1:
+                    raise ValueError(f"refine_k must be >= 1, got {refine_k}")
+                self.refine_k = refine_k
+            if self._ann is not None:
+                self._apply_knobs(self._ann)
 
     # ---- validation ---------------------------------------------------------------------------------------
     def _check_vectors(self, x: Any, name: str) -> np.ndarray:

@@ -7,6 +7,7 @@ import logging
 import threading
 from concurrent import futures
 
+import faiss
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -34,6 +35,8 @@ class FaceEngineServer:
                  interceptors: list[grpc.ServerInterceptor] | None = None,
                  credentials: grpc.ServerCredentials | None = None) -> None:
         self.cfg = cfg
+        # one query at a time per caller: OpenMP threads in faiss only fight the model threads for cores
+        faiss.omp_set_num_threads(1)
         if not cfg.auth.enabled and not is_loopback(cfg.server.host):
             raise ConfigError(f"refusing to serve on {cfg.server.host!r} with auth.enabled=false: without tokens "
                               "the API is open; bind to 127.0.0.1 (e.g. `faceengine serve --dev`) or enable auth")
