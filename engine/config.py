@@ -48,7 +48,7 @@ class ModelsConfig:
 @dataclass
 class RuntimeConfig:
     provider: str = _f("cpu", "Execution provider: cpu, cuda, tensorrt, or auto (best available).")
-    intra_op_threads: int = _f(0, "onnxruntime intra-op threads per session (0 = onnxruntime default).")
+    intra_op_threads: int = _f(0, "onnxruntime intra-op threads per session (0 = half the cores, at least 1).")
     inter_op_threads: int = _f(1, "onnxruntime inter-op threads per session.")
     graph_optimization: str = _f("all", "onnxruntime graph optimisation level: disable, basic, extended, all.")
 

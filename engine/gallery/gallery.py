@@ -153,6 +153,10 @@ class Gallery:
     def __len__(self) -> int:
         return len(self.index)
 
+    def has_template(self, template_id: int) -> bool:
+        """True while the template (and so its person) is in the gallery."""
+        return template_id in self._labels
+
     def vector_ids(self) -> set[int]:
         return {int(i) for i in self.index.ids()}
 

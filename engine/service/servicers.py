@@ -236,6 +236,7 @@ class WatchlistsServicer(rpc.WatchlistsServicer):
             if erase:  # a retry after a crash between the two steps still erases the events
                 srv.store.delete_person_events(request.watchlist, request.person_id)
             raise
+        srv.engine.forget_person(request.watchlist, request.person_id)
         erased = srv.store.delete_person_events(request.watchlist, request.person_id) if erase else 0
         srv.store.checkpoint()  # no copy of the erased rows stays behind in the WAL
         add_audit_detail(f"templates={n} events_erased={erased}")

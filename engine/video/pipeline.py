@@ -6,6 +6,10 @@ threads take up to `batch_size` frames round-robin across cameras (waiting at mo
 quality, embed only best shots of all cameras in one call, search the gallery once, and raise
 one event per (track, person), updated when its score rises.
 
+Several workers may hold consecutive frames of one camera: they detect them at the same time
+(on two cores), then track, embed and match them strictly in capture order (each batch holds a
+per-camera ticket and waits for its turn after detection).
+
 When a camera's queue is full the oldest waiting frame is dropped (newest wins) and counted.
 """
 
@@ -71,6 +75,7 @@ class FrameJob:
     image: np.ndarray
     reply: Reply | None = None
     arrival: float = field(default_factory=time.monotonic)
+    ticket: int = -1  # the camera's batch order, set by the workers (-1: process() called directly)
 
 
 class RateMeter:
@@ -113,7 +118,10 @@ class CameraState:
     state: str = "idle"
     last_frame_time: float = 0.0
     last_time: float = float("-inf")
-    busy: bool = False
+    busy: bool = False  # some worker holds frames of this camera
+    inflight: int = 0  # batches of this camera being processed (several workers detect ahead)
+    tickets_issued: int = 0
+    tickets_done: int = 0
     fps_in: RateMeter = field(default_factory=RateMeter)
     fps_out: RateMeter = field(default_factory=RateMeter)
     source: object | None = None
@@ -133,6 +141,7 @@ class Engine:
         p = cfg.pipeline
         self.policy = BestShotPolicy(p.min_quality, p.reembed_margin, p.reembed_interval_s)
         self._cams: dict[str, CameraState] = {}
+        self._events_lock = threading.Lock()  # cameras' live event caches: workers vs RemovePerson
         self._order: deque[str] = deque()
         self._cv = threading.Condition()
         self._workers: list[threading.Thread] = []
@@ -231,23 +240,36 @@ class Engine:
     def _collect(self) -> list[tuple[CameraState, FrameJob]]:
         p = self.cfg.pipeline
         with self._cv:
-            while self._running and not any(c.queue and not c.busy for c in self._cams.values()):
+            depth = max(1, p.workers)  # batches of one camera in flight at once (detection runs ahead)
+            while self._running and not any(c.queue and c.inflight < depth for c in self._cams.values()):
                 self._cv.wait(0.5)
             if not self._running:
                 return []
             deadline = time.monotonic() + p.batch_wait_ms / 1000
             batch: list[tuple[CameraState, FrameJob]] = []
             mine: set[str] = set()  # cameras this worker owns for the batch (others skip them: order)
+            # With several workers, leave a share of the ready cameras to the others: on CPU a big
+            # batch is no cheaper per frame, but two workers run the models on two cores at once.
+            workers = max(1, p.workers)
+            ready = sum(1 for c in self._cams.values() if c.queue and c.inflight < depth)
+            max_cams = max(1, -(-ready // workers)) if workers > 1 else len(self._order)
             while len(batch) < p.batch_size:
                 taken = False
                 for _ in range(len(self._order)):
                     cid = self._order[0]
                     self._order.rotate(-1)
                     cam = self._cams[cid]
-                    if cam.queue and (not cam.busy or cid in mine):
-                        batch.append((cam, cam.queue.popleft()))
-                        cam.busy = True
-                        mine.add(cid)
+                    if cam.queue and (cid in mine or (cam.inflight < depth and len(mine) < max_cams)):
+                        job = cam.queue.popleft()
+                        if cid not in mine:
+                            cam.inflight += 1
+                            cam.busy = True
+                            mine.add(cid)
+                            job.ticket = cam.tickets_issued
+                            cam.tickets_issued += 1
+                        else:
+                            job.ticket = next(j.ticket for c, j in batch if c is cam)
+                        batch.append((cam, job))
                         taken = True
                         if len(batch) >= p.batch_size:
                             break
@@ -276,10 +298,23 @@ class Engine:
                                                   error=FaceEngineError(f"internal error: {exc}")))
             finally:
                 with self._cv:
-                    for cam, _ in batch:
-                        cam.busy = False
+                    self._wait_turn(batch)  # a failed batch still hands the turn on in order
+                    for cam in {id(c): c for c, _ in batch}.values():
+                        cam.tickets_done += 1
+                        cam.inflight -= 1
+                        cam.busy = cam.inflight > 0
                     self._inflight -= len(batch)
                     self._cv.notify_all()
+
+    def _wait_turn(self, batch: list[tuple[CameraState, FrameJob]]) -> None:
+        """Block (holding self._cv) until every earlier batch of the batch's cameras is done.
+
+        Tickets are issued under one lock in collection order, so the oldest unfinished batch
+        never waits for a newer one: no deadlock."""
+        while True:
+            if all(job.ticket < 0 or cam.tickets_done >= job.ticket for cam, job in batch):
+                return
+            self._cv.wait(1.0)
 
     # ---- processing ----------------------------------------------------------------------------
     def process(self, batch: list[tuple[CameraState, FrameJob]]) -> list[FrameOutcome]:
@@ -293,6 +328,10 @@ class Engine:
         t1 = time.perf_counter()
         m.stage_seconds.labels("detect").observe(t1 - t0)
         m.batch_size.observe(len(batch))
+        if any(job.ticket >= 0 for _, job in batch):  # from the workers: track in capture order
+            with self._cv:
+                self._wait_turn(batch)
+            t1 = time.perf_counter()
         outcomes: list[FrameOutcome] = []
         crops: list[np.ndarray] = []
         owners: list[tuple[int, int, float]] = []  # (frame index, face index, quality)
@@ -386,33 +425,50 @@ class Engine:
 
     def _track_event(self, cam: CameraState, track_id: int) -> MatchEvent | None:
         best = None
-        for (tid, _, _), ev in cam.events.items():
-            if tid == track_id and (best is None or ev.score > best.score):
-                best = ev
+        with self._events_lock:
+            for (tid, _, _), ev in cam.events.items():
+                if tid == track_id and (best is None or ev.score > best.score):
+                    best = ev
         return best
 
     def _raise_event(self, cam: CameraState, job: FrameJob, track_id: int, box: np.ndarray, hit) -> MatchEvent | None:  # noqa: ANN001
         """One event per (track, person); re-sent as an update when its score rises."""
+        if not self.gallery.has_template(hit.template_id):
+            return None  # the person was removed while this batch was in flight: erased data stays erased
         key = (track_id, hit.watchlist, hit.person_id)
-        ev = cam.events.get(key) if track_id >= 0 else None
-        thumb = self._thumbnail(job.image, box)
+        with self._events_lock:
+            ev = cam.events.get(key) if track_id >= 0 else None
         box_t = tuple(float(v) for v in box)
-        if ev is None:
-            ev = MatchEvent(uuid.uuid4().hex, cam.camera_id, job.capture_time, hit.watchlist, hit.person_id,
-                            hit.display_name, float(hit.score), box_t, track_id, job.seq, thumb)  # type: ignore[arg-type]
-            self.store.add_event(ev)
-            if track_id >= 0:
-                cam.events[key] = ev
-            self.metrics.matches.labels("new").inc()
-            self.bus.publish(ev, False)
-            return ev
-        if hit.score > ev.score + 1e-4:
-            ev.score, ev.box, ev.thumbnail = float(hit.score), box_t, thumb  # type: ignore[assignment]
+        if ev is not None and hit.score > ev.score + 1e-4:
+            ev.score, ev.box, ev.thumbnail = float(hit.score), box_t, self._thumbnail(job.image, box)  # type: ignore[assignment]
             ev.timestamp, ev.frame_seq = job.capture_time, job.seq
-            self.store.update_event(ev)
-            self.metrics.matches.labels("update").inc()
-            self.bus.publish(ev, True)
+            try:
+                self.store.update_event(ev)
+            except NotFoundError:  # purged by retention while the track lived on: record it afresh
+                ev = None
+            else:
+                self.metrics.matches.labels("update").inc()
+                self.bus.publish(ev, True)
+                return ev
+        elif ev is not None:
+            return ev
+        ev = MatchEvent(uuid.uuid4().hex, cam.camera_id, job.capture_time, hit.watchlist, hit.person_id,
+                        hit.display_name, float(hit.score), box_t, track_id, job.seq,  # type: ignore[arg-type]
+                        self._thumbnail(job.image, box))
+        self.store.add_event(ev)
+        if track_id >= 0:
+            with self._events_lock:
+                cam.events[key] = ev
+        self.metrics.matches.labels("new").inc()
+        self.bus.publish(ev, False)
         return ev
+
+    def forget_person(self, watchlist: str, person_id: str) -> None:
+        """Drop live tracks' cached events of a removed person (they are erased from the store)."""
+        with self._events_lock:
+            for cam in self._cams.values():
+                for key in [k for k in cam.events if k[1] == watchlist and k[2] == person_id]:
+                    del cam.events[key]
 
     def _thumbnail(self, image: np.ndarray, box: np.ndarray) -> bytes:
         x1, y1, x2, y2 = box
@@ -434,8 +490,9 @@ class Engine:
             return
         cam.tracks.drop(ended)
         gone = set(ended)
-        for key in [k for k in cam.events if k[0] in gone]:
-            del cam.events[key]
+        with self._events_lock:
+            for key in [k for k in cam.events if k[0] in gone]:
+                del cam.events[key]
 
     def _reply(self, job: FrameJob, out: FrameOutcome) -> None:
         if job.reply is not None:

@@ -8,6 +8,7 @@ to original image coordinates.
 from __future__ import annotations
 
 import math
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ class OnnxFaceDetector(FaceDetector):
         self.session = session
         self.cfg = cfg
         self._anchor_cache: dict[tuple[int, int, int], np.ndarray] = {}
+        self._local = threading.local()
 
     def target_size(self, w: int, h: int) -> tuple[int, int]:
         """Network input (width, height): long side -> input_size, each side padded to a multiple of 32."""
@@ -62,7 +64,8 @@ class OnnxFaceDetector(FaceDetector):
         return (max(32, math.ceil(w * scale / 32) * 32), max(32, math.ceil(h * scale / 32) * 32))
 
     def preprocess(self, image: np.ndarray, size: tuple[int, int], out: np.ndarray) -> Letterbox:
-        """Letterbox `image` into the HxWx3 float32 buffer `out` (pre-filled with normalised black)."""
+        """Letterbox `image` into the float32 buffer `out`, shaped 3xHxW (what the network eats, so no
+        transpose copy is needed) or HxWx3; the padding (right/bottom) is set to normalised black."""
         h, w = image.shape[:2]
         tw, th = size
         scale = min(tw / w, th / h)
@@ -71,11 +74,35 @@ class OnnxFaceDetector(FaceDetector):
         resized = cv2.resize(image, (nw, nh), interpolation=interp)
         if self.spec.color == "RGB":
             resized = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
-        if self.spec.mean or self.spec.std != 1.0:
-            out[:nh, :nw] = (resized.astype(np.float32) - self.spec.mean) / self.spec.std
+        pad = -self.spec.mean / self.spec.std
+        if out.shape == (3, th, tw):
+            region = out[:, :nh, :nw]
+            for c, plane in enumerate(cv2.split(resized)):
+                region[c] = plane
+            out[:, nh:, :] = pad
+            out[:, :nh, nw:] = pad
         else:
-            out[:nh, :nw] = resized
+            region = out[:nh, :nw]
+            region[...] = resized
+            out[nh:, :] = pad
+            out[:nh, nw:] = pad
+        if self.spec.mean or self.spec.std != 1.0:
+            region -= self.spec.mean
+            region /= self.spec.std
         return Letterbox(scale, tw, th)
+
+    def _input_buffer(self, n: int, h: int, w: int) -> np.ndarray:
+        """A reused (n, 3, h, w) float32 input buffer, one per thread: page-faulting a fresh 20+ MB
+        array (and a transposed copy of it) for every batch cost more than the resize itself."""
+        cache: dict[tuple[int, int, int], np.ndarray] | None = getattr(self._local, "buffers", None)
+        if cache is None:
+            cache = self._local.buffers = {}
+        buf = cache.get((n, h, w))
+        if buf is None:
+            if len(cache) >= 4:  # frame and batch sizes vary little; keep the few in use
+                cache.pop(next(iter(cache)))
+            buf = cache[(n, h, w)] = np.empty((n, 3, h, w), np.float32)
+        return buf
 
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[Detections]:
         images = [check_array(im) for im in images]
@@ -85,10 +112,9 @@ class OnnxFaceDetector(FaceDetector):
             groups.setdefault(self.target_size(im.shape[1], im.shape[0]), []).append(i)
         for size, idx in groups.items():
             tw, th = size
-            # padding is black after normalisation, as if the frame had black borders
-            buf = np.full((len(idx), th, tw, 3), -self.spec.mean / self.spec.std, np.float32)
+            buf = self._input_buffer(len(idx), th, tw)
             boxes = [self.preprocess(images[i], size, buf[k]) for k, i in enumerate(idx)]
-            outs = self.session.run(np.ascontiguousarray(buf.transpose(0, 3, 1, 2)))
+            outs = self.session.run(buf)
             for k, i in enumerate(idx):
                 raw_boxes, kps, scores = self.decode([o[k] for o in outs], tw, th)
                 results[i] = self.postprocess(raw_boxes, kps, scores, boxes[k], images[i].shape)

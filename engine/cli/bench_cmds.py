@@ -1,0 +1,65 @@
+"""`faceengine bench` (video pipeline throughput/latency) and `faceengine bench faiss` (1:N search).
+
+Both run the scripts in the source tree's `benchmarks/` folder, so the command and the script
+measure with the same code."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from engine.cli.common import add_config_args, load_config
+from engine.errors import FaceEngineError
+
+BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _bench_module(name: str) -> ModuleType:
+    """Import benchmarks/<name>.py (they live next to the package in a source checkout)."""
+    if not (BENCH_DIR / f"{name}.py").is_file():
+        raise FaceEngineError(f"benchmark {name} not found in {BENCH_DIR}; run from a source checkout")
+    if str(BENCH_DIR) not in sys.path:
+        sys.path.insert(0, str(BENCH_DIR))
+    return importlib.import_module(name)
+
+
+def register(sub: Any, lazy: Callable[[str, str], Callable[[argparse.Namespace], int]]) -> None:
+    b = sub.add_parser("bench", help="benchmarks: video pipeline (default) or `bench faiss`",
+                       description="Video pipeline benchmark: naive per-face loop vs OpenCV loop vs the engine "
+                                   "in-process (1..N cameras) and over gRPC. `faceengine bench faiss --help` "
+                                   "for the gallery search benchmark.")
+    add_config_args(b)
+    b.add_argument("target", nargs="?", choices=["pipeline", "faiss"], default="pipeline",
+                   help="which benchmark (default pipeline)")
+    b.add_argument("--video", default=None, help="video file (default shared multiface_1080p.mp4)")
+    b.add_argument("--cameras", type=int, default=4, help="simulated cameras: the engine runs 1..N (default 4)")
+    b.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians reported (default 3)")
+    b.add_argument("--window", type=int, default=4, help="frames in flight per camera (default 4)")
+    b.add_argument("--max-frames", type=int, default=0, help="use only the first N frames (0 = all)")
+    b.add_argument("--out", default=None, help="output prefix for .json and .png (default bench-results/<target>)")
+    b.add_argument("--no-grpc", action="store_true", help="skip the gRPC passes")
+    b.add_argument("--no-raw", action="store_true", help="skip the raw-frame gRPC pass")
+    b.add_argument("--no-baselines", action="store_true", help="skip the naive and cv2 loops")
+    b.add_argument("--quick", action="store_true", help="faiss: only 10k and 100k galleries")
+    b.add_argument("--json", action="store_true", help="table on stderr; end with one JSON summary line")
+    b.set_defaults(func=lazy("engine.cli.bench_cmds", "cmd_bench"))
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.target == "faiss":
+        mod = _bench_module("bench_faiss")
+        argv = ["--out", args.out or "bench-results/faiss"] + (["--quick"] if args.quick else [])
+        return int(mod.main(argv) or 0)
+    mod = _bench_module("bench_pipeline")
+    cfg = load_config(args)
+    if args.video is None:
+        args.video = str(mod.DEFAULT_VIDEO)
+    if not Path(args.video).is_file():
+        raise FaceEngineError(f"video {args.video} not found")
+    args.out = args.out or "bench-results/pipeline"
+    return int(mod.main_args(args, cfg=cfg))
