@@ -34,8 +34,8 @@ def bench_config(model_dir: str | None = None, db: str | None = None, config_fil
     cfg = Config.load(config_file)
     if model_dir:
         cfg.models.dir = model_dir
-    elif not Path(cfg.models.dir).is_dir() and Path("/tmp/fe-models").is_dir():
-        cfg.models.dir = "/tmp/fe-models"
+    if not cfg.models.mirror and (SHARED / "models").is_dir():
+        cfg.models.mirror = str(SHARED / "models")  # missing models are copied (hash-checked) from the mirror
     cfg.store.path = db or str(Path(tempfile.mkdtemp(prefix="fe-bench-")) / "bench.db")
     cfg.server.metrics_port = 0
     return cfg

@@ -57,6 +57,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return int(mod.main(argv) or 0)
     mod = _bench_module("bench_pipeline")
     cfg = load_config(args)
+    mirror = Path(mod.DEFAULT_VIDEO).parents[2] / "models"  # ../shared/testdata/videos -> ../shared/models
+    if not cfg.models.mirror and mirror.is_dir():
+        cfg.models.mirror = str(mirror)  # missing models are copied (hash-checked) from ../shared/models
     if args.video is None:
         args.video = str(mod.DEFAULT_VIDEO)
     if not Path(args.video).is_file():
