@@ -216,8 +216,8 @@ def test_pull_camera_reports_deleted_and_truncated_files(server: FaceEngineServe
     opts = {"realtime": "true", "loop": "true", "backoff_s": "0.2"}
     c.cameras.AddCamera(pb.AddCameraRequest(camera_id="file-cam", uri=str(video), options=opts))
 
-    def cam() -> pb.Camera:
-        return c.cameras.GetCamera(pb.CameraRequest(camera_id="file-cam"))
+    def cam() -> pb.Camera:  # what an operator sees in ListCameras
+        return next(x for x in c.cameras.ListCameras(pb.ListCamerasRequest()).cameras if x.camera_id == "file-cam")
 
     assert _wait(lambda: cam().frames_processed >= 5), cam()
     video.unlink()  # deleted mid-stream: the open file plays out, then reopening fails
