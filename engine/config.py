@@ -106,6 +106,7 @@ class PipelineConfig:
     min_quality: float = _f(0.45, "Faces below this quality score (0..1) are never matched.")
     reembed_margin: float = _f(0.1, "Re-embed a track only when quality improves by this much...")
     reembed_interval_s: float = _f(2.0, "...or when this many seconds passed since its last embedding.")
+    fast_decode: bool = _f(True, "Decode large JPEG frames at half size for detection, full size for best shots.")
     thumbnail_size: int = _f(112, "Side of the JPEG face thumbnail stored with match events.")
 
 

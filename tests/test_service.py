@@ -251,3 +251,27 @@ def test_overload_drops_are_counted_and_reported(cfg: Config, analyzer) -> None:
         assert status.frames_processed + status.frames_dropped == 40
     finally:
         srv.stop(grace=1)
+
+
+def test_large_jpeg_frames_decoded_reduced_report_original_coordinates(server: FaceEngineServer, analyzer) -> None:  # noqa: ANN001
+    """1080p JPEG frames are detected on a half-size DCT decode; boxes still come back in original pixels
+    and best shots are embedded from the full-resolution frame."""
+    from engine.vision.detections import box_iou
+    from engine.vision.image import decode_for_detection, decode_image
+
+    cap = cv2.VideoCapture(str(VIDEOS / "multiface_1080p.mp4"))
+    ok, frame = cap.read()
+    cap.release()
+    assert ok and frame.shape[:2] == (1080, 1920)
+    jpg = encode_jpeg(frame)
+    small, scale, loader = decode_for_detection(jpg, 2 * server.cfg.detector.input_size)
+    assert small.shape[:2] == (540, 960) and scale == 2.0 and loader is not None
+    assert np.array_equal(loader(), decode_image(jpg))
+    reference = analyzer.detector.detect(decode_image(jpg))
+    c = Client(server.address)
+    c.ensure_push_camera("hd")
+    res = list(c.stream(_frames("hd", 3, jpg)))
+    assert all(not r.HasField("error") for r in res)
+    boxes = np.array([[f.box.x1, f.box.y1, f.box.x2, f.box.y2] for f in res[-1].faces], np.float32)
+    assert len(boxes) == len(reference)
+    assert box_iou(boxes, reference.boxes).max(axis=1).min() > 0.8

@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING
 import grpc
 import numpy as np
 
-from engine.errors import FaceEngineError, InvalidArgumentError, NotFoundError, ResourceExhaustedError
+from engine.errors import (
+    FaceEngineError,
+    InvalidArgumentError,
+    InvalidImageError,
+    NotFoundError,
+    ResourceExhaustedError,
+)
 from engine.service.auth import add_audit_detail
 from engine.service.convert import (
     box,
@@ -27,6 +33,7 @@ from engine.service.proto import pb, rpc
 from engine.store.base import EventQuery
 from engine.video.events import MatchFilterSpec
 from engine.video.pipeline import DROP_POLICY, FrameJob, FrameOutcome, is_drop
+from engine.vision.image import decode_for_detection
 
 if TYPE_CHECKING:
     from engine.service.server import FaceEngineServer
@@ -125,15 +132,24 @@ class IngestServicer(rpc.IngestServicer):
                                            "register a push camera for gateway frames")
             t0 = time.perf_counter()
             kind = frame.WhichOneof("image")
-            img = pb.Image()
-            if kind == "encoded":
-                img.encoded = frame.encoded
-            elif kind == "raw":
-                img.raw.CopyFrom(frame.raw)
-            image = image_from_proto(img, srv.cfg.limits, what=f"frame {frame.sequence}")
+            scale, loader = 1.0, None
+            if kind == "encoded" and srv.cfg.pipeline.fast_decode:
+                lim = srv.cfg.limits
+                try:
+                    image, scale, loader = decode_for_detection(frame.encoded, 2 * srv.cfg.detector.input_size,
+                                                                lim.max_image_side, lim.max_image_pixels)
+                except InvalidImageError as exc:
+                    raise InvalidImageError(f"frame {frame.sequence}: {exc}") from None
+            else:
+                img = pb.Image()
+                if kind == "encoded":
+                    img.encoded = frame.encoded
+                elif kind == "raw":
+                    img.raw.CopyFrom(frame.raw)
+                image = image_from_proto(img, srv.cfg.limits, what=f"frame {frame.sequence}")
             srv.metrics.stage_seconds.labels("decode").observe(time.perf_counter() - t0)
             ts = frame.capture_time if frame.capture_time > 0 else now
-            srv.engine.submit(FrameJob(frame.camera_id, frame.sequence, ts, image, reply))
+            srv.engine.submit(FrameJob(frame.camera_id, frame.sequence, ts, image, reply, scale=scale, loader=loader))
         except FaceEngineError as exc:
             srv.metrics.frame_errors.labels(type(exc).__name__).inc()
             reply(FrameOutcome(frame.camera_id, frame.sequence, error=exc))

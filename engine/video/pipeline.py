@@ -76,6 +76,21 @@ class FrameJob:
     reply: Reply | None = None
     arrival: float = field(default_factory=time.monotonic)
     ticket: int = -1  # the camera's batch order, set by the workers (-1: process() called directly)
+    scale: float = 1.0  # original pixels per `image` pixel (> 1 when a large JPEG was decoded reduced)
+    loader: Callable[[], np.ndarray] | None = field(default=None, repr=False)  # full-resolution decode
+    _full: np.ndarray | None = field(default=None, repr=False)
+
+    def full_image(self) -> np.ndarray:
+        """The frame at its original resolution (decoded on first use when `image` is reduced)."""
+        if self.loader is None:
+            return self.image
+        if self._full is None:
+            try:
+                self._full = self.loader()
+            except FaceEngineError:  # the reduced decode worked: fall back to it, upscaled
+                h, w = self.image.shape[:2]
+                self._full = cv2.resize(self.image, (round(w * self.scale), round(h * self.scale)))
+        return self._full
 
 
 class RateMeter:
@@ -338,7 +353,7 @@ class Engine:
         per_frame: list[tuple[Detections, np.ndarray, np.ndarray]] = []
         scheduled: set[tuple[str, int]] = set()  # tracks already being embedded in this batch
         for fi, ((cam, job), dets) in enumerate(zip(batch, dets_list, strict=True)):
-            dets = dets[: self.cfg.limits.max_faces_per_frame]
+            dets = _scaled(dets[: self.cfg.limits.max_faces_per_frame], job.scale)  # original coordinates
             t = job.capture_time
             if p.tracking:
                 if t < cam.last_time:  # clock went back (source restarted): start tracking afresh
@@ -350,7 +365,8 @@ class Engine:
             else:
                 track_ids = np.full(len(dets), -1, np.int64)
             cam.last_time = t
-            quality = face_quality(job.image, dets, float(p.min_face_size)) if len(dets) else np.zeros(0, np.float32)
+            quality = (face_quality(job.image, _scaled(dets, 1 / job.scale), p.min_face_size / job.scale)
+                       if len(dets) else np.zeros(0, np.float32))
             per_frame.append((dets, track_ids, quality))
             m.faces.inc(len(dets))
             for k in range(len(dets)):
@@ -365,7 +381,7 @@ class Engine:
                             state, float(quality[k]), t):
                         continue
                     scheduled.add((cam.camera_id, int(track_ids[k])))
-                crops.append(self.analyzer.aligner.align(job.image, dets.landmarks[k]))
+                crops.append(self.analyzer.aligner.align(job.full_image(), dets.landmarks[k]))
                 owners.append((fi, k, float(quality[k])))
         t2 = time.perf_counter()
         m.stage_seconds.labels("align").observe(t2 - t1)
@@ -440,7 +456,8 @@ class Engine:
             ev = cam.events.get(key) if track_id >= 0 else None
         box_t = tuple(float(v) for v in box)
         if ev is not None and hit.score > ev.score + 1e-4:
-            ev.score, ev.box, ev.thumbnail = float(hit.score), box_t, self._thumbnail(job.image, box)  # type: ignore[assignment]
+            thumb = self._thumbnail(job.full_image(), box)
+            ev.score, ev.box, ev.thumbnail = float(hit.score), box_t, thumb  # type: ignore[assignment]
             ev.timestamp, ev.frame_seq = job.capture_time, job.seq
             try:
                 self.store.update_event(ev)
@@ -454,7 +471,7 @@ class Engine:
             return ev
         ev = MatchEvent(uuid.uuid4().hex, cam.camera_id, job.capture_time, hit.watchlist, hit.person_id,
                         hit.display_name, float(hit.score), box_t, track_id, job.seq,  # type: ignore[arg-type]
-                        self._thumbnail(job.image, box))
+                        self._thumbnail(job.full_image(), box))
         self.store.add_event(ev)
         if track_id >= 0:
             with self._events_lock:
@@ -500,6 +517,13 @@ class Engine:
                 job.reply(out)
             except Exception:  # a closed stream must not break the pipeline
                 log.debug("reply for %s/%s failed", job.camera_id, job.seq, exc_info=True)
+
+
+def _scaled(dets: Detections, scale: float) -> Detections:
+    """Detections with boxes and landmarks multiplied by `scale` (no copy when it is 1)."""
+    if scale == 1.0:
+        return dets
+    return Detections(dets.boxes * np.float32(scale), dets.landmarks * np.float32(scale), dets.scores, dets.extra)
 
 
 class _Dropped(FaceEngineError):
