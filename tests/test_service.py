@@ -275,3 +275,16 @@ def test_large_jpeg_frames_decoded_reduced_report_original_coordinates(server: F
     boxes = np.array([[f.box.x1, f.box.y1, f.box.x2, f.box.y2] for f in res[-1].faces], np.float32)
     assert len(boxes) == len(reference)
     assert box_iou(boxes, reference.boxes).max(axis=1).min() > 0.8
+
+
+def test_unreachable_rtsp_camera_reports_and_retries(server: FaceEngineServer) -> None:
+    c = Client(server.address)
+    c.cameras.AddCamera(pb.AddCameraRequest(camera_id="rtsp-cam", uri="rtsp://127.0.0.1:9/none",
+                                            options={"backoff_s": "0.2", "timeout_s": "2"}))
+
+    def cam() -> pb.Camera:
+        return next(x for x in c.cameras.ListCameras(pb.ListCamerasRequest()).cameras if x.camera_id == "rtsp-cam")
+
+    assert _wait(lambda: cam().reconnects >= 2 and "cannot open" in cam().last_error, 30), cam()
+    assert cam().state in ("retrying", "connecting") and cam().kind == "pull"
+    assert _health(server.address) == health_pb2.HealthCheckResponse.SERVING

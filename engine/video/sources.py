@@ -59,7 +59,10 @@ class PullSource:
                 raise OSError(f"cannot open {path}: file is empty")
             cap = cv2.VideoCapture(path)
         else:
-            cap = cv2.VideoCapture(uri, cv2.CAP_FFMPEG)
+            # bounded waits: an unreachable or stalled camera must not hang its reader thread
+            timeout_ms = int(float(self.cam.options.get("timeout_s", "10")) * 1000)
+            cap = cv2.VideoCapture(uri, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms,
+                                                         cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms])
         if not cap.isOpened():
             cap.release()
             raise OSError(f"cannot open {uri}: not a readable video stream")
