@@ -288,3 +288,37 @@ def test_unreachable_rtsp_camera_reports_and_retries(server: FaceEngineServer) -
     assert _wait(lambda: cam().reconnects >= 2 and "cannot open" in cam().last_error, 30), cam()
     assert cam().state in ("retrying", "connecting") and cam().kind == "pull"
     assert _health(server.address) == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_two_engine_processes_share_gallery_and_live_matches(cfg: Config, analyzer) -> None:  # noqa: ANN001
+    """Scale-out: two servers on one store. A person enrolled through A is matched by B, and A's live
+    subscribers receive B's match (relayed from the shared event store)."""
+    cfg = make_cfg(cfg)
+    a = FaceEngineServer(cfg, analyzer=analyzer).start()
+    b = FaceEngineServer(cfg, analyzer=analyzer).start()
+    try:
+        ca, cb = Client(a.address), Client(b.address)
+        ca.ensure_watchlist("vip")
+        ca.enroll("vip", "obama", [(IMAGES / "obama.jpg").read_bytes()], "Barack Obama")
+        cb.ensure_push_camera("b-cam")
+        got: list[pb.MatchEvent] = []
+
+        def follow() -> None:
+            stream = ca.matches.SubscribeMatches(pb.MatchFilter(camera_ids=["b-cam"]))
+            try:
+                for e in stream:
+                    got.append(e)
+                    stream.cancel()
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.CANCELLED
+
+        t = threading.Thread(target=follow, daemon=True)
+        t.start()
+        time.sleep(1.2)  # B's gallery picks up A's enrolment (version check) and A's subscription registers
+        results = list(cb.stream(_frames("b-cam", 4, _scene(), gap=0.05)))
+        assert {f.match.person_id for r in results for f in r.faces if f.HasField("match")} == {"obama"}
+        t.join(timeout=10)
+        assert got and got[0].person_id == "obama" and got[0].camera_id == "b-cam"
+    finally:
+        b.stop(grace=1)
+        a.stop(grace=1)

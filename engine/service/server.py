@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent import futures
 
 import faiss
@@ -111,6 +112,8 @@ class FaceEngineServer:
             src.start()
         self.grpc.start()
         self.retention.start()
+        if self.cfg.server.event_relay_s > 0:
+            threading.Thread(target=self._relay_events, name="event-relay", daemon=True).start()
         if self.cfg.server.metrics_port:
             try:
                 self.metrics.serve(self.cfg.server.metrics_port, self.cfg.server.host)
@@ -122,6 +125,20 @@ class FaceEngineServer:
                  self.address, self.analyzer.detector.name, self.analyzer.embedder.name,
                  self.analyzer.embedder.session.providers[0], len(self.gallery))
         return self
+
+    def _relay_events(self) -> None:
+        """Live subscribers of this process also see matches raised by other processes on the same
+        store (several stateless engine processes behind one operator endpoint)."""
+        mark = time.time()
+        while not self._stopped.wait(self.cfg.server.event_relay_s) and self.running:
+            try:
+                events = self.store.events_changed_since(mark)
+            except Exception:  # store closing or busy: try again next tick
+                log.debug("event relay: store read failed", exc_info=True)
+                continue
+            if events:
+                mark = max(e.updated for e in events)
+                self.engine.relay(events)
 
     def stop(self, grace: float | None = None) -> None:
         """Stop taking calls, finish queued frames, flush events, close the store."""

@@ -274,8 +274,9 @@ class MatchesServicer(rpc.MatchesServicer):
 
     def SubscribeMatches(self, request: pb.MatchFilter, context: grpc.ServicerContext):  # noqa: N802
         srv = self.srv
+        known = set(srv.engine._cams) | {c for c, _, _ in srv.store.list_camera_defs()}  # any process's cameras
         for cid in request.camera_ids:
-            if cid not in srv.engine._cams:
+            if cid not in known:
                 context.abort(grpc.StatusCode.NOT_FOUND, f"camera {cid!r} not found")
         flt = MatchFilterSpec(frozenset(request.camera_ids), frozenset(request.watchlists), request.min_score)
         sub = srv.engine.bus.subscribe(flt)

@@ -270,6 +270,12 @@ class SQLiteStore:
         rows = rows[:size]
         return [_event(r[:-1]) for r in rows], (str(rows[-1][-1]) if more and rows else "")
 
+    def events_changed_since(self, updated_after: float, limit: int = 500) -> list[MatchEvent]:
+        """Events created or updated after a time (any process), oldest change first, thumbnails included."""
+        rows = self._q(f"SELECT {_EVENT_COLS} FROM events WHERE updated>? ORDER BY updated LIMIT ?",
+                       (updated_after, limit))
+        return [_event(r) for r in rows]
+
     def purge_events(self, before: float) -> int:
         with self._tx() as db:
             return db.execute("DELETE FROM events WHERE ts<?", (before,)).rowcount

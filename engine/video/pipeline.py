@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -157,6 +157,7 @@ class Engine:
         self.policy = BestShotPolicy(p.min_quality, p.reembed_margin, p.reembed_interval_s)
         self._cams: dict[str, CameraState] = {}
         self._events_lock = threading.Lock()  # cameras' live event caches: workers vs RemovePerson
+        self.published: OrderedDict[str, float] = OrderedDict()  # event id -> `updated` this process sent
         self._order: deque[str] = deque()
         self._cv = threading.Condition()
         self._workers: list[threading.Thread] = []
@@ -465,7 +466,7 @@ class Engine:
                 ev = None
             else:
                 self.metrics.matches.labels("update").inc()
-                self.bus.publish(ev, True)
+                self._publish(ev, True)
                 return ev
         elif ev is not None:
             return ev
@@ -477,8 +478,27 @@ class Engine:
             with self._events_lock:
                 cam.events[key] = ev
         self.metrics.matches.labels("new").inc()
-        self.bus.publish(ev, False)
+        self._publish(ev, False)
         return ev
+
+    def _publish(self, ev: MatchEvent, update: bool) -> None:
+        with self._events_lock:
+            self.published[ev.event_id] = ev.updated
+            self.published.move_to_end(ev.event_id)
+            while len(self.published) > 10_000:
+                self.published.popitem(last=False)
+        self.bus.publish(ev, update)
+
+    def relay(self, events: list[MatchEvent]) -> int:
+        """Publish to local subscribers the events other processes wrote to the shared store."""
+        n = 0
+        for ev in events:
+            with self._events_lock:
+                mine = self.published.get(ev.event_id) == ev.updated
+            if not mine:
+                self.bus.publish(ev, ev.updated > ev.created + 1e-6)
+                n += 1
+        return n
 
     def forget_person(self, watchlist: str, person_id: str) -> None:
         """Drop live tracks' cached events of a removed person (they are erased from the store)."""
