@@ -80,7 +80,7 @@ def test_enroll_stream_subscribe_and_query_after_restart(cfg: Config, analyzer) 
         t = threading.Thread(target=follow, daemon=True)
         t.start()
         subscribed.wait(5)
-        time.sleep(0.3)  # the server registers the subscription on its first loop
+        assert _wait(lambda: len(srv.engine.bus) > 0, 10)  # the server has registered the subscription
         results = list(c.stream(_frames("gate-1", 8, _scene(), gap=0.04)))
         t.join(timeout=15)
         assert len(results) == 8 and all(not r.HasField("error") for r in results)
@@ -314,7 +314,8 @@ def test_two_engine_processes_share_gallery_and_live_matches(cfg: Config, analyz
 
         t = threading.Thread(target=follow, daemon=True)
         t.start()
-        time.sleep(1.2)  # B's gallery picks up A's enrolment (version check) and A's subscription registers
+        assert _wait(lambda: len(a.engine.bus) > 0, 10)  # A has registered the subscription
+        time.sleep(1.2)  # B's gallery picks up A's enrolment (version check, at most every second)
         results = list(cb.stream(_frames("b-cam", 4, _scene(), gap=0.05)))
         assert {f.match.person_id for r in results for f in r.faces if f.HasField("match")} == {"obama"}
         t.join(timeout=10)
