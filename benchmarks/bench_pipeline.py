@@ -246,8 +246,7 @@ def grpc_pass(cfg: Config, analyzer: FaceAnalyzer, frames: Sequence[np.ndarray],
 
     cfg = dataclasses.replace(cfg)
     cfg.server = dataclasses.replace(cfg.server, host="127.0.0.1", port=0, metrics_port=0, shutdown_grace_s=1.0)
-    if hasattr(cfg, "auth"):
-        cfg.auth = dataclasses.replace(cfg.auth, enabled=False)  # type: ignore[attr-defined]
+    cfg.auth = dataclasses.replace(cfg.auth, enabled=False)
     srv = FaceEngineServer(cfg, analyzer=analyzer).start()
     client = Client(srv.address, token="")
     client.wait_ready(30)

@@ -24,8 +24,7 @@ def make_cfg(cfg: Config) -> Config:
     cfg.server.host = "127.0.0.1"
     cfg.server.port = 0
     cfg.server.metrics_port = 0
-    if hasattr(cfg, "auth"):
-        cfg.auth.enabled = False  # these tests cover the API; roles are tested in test_security
+    cfg.auth.enabled = False  # these tests cover the API; roles are tested in test_security
     return cfg
 
 

@@ -47,8 +47,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.db is None:
         cfg.store.path = str(Path(tempfile.mkdtemp(prefix="faceengine-demo-")) / "demo.db")
     cfg.server.host, cfg.server.port, cfg.server.metrics_port = "127.0.0.1", 0, 0
-    if hasattr(cfg, "auth"):
-        cfg.auth.enabled = False  # loopback-only development mode
+    cfg.auth.enabled = False  # loopback-only development mode
     mirror = args.mirror or cfg.models.mirror or str(Path.cwd().parent / "shared" / "models")
     reg = ModelRegistry(cfg.models.dir, None, cfg.models.verify_hash)
     missing = [n for n in (cfg.models.detector, cfg.models.embedder) if reg.status(n) != "ok"]

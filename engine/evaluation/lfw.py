@@ -109,12 +109,12 @@ def evaluate(analyzer: FaceAnalyzer, data: Path, mode: str = "e2e", batch: int =
             pts = [landmarks.get(n, LFW_FALLBACK_LANDMARKS) for n in chunk]
         else:
             pts = []
-            for n, det in zip(chunk, analyzer.detector.detect_batch(images), strict=True):
+            for n, im, det in zip(chunk, images, analyzer.detector.detect_batch(images), strict=True):
                 if len(det) == 0:
                     no_face.append(n)
                     pts.append(landmarks.get(n, LFW_FALLBACK_LANDMARKS))
                     continue
-                h, w = images[0].shape[:2]
+                h, w = im.shape[:2]
                 centres = (det.boxes[:, :2] + det.boxes[:, 2:]) / 2
                 best = int(np.argmin(((centres - [w / 2, h / 2]) ** 2).sum(1)))
                 pts.append(det.landmarks[best])

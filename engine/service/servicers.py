@@ -59,8 +59,8 @@ class IngestServicer(rpc.IngestServicer):
             self._active += 1
         srv.metrics.active_streams.inc()
         out: queue.Queue[object] = queue.Queue(maxsize=512)
-        state = {"submitted": 0, "answered": 0, "reader_done": False, "lost": 0}
-        cond = threading.Condition()
+        state = {"submitted": 0, "answered": 0, "lost": 0}
+        counts = threading.Lock()
 
         def put(msg: object) -> None:
             while True:
@@ -70,30 +70,27 @@ class IngestServicer(rpc.IngestServicer):
                 except queue.Full:  # the client is not reading its results: drop the oldest
                     try:
                         out.get_nowait()
-                        state["lost"] += 1
+                        with counts:
+                            state["lost"] += 1
                     except queue.Empty:
                         pass
 
         def reply(o: FrameOutcome) -> None:
             put(self._result(o))
-            with cond:
+            with counts:
                 state["answered"] += 1
-                cond.notify_all()
 
         def reader() -> None:
             try:
                 for frame in request_iterator:
                     if not context.is_active():
                         break
-                    self._accept(frame, reply, put)
-                    with cond:
+                    self._accept(frame, reply)
+                    with counts:
                         state["submitted"] += 1
             except Exception as exc:  # client cancelled or transport error: end quietly
                 log.debug("ingest reader ended: %s", exc)
             finally:
-                with cond:
-                    state["reader_done"] = True
-                    cond.notify_all()
                 put(_END)
 
         t = threading.Thread(target=reader, name="ingest-reader", daemon=True)
@@ -110,16 +107,18 @@ class IngestServicer(rpc.IngestServicer):
                 elif msg is not None:
                     yield msg
                 if reader_done and out.empty():
-                    with cond:
+                    with counts:
                         finished = state["answered"] >= state["submitted"]
                     if finished or not srv.running:
                         break
         finally:
+            if state["lost"]:
+                log.warning("ingest stream: %d results dropped because the client did not read them", state["lost"])
             with self._lock:
                 self._active -= 1
             srv.metrics.active_streams.dec()
 
-    def _accept(self, frame: pb.Frame, reply, put) -> None:  # noqa: ANN001
+    def _accept(self, frame: pb.Frame, reply) -> None:  # noqa: ANN001
         """Decode and queue one frame; a bad frame is answered at once with its error."""
         srv = self.srv
         now = time.time()
