@@ -66,3 +66,19 @@ class ConfigError(FaceEngineError):
     """The configuration file is unreadable or holds an invalid value."""
 
     grpc_code = "FAILED_PRECONDITION"
+
+
+class StorageFullError(ResourceExhaustedError):
+    """A store write failed because its disk (or its configured size cap) is full."""
+
+
+class StoreDamagedError(FaceEngineError):
+    """The database file is not a usable database (corrupt header or pages)."""
+
+    grpc_code = "DATA_LOSS"
+
+
+class AuditUnavailableError(FaceEngineError):
+    """The audit record of a change could not be written, so the change was refused (fail closed)."""
+
+    grpc_code = "UNAVAILABLE"

@@ -9,6 +9,7 @@ another process changed the gallery.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -17,8 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
+from engine.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, StorageFullError, StoreDamagedError
 from engine.store.base import EventQuery, MatchEvent, Person, Watchlist
+from engine.store.integrity import template_problem
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -65,14 +69,40 @@ class SQLiteStore:
         if self.path != ":memory:":
             Path(self.path).expanduser().parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        self.storage_error = ""  # set while writes fail for lack of space, cleared by the next commit
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute("PRAGMA secure_delete=ON")  # deleted templates/thumbnails are overwritten with zeros
-        with self._lock:
-            self._db.executescript(SCHEMA)
-            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('gallery_version', '0')")
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.execute("PRAGMA secure_delete=ON")  # deleted templates/thumbnails are overwritten with zeros
+            with self._lock:
+                self._db.executescript(SCHEMA)
+                self._db.execute("INSERT OR IGNORE INTO meta VALUES ('gallery_version', '0')")
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            if _is_full(exc):
+                raise self._full(exc) from exc
+            raise damaged(self.path, exc) from exc
+
+    def _full(self, exc: BaseException) -> StorageFullError:
+        """The typed error for SQLITE_FULL, remembered until a write succeeds again (health follows it)."""
+        where = Path(self.path).expanduser().resolve().parent if self.path != ":memory:" else "memory"
+        self.storage_error = (f"the store's disk is full: free space at {where} (or raise the database size "
+                              f"limit); writes resume by themselves once there is room ({exc})")
+        return StorageFullError(self.storage_error)
+
+    def probe_write(self) -> str:
+        """Try a write that is rolled back; '' when the store can write again, else the reason."""
+        try:
+            with self._tx() as db:
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('write_probe', randomblob(8192))")
+                raise _Probe
+        except _Probe:
+            self.storage_error = ""
+        except StorageFullError as exc:
+            return str(exc)
+        return self.storage_error
 
     def close(self) -> None:
         with self._lock:
@@ -206,9 +236,19 @@ class SQLiteStore:
             (model,))
         if not rows:
             return np.zeros((0,), np.int64), np.zeros((0, 0), np.float32), []
-        ids = np.array([r[0] for r in rows], np.int64)
-        vecs = np.stack([np.frombuffer(r[1], np.float32, count=r[2]) for r in rows])
-        return ids, vecs, [(r[3], r[4], r[5]) for r in rows]
+        good = []
+        for r in rows:  # a damaged template is named and skipped, never indexed as a zero/NaN vector
+            problem = template_problem(r[1], r[2])
+            if problem:
+                log.warning("template %d of %s/%s skipped: %s; re-enrol this person (`faceengine store check` "
+                            "lists every damaged template)", r[0], r[3], r[4], problem)
+            else:
+                good.append(r)
+        if not good:
+            return np.zeros((0,), np.int64), np.zeros((0, 0), np.float32), []
+        ids = np.array([r[0] for r in good], np.int64)
+        vecs = np.stack([np.frombuffer(r[1], np.float32, count=r[2]) for r in good])
+        return ids, vecs, [(r[3], r[4], r[5]) for r in good]
 
     def template_models(self) -> dict[str, int]:
         return {m: n for m, n in self._q("SELECT model, COUNT(*) FROM templates GROUP BY model")}
@@ -398,7 +438,38 @@ class _Tx:
         return self.store._db
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        store, db = self.store, self.store._db
         try:
-            self.store._db.execute("ROLLBACK" if exc_type else "COMMIT")
+            if exc_type is None:
+                try:
+                    db.execute("COMMIT")
+                    store.storage_error = ""
+                    return
+                except sqlite3.OperationalError as err:
+                    exc = err
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    if not _is_full(err):
+                        raise
+            elif db.in_transaction:
+                db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError) and _is_full(exc):
+                raise store._full(exc) from exc
         finally:
-            self.store._lock.release()
+            store._lock.release()
+
+
+class _Probe(Exception):
+    """Rolls back `probe_write`'s transaction."""
+
+
+def _is_full(exc: BaseException) -> bool:
+    """SQLITE_FULL: 'database or disk is full' (a full disk, or PRAGMA max_page_count reached)."""
+    return getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL" or "database or disk is full" in str(exc)
+
+
+def damaged(path: str, exc: BaseException) -> StoreDamagedError:
+    """The error for a database file SQLite cannot read, saying what to do about it."""
+    return StoreDamagedError(
+        f"the database {path} is damaged ({exc}): stop every process using it, restore it from a backup "
+        f"(the file and its -wal), and run `faceengine store check --db {path}` to see what is wrong")

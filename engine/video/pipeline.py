@@ -309,9 +309,9 @@ class Engine:
                 self.process(batch)
             except Exception as exc:  # a bug must not kill the worker: fail these frames, keep going
                 log.exception("pipeline batch failed")
-                for _, job in batch:
-                    self._reply(job, FrameOutcome(job.camera_id, job.seq,
-                                                  error=FaceEngineError(f"internal error: {exc}")))
+                err = exc if isinstance(exc, FaceEngineError) else FaceEngineError(f"internal error: {exc}")
+                for _, job in batch:  # a typed error (e.g. StorageFullError) keeps its precise code
+                    self._reply(job, FrameOutcome(job.camera_id, job.seq, error=err))
             finally:
                 with self._cv:
                     self._wait_turn(batch)  # a failed batch still hands the turn on in order
