@@ -49,7 +49,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg.server.host, cfg.server.port, cfg.server.metrics_port = "127.0.0.1", 0, 0
     cfg.auth.enabled = False  # loopback-only development mode
     mirror = args.mirror or cfg.models.mirror or str(Path.cwd().parent / "shared" / "models")
-    reg = ModelRegistry(cfg.models.dir, None, cfg.models.verify_hash)
+    reg = ModelRegistry(cfg.models.dir, None, cfg.models.verify_hash,
+                        allow_unverified_local=cfg.models.allow_unverified_local)
     missing = [n for n in (cfg.models.detector, cfg.models.embedder) if reg.status(n) != "ok"]
     if missing:
         say(f"fetching {', '.join(missing)} from {mirror} into {cfg.models.dir}")

@@ -77,6 +77,25 @@ def load_manifest(path: Path | None = None) -> dict[str, ModelSpec]:
     return {name: ModelSpec.from_dict(name, d) for name, d in data["models"].items()}
 
 
+def _checked_local(path: Path, extra: dict[str, ModelSpec], shipped: dict[str, ModelSpec],
+                   allow_unverified: bool) -> dict[str, ModelSpec]:
+    """The local manifest's entries, refusing any that redefines a shipped model or has no valid
+    sha256: a file dropped next to the weights must not silently replace a verified model."""
+    problems = []
+    for name, spec in extra.items():
+        if name in shipped or any(s.file == spec.file for s in shipped.values()):
+            problems.append(f"{name!r} redefines a shipped model (name or file {spec.file!r})")
+        elif len(spec.sha256) != 64 or any(c not in "0123456789abcdef" for c in spec.sha256.lower()):
+            problems.append(f"{name!r} has no valid sha256 (64 hex digits)")
+    if not problems:
+        return extra
+    if not allow_unverified:
+        raise ModelError(f"{path}: {'; '.join(problems)}. Refused: give each new model its own name and its "
+                         "sha256, or set models.allow_unverified_local = true to accept it unverified (unsafe)")
+    log.warning("%s: %s; accepted UNVERIFIED because models.allow_unverified_local is set", path, "; ".join(problems))
+    return extra
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -89,7 +108,8 @@ class ModelRegistry:
     """Resolves manifest names to verified files in one model directory."""
 
     def __init__(self, model_dir: str | os.PathLike[str], mirror: str | os.PathLike[str] | None = None,
-                 verify_hash: bool = True, manifest: dict[str, ModelSpec] | None = None) -> None:
+                 verify_hash: bool = True, manifest: dict[str, ModelSpec] | None = None,
+                 allow_unverified_local: bool = False) -> None:
         self.model_dir = Path(model_dir).expanduser()
         self.mirror = Path(mirror).expanduser() if mirror else None
         self.verify_hash = verify_hash
@@ -97,9 +117,10 @@ class ModelRegistry:
         local = self.model_dir / LOCAL_MANIFEST
         if manifest is None and local.is_file():  # a site's own models, with their own hashes
             try:
-                self.specs.update(load_manifest(local))
+                extra = load_manifest(local)
             except (ValueError, KeyError, TypeError) as exc:
                 raise ModelError(f"{local} is not a valid manifest: {exc}") from exc
+            self.specs.update(_checked_local(local, extra, self.specs, allow_unverified_local))
         self._verified: dict[Path, tuple[int, float]] = {}
 
     def spec(self, name: str) -> ModelSpec:

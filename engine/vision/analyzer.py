@@ -37,7 +37,8 @@ class FaceAnalyzer:
 
     @classmethod
     def from_config(cls, cfg: Config, registry: ModelRegistry | None = None) -> FaceAnalyzer:
-        registry = registry or ModelRegistry(cfg.models.dir, cfg.models.mirror or None, cfg.models.verify_hash)
+        registry = registry or ModelRegistry(cfg.models.dir, cfg.models.mirror or None, cfg.models.verify_hash,
+                                             allow_unverified_local=cfg.models.allow_unverified_local)
         det = load_detector(registry, cfg.models.detector, cfg.detector, cfg.runtime)
         emb = load_embedder(registry, cfg.models.embedder, cfg.embedder, cfg.runtime)
         log.info("analyzer: detector=%s embedder=%s (dim %d)", det.name, emb.name, emb.dim)
