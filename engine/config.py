@@ -43,6 +43,8 @@ class ModelsConfig:
     detector: str = _f("yunet", "Detector manifest name: yunet, scrfd_500m, scrfd_2.5g, det_10g.")
     embedder: str = _f("mobilefacenet", "Embedder manifest name: mobilefacenet, sface, w600k_mbf, w600k_r50...")
     verify_hash: bool = _f(True, "Check each model's SHA-256 against the manifest before loading.")
+    allow_unverified_local: bool = _f(
+        False, "Accept manifest.local.json entries without a sha256 or that redefine a shipped model (unsafe).")
 
 
 @dataclass
@@ -92,6 +94,12 @@ class LimitsConfig:
     max_image_pixels: int = _f(40_000_000, "Largest accepted decoded pixel count (width x height).")
     max_faces_per_frame: int = _f(200, "Faces beyond this count in one frame are ignored.")
     max_images_per_enrollment: int = _f(20, "Most images one EnrollPerson call may carry.")
+    capture_time_past_s: float = _f(
+        86400.0, "Gateway capture_time older than this many seconds (server clock) is out of window.")
+    capture_time_future_s: float = _f(
+        300.0, "Gateway capture_time more than this many seconds ahead of the server is out of window.")
+    capture_time_policy: str = _f(
+        "refuse", "Out-of-window capture_time: refuse (frame answered INVALID_ARGUMENT) or clamp (server time used).")
 
 
 @dataclass
@@ -119,11 +127,23 @@ class ServerConfig:
     max_streams: int = _f(48, "Most concurrent ingest streams (kept 8+ below max_workers); beyond: RESOURCE_EXHAUSTED.")
     shutdown_grace_s: float = _f(5.0, "Seconds given to in-flight calls on shutdown.")
     event_relay_s: float = _f(1.0, "Poll the store this often for events other processes wrote (0 = off).")
+    reserved_workers: int = _f(
+        8, "Threads never given to long-lived streams (ingest + subscriptions): kept for health and unary calls.")
+    max_subscriptions: int = _f(32, "Most concurrent SubscribeMatches streams in all; beyond: RESOURCE_EXHAUSTED.")
+    max_subscriptions_per_token: int = _f(
+        8, "Most concurrent SubscribeMatches streams per API token; beyond: RESOURCE_EXHAUSTED.")
+    health_probe_s: float = _f(1.0, "While store writes fail (disk full), probe the store this often; health follows.")
 
 
 @dataclass
 class AuthConfig:
     enabled: bool = _f(True, "Require an API token (authorization: Bearer ...); off only on a loopback host.")
+    max_failures: int = _f(
+        100, "Failed authentications from one peer address within failure_window_s before it is throttled.")
+    failure_window_s: float = _f(
+        60.0, "Window for max_failures; a throttled peer gets RESOURCE_EXHAUSTED until it ends.")
+    recheck_s: float = _f(
+        2.0, "Open streams re-check their token this often; a revoked token ends them (UNAUTHENTICATED).")
 
 
 @dataclass

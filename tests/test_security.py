@@ -169,10 +169,14 @@ def test_roles_do_real_work_and_everything_is_audited(secured) -> None:  # noqa:
                  ("admin-1", "admin", "RemoveCamera", "gate", "OK"),
                  ("admin-1", "admin", "DeleteWatchlist", "nope", "NOT_FOUND")]:
         assert want in seen, want
-    enrol = next(r for r in recs if r.action == "EnrollPerson")
+    # a change writes an ATTEMPT row before it runs (fail closed), then its outcome
+    attempt, enrol = [r for r in recs if r.action == "EnrollPerson"]
+    assert (attempt.result, enrol.result) == ("ATTEMPT", "OK") and attempt.id < enrol.id
     assert "images=1" in enrol.detail and enrol.time > 0
-    assert "events_erased=1" in next(r for r in recs if r.action == "RemovePerson").detail
-    assert not any(r.action == "StreamFrames" for r in recs)  # frames are not audited, only admin/operator acts
+    assert "events_erased=1" in next(r for r in recs if r.action == "RemovePerson" and r.result == "OK").detail
+    # frames are not audited, only admin/operator acts and denials (here: the revoked cam-7 token)
+    assert [(r.actor, r.result) for r in recs if r.action == "StreamFrames"] == \
+        [("(unauthenticated)", "UNAUTHENTICATED")]
     assert _code(lambda: op.admin.QueryAudit(pb.AuditQuery(), metadata=op.metadata)) == \
         grpc.StatusCode.PERMISSION_DENIED
 

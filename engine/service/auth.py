@@ -7,6 +7,13 @@ denied, so a new RPC fails closed until someone decides who may call it. Health 
 reflection stay open. Calls listed in `AUDITED` are written to the store's append-only audit log
 with the caller, the target and the outcome (OK or the gRPC status code name).
 
+Hardening: every denial is audited (UNAUTHENTICATED with the peer address, PERMISSION_DENIED for any
+method); a peer with `auth.max_failures` failed authentications in `auth.failure_window_s` is
+refused (RESOURCE_EXHAUSTED) without a token look-up until the window ends, with one THROTTLED row
+when it starts and one with the refused count when it ends; a change (`MUTATIONS`) writes an ATTEMPT
+row first and is refused with UNAVAILABLE when that row cannot be written (fail closed); open
+streams re-check their token every `auth.recheck_s` and end with UNAUTHENTICATED once it is revoked.
+
 Roles:
   gateway   Ingest.StreamFrames only (camera gateways).
   operator  live and historical matches, search, verify, and read-only views of cameras,
@@ -20,13 +27,15 @@ import hashlib
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
-from engine.errors import InvalidArgumentError
+from engine.config import AuthConfig
+from engine.errors import AuditUnavailableError, FaceEngineError, InvalidArgumentError
 from engine.service.convert import unary
 from engine.service.proto import pb, rpc
 from engine.store.sqlite import SQLiteStore
@@ -97,6 +106,14 @@ AUDITED: dict[str, Callable[[Any], str]] = {
 }
 
 
+# Methods that change state: their audit record is written first and the change is refused if it cannot be.
+MUTATIONS: frozenset[str] = frozenset(f"{_PKG}{m}" for m in (
+    "Cameras/AddCamera", "Cameras/RemoveCamera", "Watchlists/CreateWatchlist", "Watchlists/DeleteWatchlist",
+    "Watchlists/EnrollPerson", "Watchlists/RemovePerson", "Admin/CreateToken", "Admin/RevokeToken"))
+
+UNAUTHENTICATED_ACTOR = "(unauthenticated)"
+
+
 # ---- tokens ------------------------------------------------------------------------------------
 def hash_token(token: str) -> str:
     """SHA-256 hex of a token: enough for 256-bit random secrets (no salt or stretching needed)."""
@@ -127,6 +144,8 @@ class CallInfo:
     principal: Principal
     method: str
     details: list[str] = field(default_factory=list)
+    token_hash: str = ""
+    revoked: threading.Event = field(default_factory=threading.Event)
 
 
 _local = threading.local()
@@ -135,6 +154,12 @@ _local = threading.local()
 def current() -> CallInfo | None:
     """The call being served on this thread (None outside the interceptor)."""
     return getattr(_local, "call", None)
+
+
+def call_revoked() -> bool:
+    """True once the current stream's token was revoked: a long-lived servicer loop should end."""
+    info = current()
+    return info is not None and info.revoked.is_set()
 
 
 def add_audit_detail(text: str) -> None:
@@ -151,9 +176,21 @@ class AuthInterceptor(grpc.ServerInterceptor):
     The checks run inside the wrapped handler, on the call's worker thread, so a slow store never
     stalls the server's dispatch loop (and health checks)."""
 
-    def __init__(self, store: SQLiteStore, enabled: bool = True) -> None:
+    def __init__(self, store: SQLiteStore, cfg: AuthConfig | None = None, enabled: bool | None = None) -> None:
         self.store = store
-        self.enabled = enabled
+        self.cfg = cfg or AuthConfig()
+        self.enabled = self.cfg.enabled if enabled is None else enabled
+        self.throttle = _Throttle(self.cfg.max_failures, self.cfg.failure_window_s)
+        self._open: dict[int, CallInfo] = {}  # streams whose token is re-checked
+        self._open_lock = threading.Lock()
+        self._watcher: threading.Thread | None = None
+        self._closed = threading.Event()
+
+    def close(self) -> None:
+        """Stop re-checking streams and record the refused counts of peers still throttled."""
+        self._closed.set()
+        for peer, refused in self.throttle.drain():
+            self._write_throttled_end(peer, refused)
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
         handler = continuation(details)
@@ -191,40 +228,117 @@ class AuthInterceptor(grpc.ServerInterceptor):
                           f"token {principal.name!r} (role {principal.role}) may not call "
                           f"{method.rsplit('/', 1)[-1]}; allowed roles: {', '.join(sorted(allowed))}")
 
-    def _audit(self, info: CallInfo, request: Any, result: str) -> None:
+    def _audit(self, info: CallInfo, request: Any, result: str, denial: bool = False, strict: bool = False) -> None:
+        """Write the call's audit record. Denials are recorded for every method; `strict` raises
+        AuditUnavailableError instead of logging when the record cannot be written."""
         target_of = AUDITED.get(info.method)
-        if target_of is None:
+        if target_of is None and not denial:
             return
         try:
-            target = target_of(request) if request is not None else ""
+            target = target_of(request) if (target_of is not None and request is not None) else ""
         except Exception:  # noqa: BLE001 - a malformed request must still be audited
             target = "?"
         try:
             self.store.audit(info.principal.name, info.principal.role, info.method.rsplit("/", 1)[-1],
                              target[:1000], result, " ".join(info.details)[:1000])
-        except Exception:
+        except Exception as exc:
+            if strict:
+                reason = str(exc) if isinstance(exc, FaceEngineError) else f"{type(exc).__name__}: {exc}"
+                raise AuditUnavailableError(
+                    f"{info.method.rsplit('/', 1)[-1]} refused: its audit record could not be written ({reason}); "
+                    "nothing was changed, retry once the store can write") from exc
             log.exception("audit record for %s could not be written", info.method)
+
+    def _write_throttled_start(self, peer: str) -> None:
+        self._raw_audit("THROTTLED", f"peer={peer} {self.throttle.max_failures} failed authentications within "
+                        f"{self.throttle.window_s:g} s; calls refused without checking until the window ends")
+
+    def _write_throttled_end(self, peer: str, refused: int) -> None:
+        self._raw_audit("THROTTLED", f"peer={peer} window ended; refused={refused} calls while throttled")
+
+    def _raw_audit(self, result: str, detail: str, action: str = "*") -> None:
+        try:
+            self.store.audit(UNAUTHENTICATED_ACTOR, "none", action, "", result, detail[:1000])
+        except Exception:
+            log.exception("audit record (%s) could not be written", result)
+
+    # ---- revocation of open streams ------------------------------------------------------------
+    def _register(self, info: CallInfo) -> None:
+        if not self.enabled or not info.token_hash:
+            return
+        with self._open_lock:
+            self._open[id(info)] = info
+            if self._watcher is None:
+                self._watcher = threading.Thread(target=self._watch, name="token-recheck", daemon=True)
+                self._watcher.start()
+
+    def _unregister(self, info: CallInfo) -> None:
+        with self._open_lock:
+            self._open.pop(id(info), None)
+
+    def _watch(self) -> None:
+        """Every recheck_s, look up the tokens of open streams; flag the streams of revoked ones."""
+        while not self._closed.wait(max(0.05, self.cfg.recheck_s)):
+            with self._open_lock:
+                calls = list(self._open.values())
+                if not calls:
+                    self._watcher = None
+                    return
+            alive: dict[str, bool] = {}
+            for h in {c.token_hash for c in calls}:
+                try:
+                    alive[h] = self.store.token_by_hash(h) is not None
+                except Exception:  # store busy or closing: keep the streams, look again next tick
+                    alive[h] = True
+            for c in calls:
+                if not alive[c.token_hash] and not c.revoked.is_set():
+                    log.warning("token %r was revoked: ending its open %s stream", c.principal.name,
+                                c.method.rsplit("/", 1)[-1])
+                    c.revoked.set()
 
     def _guard(self, behavior: Callable[..., Any], method: str, metadata: Any, streaming: tuple[bool, bool]
                ) -> Callable[..., Any]:
         request_streaming, response_streaming = streaming
 
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+            peer = _peer_host(context.peer())
+            audited_request = None if request_streaming else request
+            if self.enabled:
+                wait = self.throttle.blocked(peer)
+                if wait > 0:
+                    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                  f"too many failed authentications from {peer}: calls are refused for "
+                                  f"{wait:.0f} s more (auth.max_failures, auth.failure_window_s)")
+                ended = self.throttle.take_ended(peer)
+                if ended is not None:
+                    self._write_throttled_end(peer, ended)
             try:
                 principal = self.authenticate(metadata)
             except _Denied as exc:
                 log.warning("%s: %s (peer %s)", method, exc.message, context.peer())
+                info = CallInfo(Principal(UNAUTHENTICATED_ACTOR, "none"), method, [f"peer={peer}", exc.message])
+                self._audit(info, audited_request, exc.code.name, denial=True)
+                if self.throttle.fail(peer):
+                    self._write_throttled_start(peer)
                 context.abort(exc.code, exc.message)
-            info = CallInfo(principal, method)
+            info = CallInfo(principal, method, token_hash=_token_hash(metadata) if self.enabled else "")
             try:
                 self.authorize(method, principal)
             except _Denied as exc:
                 log.warning("%s denied to %s/%s", method, principal.name, principal.role)
-                self._audit(info, None if request_streaming else request, exc.code.name)
+                info.details.append(f"peer={peer}")
+                self._audit(info, audited_request, exc.code.name, denial=True)
                 context.abort(exc.code, exc.message)
-            audited_request = None if request_streaming else request
+            if method in MUTATIONS:  # fail closed: no record, no change
+                try:
+                    self._audit(info, audited_request, "ATTEMPT", strict=True)
+                except AuditUnavailableError as exc:
+                    log.error("%s", exc)
+                    context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
             if response_streaming:
                 return self._stream(behavior(request, context), info, audited_request, context)
+            if request_streaming:
+                self._register(info)
             _local.call = info
             result = "OK"
             try:
@@ -236,14 +350,17 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 raise
             finally:
                 _local.call = None
+                self._unregister(info)
                 self._audit(info, audited_request, result)
 
         return guarded
 
     def _stream(self, it: Iterator[Any], info: CallInfo, request: Any, context: grpc.ServicerContext
                 ) -> Iterator[Any]:
-        """Run a response stream with the call info set; audit once when it opens (or fails to)."""
+        """Run a response stream with the call info set; audit once when it opens (or fails to).
+        A stream whose token is revoked meanwhile ends with UNAUTHENTICATED."""
         audited = info.method not in AUDITED
+        self._register(info)
         try:
             while True:
                 _local.call = info
@@ -257,6 +374,12 @@ class AuthInterceptor(grpc.ServerInterceptor):
                     audited = True
                     self._audit(info, request, "OK")
                 yield item
+            if info.revoked.is_set():
+                if not audited:
+                    audited = True
+                    self._audit(info, request, "UNAUTHENTICATED")
+                context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                              f"token {info.principal.name!r} was revoked while this stream was open")
         except BaseException:
             if not audited:
                 audited = True
@@ -264,8 +387,69 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 self._audit(info, request, code.name if isinstance(code, grpc.StatusCode) else "CANCELLED")
             raise
         finally:
+            self._unregister(info)
             if not audited:
                 self._audit(info, request, "OK")
+
+
+class _Throttle:
+    """Failed authentications per peer address in a fixed window; past max_failures the peer is refused."""
+
+    def __init__(self, max_failures: int, window_s: float) -> None:
+        self.max_failures = max(1, max_failures)
+        self.window_s = window_s
+        self._lock = threading.Lock()
+        self._peers: dict[str, list[float]] = {}  # peer -> [window start, failures, refused]
+
+    def fail(self, peer: str) -> bool:
+        """Count a failure; True when this one starts the peer's throttling."""
+        now = time.monotonic()
+        with self._lock:
+            rec = self._peers.get(peer)
+            if rec is None or now - rec[0] > self.window_s:
+                rec = self._peers[peer] = [now, 0, 0]
+            rec[1] += 1
+            if len(self._peers) > 10_000:  # a spray of addresses must not grow this without bound
+                for p in [p for p, r in self._peers.items() if now - r[0] > self.window_s and r[1] < self.max_failures]:
+                    del self._peers[p]
+            return rec[1] == self.max_failures
+
+    def blocked(self, peer: str) -> float:
+        """Seconds this peer stays refused (counting this call as refused), or 0."""
+        now = time.monotonic()
+        with self._lock:
+            rec = self._peers.get(peer)
+            if rec is None or rec[1] < self.max_failures or now - rec[0] > self.window_s:
+                return 0.0
+            rec[2] += 1
+            return max(1.0, self.window_s - (now - rec[0]))
+
+    def take_ended(self, peer: str) -> int | None:
+        """The refused count of a throttling window that has ended (once), else None."""
+        now = time.monotonic()
+        with self._lock:
+            rec = self._peers.get(peer)
+            if rec is None or now - rec[0] <= self.window_s:
+                return None
+            del self._peers[peer]
+            return int(rec[2]) if rec[1] >= self.max_failures else None
+
+    def drain(self) -> list[tuple[str, int]]:
+        with self._lock:
+            out = [(p, int(r[2])) for p, r in self._peers.items() if r[1] >= self.max_failures]
+            self._peers.clear()
+        return out
+
+
+def _peer_host(peer: str) -> str:
+    """'ipv4:127.0.0.1:5555' -> 'ipv4:127.0.0.1' (the port changes with every connection)."""
+    return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer
+
+
+def _token_hash(metadata: Any) -> str:
+    values = [v for k, v in metadata if k == "authorization"]
+    token = str(values[0]).strip().partition(" ")[2].strip() if values else ""
+    return hash_token(token) if token else ""
 
 
 MAX_DETAILS = 2000

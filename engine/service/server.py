@@ -4,6 +4,7 @@ checking, reflection, a Prometheus endpoint and graceful shutdown that flushes e
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from concurrent import futures
@@ -20,9 +21,15 @@ from engine.metrics import EngineMetrics
 from engine.retention import RetentionWorker
 from engine.service.auth import AdminServicer, AuthInterceptor
 from engine.service.proto import pb, rpc
-from engine.service.servicers import CamerasServicer, IngestServicer, MatchesServicer, WatchlistsServicer
+from engine.service.servicers import (
+    CamerasServicer,
+    IngestServicer,
+    MatchesServicer,
+    StreamSlots,
+    WatchlistsServicer,
+)
 from engine.service.tls import is_loopback, server_credentials
-from engine.store.sqlite import SQLiteStore
+from engine.store.sqlite import SQLiteStore, damaged
 from engine.video.pipeline import CameraState, Engine
 from engine.video.sources import PullSource
 from engine.vision.analyzer import FaceAnalyzer
@@ -41,16 +48,23 @@ class FaceEngineServer:
         if not cfg.auth.enabled and not is_loopback(cfg.server.host):
             raise ConfigError(f"refusing to serve on {cfg.server.host!r} with auth.enabled=false: without tokens "
                               "the API is open; bind to 127.0.0.1 (e.g. `faceengine serve --dev`) or enable auth")
+        if cfg.limits.capture_time_policy not in ("refuse", "clamp"):
+            raise ConfigError(f"limits.capture_time_policy = {cfg.limits.capture_time_policy!r}: use refuse or clamp")
         credentials = credentials or server_credentials(cfg.tls)
         self.metrics = EngineMetrics()
-        self.store = SQLiteStore(cfg.store.path)
-        fixed = self.store.repair()  # start-up consistency check; the index is then rebuilt from SQLite
-        if any(fixed.values()):
-            log.warning("store consistency check repaired %s", fixed)
-        self.retention = RetentionWorker(self.store, cfg.retention)
-        self.auth = AuthInterceptor(self.store, enabled=cfg.auth.enabled)
-        self.analyzer = analyzer or FaceAnalyzer.from_config(cfg)
-        self.gallery = Gallery(self.store, self.analyzer.dim, self.analyzer.model_name, cfg.gallery.index)
+        self.store = SQLiteStore(cfg.store.path)  # a damaged file: StoreDamagedError saying what to do
+        try:
+            fixed = self.store.repair()  # start-up consistency check; the index is then rebuilt from SQLite
+            if any(fixed.values()):
+                log.warning("store consistency check repaired %s", fixed)
+            self.retention = RetentionWorker(self.store, cfg.retention)
+            self.auth = AuthInterceptor(self.store, cfg.auth)
+            self.analyzer = analyzer or FaceAnalyzer.from_config(cfg)
+            self.gallery = Gallery(self.store, self.analyzer.dim, self.analyzer.model_name, cfg.gallery.index)
+        except sqlite3.DatabaseError as exc:  # pages damaged past the header: same advice, no traceback
+            self.store.close()
+            raise damaged(cfg.store.path, exc) from exc
+        self.slots = StreamSlots(cfg.server)
         self.engine = Engine(cfg, self.analyzer, self.gallery, self.store, self.metrics)
         self.sources: dict[str, PullSource] = {}
         self.running = False
@@ -114,6 +128,7 @@ class FaceEngineServer:
         self.retention.start()
         if self.cfg.server.event_relay_s > 0:
             threading.Thread(target=self._relay_events, name="event-relay", daemon=True).start()
+        threading.Thread(target=self._watch_storage, name="storage-health", daemon=True).start()
         if self.cfg.server.metrics_port:
             try:
                 self.metrics.serve(self.cfg.server.metrics_port, self.cfg.server.host)
@@ -140,6 +155,28 @@ class FaceEngineServer:
                 mark = max(e.updated for e in events)
                 self.engine.relay(events)
 
+    def _set_health(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for s in ("", *[pb.DESCRIPTOR.services_by_name[n].full_name for n in SERVICES]):
+            self.health.set(s, status)
+
+    def _watch_storage(self) -> None:
+        """Health follows the store: NOT_SERVING while its writes fail for lack of space (a write
+        probe, rolled back, tells when there is room again), SERVING again without a restart."""
+        serving = True
+        while not self._stopped.wait(self.cfg.server.health_probe_s) and self.running:
+            try:
+                problem = self.store.probe_write() if self.store.storage_error else ""
+            except Exception as exc:  # noqa: BLE001 - store closing or busy: report it, look again
+                problem = str(exc)
+            if serving and problem:
+                log.error("store writes are failing, health NOT_SERVING: %s", problem)
+            elif not serving and not problem:
+                log.warning("store writes work again, health SERVING")
+            if serving != (not problem) and self.running:
+                serving = not problem
+                self._set_health(serving)
+
     def stop(self, grace: float | None = None) -> None:
         """Stop taking calls, finish queued frames, flush events, close the store."""
         if self._stopped.is_set():
@@ -152,6 +189,7 @@ class FaceEngineServer:
         self.running = False
         self.grpc.stop(grace).wait()
         self.retention.stop()
+        self.auth.close()
         self.store.close()
         self._stopped.set()
         log.info("faceengine stopped")

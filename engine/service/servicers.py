@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 import grpc
 import numpy as np
 
+from engine.config import LimitsConfig, ServerConfig
 from engine.errors import (
     FaceEngineError,
     InvalidArgumentError,
@@ -19,7 +21,7 @@ from engine.errors import (
     NotFoundError,
     ResourceExhaustedError,
 )
-from engine.service.auth import add_audit_detail
+from engine.service.auth import add_audit_detail, call_revoked, current
 from engine.service.convert import (
     box,
     error_msg,
@@ -42,21 +44,91 @@ log = logging.getLogger(__name__)
 _END = object()
 
 
+class StreamSlots:
+    """Long-lived streams (ingest and subscriptions) each hold a server thread for their whole life:
+    together they never take more than max_workers - reserved_workers threads, so health checks and
+    unary calls always find one free. A refusal is RESOURCE_EXHAUSTED naming the setting."""
+
+    def __init__(self, cfg: ServerConfig) -> None:
+        self.cfg = cfg
+        self.limit = max(1, cfg.max_workers - cfg.reserved_workers)
+        self.ingest = 0
+        self.subs: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def _total(self) -> int:
+        return self.ingest + sum(self.subs.values())
+
+    def _full(self) -> str:
+        return (f"all {self.limit} stream slots are in use ({self.ingest} ingest streams, "
+                f"{sum(self.subs.values())} subscriptions; server.max_workers - server.reserved_workers); "
+                "retry later")
+
+    def take_ingest(self) -> str:
+        """'' when an ingest stream may start (and is counted), else why not."""
+        with self._lock:
+            if self.ingest >= self.cfg.max_streams:
+                return f"too many ingest streams ({self.ingest}); retry later or raise server.max_streams"
+            if self._total() >= self.limit:
+                return self._full()
+            self.ingest += 1
+            return ""
+
+    def take_subscription(self, who: str) -> str:
+        with self._lock:
+            mine, n = self.subs.get(who, 0), sum(self.subs.values())
+            if mine >= self.cfg.max_subscriptions_per_token:
+                return (f"token {who!r} already has {mine} live subscriptions (server.max_subscriptions_per_token "
+                        f"= {self.cfg.max_subscriptions_per_token}); close one or retry later")
+            if n >= self.cfg.max_subscriptions:
+                return f"{n} live subscriptions in all (server.max_subscriptions = {self.cfg.max_subscriptions}); " \
+                       "retry later"
+            if self._total() >= self.limit:
+                return self._full()
+            self.subs[who] = mine + 1
+            return ""
+
+    def give_ingest(self) -> None:
+        with self._lock:
+            self.ingest -= 1
+
+    def give_subscription(self, who: str) -> None:
+        with self._lock:
+            self.subs[who] -= 1
+            if not self.subs[who]:
+                del self.subs[who]
+
+
+def capture_time(value: float, now: float, lim: LimitsConfig, sequence: int) -> float:
+    """The time to use for a gateway frame: its capture_time when inside the configured window
+    around the server clock, else refused (INVALID_ARGUMENT) or the server time (policy clamp).
+    0 means unset (server time); NaN and infinity are always refused."""
+    if value == 0:
+        return now
+    if not math.isfinite(value):
+        raise InvalidArgumentError(f"frame {sequence}: capture_time {value} is not a finite number of Unix seconds "
+                                   "(limits.capture_time_* settings)")
+    if now - lim.capture_time_past_s <= value <= now + lim.capture_time_future_s:
+        return value
+    if lim.capture_time_policy == "clamp":
+        return now
+    off = value - now
+    raise InvalidArgumentError(
+        f"frame {sequence}: capture_time {value:.3f} is {abs(off):.0f} s {'ahead of' if off > 0 else 'behind'} "
+        f"the server clock; accepted: {lim.capture_time_past_s:g} s behind to {lim.capture_time_future_s:g} s "
+        "ahead (limits.capture_time_past_s / limits.capture_time_future_s; fix the gateway clock, send 0 for "
+        "server time, or set limits.capture_time_policy = \"clamp\")")
+
+
 class IngestServicer(rpc.IngestServicer):
     def __init__(self, srv: FaceEngineServer) -> None:
         self.srv = srv
-        self._active = 0
-        self._lock = threading.Lock()
 
     def StreamFrames(self, request_iterator: Iterator[pb.Frame], context: grpc.ServicerContext):  # noqa: N802
         srv = self.srv
-        with self._lock:
-            # streams each hold a server thread: keep 8 free for health checks and operators
-            limit = min(srv.cfg.server.max_streams, max(1, srv.cfg.server.max_workers - 8))
-            if self._active >= limit:
-                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                              f"too many ingest streams ({self._active}); retry later or raise server.max_streams")
-            self._active += 1
+        refused = srv.slots.take_ingest()
+        if refused:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
         srv.metrics.active_streams.inc()
         out: queue.Queue[object] = queue.Queue(maxsize=512)
         state = {"submitted": 0, "answered": 0, "lost": 0}
@@ -97,7 +169,7 @@ class IngestServicer(rpc.IngestServicer):
         t.start()
         try:
             reader_done = False
-            while context.is_active():
+            while context.is_active() and not call_revoked():
                 try:
                     msg = out.get(timeout=0.5)
                 except queue.Empty:
@@ -114,8 +186,7 @@ class IngestServicer(rpc.IngestServicer):
         finally:
             if state["lost"]:
                 log.warning("ingest stream: %d results dropped because the client did not read them", state["lost"])
-            with self._lock:
-                self._active -= 1
+            srv.slots.give_ingest()
             srv.metrics.active_streams.dec()
 
     def _accept(self, frame: pb.Frame, reply) -> None:  # noqa: ANN001
@@ -147,7 +218,7 @@ class IngestServicer(rpc.IngestServicer):
                     img.raw.CopyFrom(frame.raw)
                 image = image_from_proto(img, srv.cfg.limits, what=f"frame {frame.sequence}")
             srv.metrics.stage_seconds.labels("decode").observe(time.perf_counter() - t0)
-            ts = frame.capture_time if frame.capture_time > 0 else now
+            ts = capture_time(frame.capture_time, now, srv.cfg.limits, frame.sequence)
             srv.engine.submit(FrameJob(frame.camera_id, frame.sequence, ts, image, reply, scale=scale, loader=loader))
         except FaceEngineError as exc:
             srv.metrics.frame_errors.labels(type(exc).__name__).inc()
@@ -277,11 +348,20 @@ class MatchesServicer(rpc.MatchesServicer):
         for cid in request.camera_ids:
             if cid not in known:
                 context.abort(grpc.StatusCode.NOT_FOUND, f"camera {cid!r} not found")
+        info = current()
+        who = info.principal.name if info is not None else "anonymous"
+        refused = srv.slots.take_subscription(who)
+        if refused:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
         flt = MatchFilterSpec(frozenset(request.camera_ids), frozenset(request.watchlists), request.min_score)
-        sub = srv.engine.bus.subscribe(flt)
+        try:
+            sub = srv.engine.bus.subscribe(flt)
+        except BaseException:
+            srv.slots.give_subscription(who)
+            raise
         srv.metrics.subscribers.inc()
         try:
-            while context.is_active() and srv.running:
+            while context.is_active() and srv.running and not call_revoked():
                 try:
                     item = sub.queue.get(timeout=0.5)
                 except queue.Empty:
@@ -292,6 +372,7 @@ class MatchesServicer(rpc.MatchesServicer):
                 yield event_msg(ev, update)
         finally:
             srv.engine.bus.unsubscribe(sub)
+            srv.slots.give_subscription(who)
             srv.metrics.subscribers.dec()
 
     @unary
