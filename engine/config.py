@@ -124,7 +124,9 @@ class ServerConfig:
     port: int = _f(50051, "gRPC port.")
     metrics_port: int = _f(9108, "Prometheus metrics HTTP port (0 = off).")
     max_workers: int = _f(64, "gRPC server thread pool size (each open stream holds one thread).")
-    max_streams: int = _f(48, "Most concurrent ingest streams (kept 8+ below max_workers); beyond: RESOURCE_EXHAUSTED.")
+    max_streams: int = _f(
+        48, "Most concurrent ingest streams (all streams stay reserved_workers below max_workers); beyond: "
+        "RESOURCE_EXHAUSTED.")
     shutdown_grace_s: float = _f(5.0, "Seconds given to in-flight calls on shutdown.")
     event_relay_s: float = _f(1.0, "Poll the store this often for events other processes wrote (0 = off).")
     reserved_workers: int = _f(
