@@ -163,6 +163,20 @@ class RetentionConfig:
 
 
 @dataclass
+class ClusterConfig:
+    address: str = _f("", "Ray cluster to run camera workers on: '' = off (one process), 'local' = start a private "
+                          "single-node Ray, 'auto' = join the Ray cluster on this machine, 'HOST:PORT' or "
+                          "'ray://HOST:PORT' = a remote cluster.")
+    workers: int = _f(2, "Camera worker actors (each a process with its own models and its cameras' tracking state).")
+    cpus_per_worker: float = _f(1.0, "Ray num_cpus reserved per worker actor (its onnxruntime threads follow it).")
+    gpus_per_worker: float = _f(0.0, "Ray num_gpus reserved per worker actor (e.g. 0.25 = four workers share a GPU).")
+    frames_per_call: int = _f(8, "Most frames of one camera sent to a worker in one call (compressed as received).")
+    calls_per_worker: int = _f(2, "Calls in flight per worker, each for a different camera (keeps workers busy).")
+    call_timeout_s: float = _f(30.0, "A worker call that takes longer fails its frames with UNAVAILABLE.")
+    connect_timeout_s: float = _f(5.0, "Seconds to reach a remote Ray address before failing with a clear error.")
+
+
+@dataclass
 class Config:
     models: ModelsConfig = field(default_factory=ModelsConfig, metadata={"doc": "Model files."})
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig, metadata={"doc": "onnxruntime."})
@@ -176,6 +190,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig, metadata={"doc": "API tokens and roles."})
     tls: TLSConfig = field(default_factory=TLSConfig, metadata={"doc": "TLS and mutual TLS."})
     retention: RetentionConfig = field(default_factory=RetentionConfig, metadata={"doc": "Data retention, erasure."})
+    cluster: ClusterConfig = field(default_factory=ClusterConfig, metadata={"doc": "Cluster mode (Ray workers)."})
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Config:

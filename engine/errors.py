@@ -82,3 +82,9 @@ class AuditUnavailableError(FaceEngineError):
     """The audit record of a change could not be written, so the change was refused (fail closed)."""
 
     grpc_code = "UNAVAILABLE"
+
+
+class UnavailableError(FaceEngineError):
+    """A part the call needs is down for now (a cluster worker restarting, the store unreachable): retry."""
+
+    grpc_code = "UNAVAILABLE"

@@ -21,6 +21,10 @@ def register(sub: Any, lazy: Callable[[str, str], Callable[[argparse.Namespace],
     s.add_argument("--ready-file", help="write the bound address to this file once serving")
     s.add_argument("--dev", action="store_true",
                    help="development mode: no API tokens; binds 127.0.0.1 and refuses any non-loopback host")
+    s.add_argument("--cluster", nargs="?", const="local", metavar="ADDRESS",
+                   help="serve cameras from Ray worker actors: 'local' (default: a private single-node Ray), "
+                        "'auto' (join this machine's cluster), or HOST:PORT / ray://HOST:PORT")
+    s.add_argument("--workers", type=int, help="cluster worker actors (default cluster.workers)")
     s.set_defaults(func=lazy("engine.cli.server_cmds", "cmd_serve"))
 
 
@@ -36,6 +40,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         over.setdefault("host", "127.0.0.1")
         cfg.update({"auth": {"enabled": False}}, source="--dev")
     cfg.update({"server": over}, source="command line")
+    cluster: dict[str, Any] = {}
+    if args.cluster:
+        cluster["address"] = args.cluster
+    if args.workers is not None:
+        cluster["workers"] = args.workers
+    if cluster:
+        cfg.update({"cluster": cluster}, source="command line")
     if not cfg.auth.enabled:
         print("faceengine: auth is OFF (development mode): any local process may call the API",
               file=sys.stderr, flush=True)

@@ -65,7 +65,14 @@ class FaceEngineServer:
             self.store.close()
             raise damaged(cfg.store.path, exc) from exc
         self.slots = StreamSlots(cfg.server)
-        self.engine = Engine(cfg, self.analyzer, self.gallery, self.store, self.metrics)
+        if cfg.cluster.address:  # cameras served by Ray worker actors; this process is a front end
+            from engine.cluster.frontend import ClusterEngine
+            from engine.cluster.runtime import connect
+
+            connect(cfg.cluster.address, cfg.cluster.connect_timeout_s)
+            self.engine: Engine | ClusterEngine = ClusterEngine(cfg, self.metrics)
+        else:
+            self.engine = Engine(cfg, self.analyzer, self.gallery, self.store, self.metrics)
         self.sources: dict[str, PullSource] = {}
         self.running = False
         self._stopped = threading.Event()
@@ -98,7 +105,7 @@ class FaceEngineServer:
         cam = self.engine.add_camera(camera_id, uri, options)
         if persist:
             self.store.save_camera(camera_id, cam.uri, cam.options)
-        if cam.kind == "pull":
+        if cam.kind == "pull" and not getattr(self.engine, "remote_decode", False):  # cluster: read by a worker
             src = PullSource(self.engine, cam)
             cam.source = src
             self.sources[camera_id] = src
@@ -120,7 +127,7 @@ class FaceEngineServer:
         for cid, uri, opts in self.store.list_camera_defs():  # cameras survive restarts
             if cid not in self.engine._cams:
                 self.add_camera(cid, uri, opts, persist=False)
-        self.engine.start()
+        self.engine.start()  # type: ignore[union-attr]
         self.running = True
         for src in self.sources.values():
             src.start()

@@ -202,6 +202,12 @@ class IngestServicer(rpc.IngestServicer):
                                            "register a push camera for gateway frames")
             t0 = time.perf_counter()
             kind = frame.WhichOneof("image")
+            ts = capture_time(frame.capture_time, now, srv.cfg.limits, frame.sequence)
+            if kind == "encoded" and getattr(srv.engine, "remote_decode", False):
+                from engine.cluster.worker import WireFrame  # cluster: decoded by the worker that runs it
+
+                srv.engine.submit_wire(WireFrame(frame.camera_id, frame.sequence, ts, encoded=frame.encoded), reply)
+                return
             scale, loader = 1.0, None
             if kind == "encoded" and srv.cfg.pipeline.fast_decode:
                 lim = srv.cfg.limits
@@ -218,7 +224,6 @@ class IngestServicer(rpc.IngestServicer):
                     img.raw.CopyFrom(frame.raw)
                 image = image_from_proto(img, srv.cfg.limits, what=f"frame {frame.sequence}")
             srv.metrics.stage_seconds.labels("decode").observe(time.perf_counter() - t0)
-            ts = capture_time(frame.capture_time, now, srv.cfg.limits, frame.sequence)
             srv.engine.submit(FrameJob(frame.camera_id, frame.sequence, ts, image, reply, scale=scale, loader=loader))
         except FaceEngineError as exc:
             srv.metrics.frame_errors.labels(type(exc).__name__).inc()

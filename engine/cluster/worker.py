@@ -1,0 +1,205 @@
+"""A camera worker: one process holding its own models, a gallery replica and its cameras' tracking state.
+
+In cluster mode Ray runs several of these as actors (`ray_worker_class`). The worker is a plain class so it
+can be tested and profiled without Ray: frames come in as the compressed bytes a gateway sent (decoded
+here, where they are processed), results go back as `FrameOutcome`s, matches are written to the shared
+store by the worker's own event recorder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from engine.config import Config
+from engine.errors import FaceEngineError, InvalidImageError, UnavailableError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WireFrame:
+    """One frame on its way to a worker: the gateway's compressed bytes, or raw BGR pixels."""
+
+    camera_id: str
+    seq: int
+    capture_time: float
+    encoded: bytes = b""
+    raw: np.ndarray | None = None
+
+
+def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
+    """The configuration as a nested dict of plain values (what a worker process is started with)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, value, _doc in cfg.describe():
+        section, key = name.split(".", 1)
+        out.setdefault(section, {})[key] = value
+    return out
+
+
+def rss_bytes() -> int:
+    """This process's resident set size."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class CameraWorker:
+    """Runs the local engine (batching across this worker's cameras) on frames sent by a front end."""
+
+    def __init__(self, cfg_data: dict[str, dict[str, Any]], worker_id: str = "worker") -> None:
+        from engine.gallery.gallery import Gallery
+        from engine.metrics import EngineMetrics
+        from engine.store.sqlite import SQLiteStore
+        from engine.video.pipeline import Engine
+        from engine.vision.analyzer import FaceAnalyzer
+
+        cfg = Config.load(env={})
+        cfg.update({k: v for k, v in cfg_data.items() if k != "cluster"}, source=f"cluster worker {worker_id}")
+        self.cfg = cfg
+        self.worker_id = worker_id
+        self.store = SQLiteStore(cfg.store.path)
+        self.analyzer = FaceAnalyzer.from_config(cfg)
+        self.gallery = Gallery(self.store, self.analyzer.dim, self.analyzer.model_name, cfg.gallery.index)
+        self.metrics = EngineMetrics()
+        self.engine = Engine(cfg, self.analyzer, self.gallery, self.store, self.metrics)
+        self.engine.start()
+        self.sources: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self.started = time.time()
+        log.info("cluster worker %s ready (pid %d)", worker_id, os.getpid())
+
+    # ---- frames ----------------------------------------------------------------------------------
+    def process(self, frames: list[WireFrame]) -> list[Any]:
+        """Decode and run a camera's frames through the engine; one FrameOutcome per frame, in order."""
+        from engine.video.pipeline import FrameJob, FrameOutcome
+        from engine.vision.image import decode_for_detection, decode_image
+
+        results: list[FrameOutcome | None] = [None] * len(frames)
+        left = [len(frames)]
+        done = threading.Event()
+        lock = threading.Lock()
+
+        def answer(i: int, out: FrameOutcome) -> None:
+            with lock:
+                if results[i] is None:
+                    results[i] = out
+                    left[0] -= 1
+                    if left[0] == 0:
+                        done.set()
+
+        lim = self.cfg.limits
+        for i, f in enumerate(frames):
+            try:
+                self._ensure_camera(f.camera_id)
+                scale, loader = 1.0, None
+                if f.raw is not None:
+                    image = f.raw
+                elif self.cfg.pipeline.fast_decode:
+                    image, scale, loader = decode_for_detection(f.encoded, 2 * self.cfg.detector.input_size,
+                                                                lim.max_image_side, lim.max_image_pixels)
+                else:
+                    image = decode_image(f.encoded, lim.max_image_side, lim.max_image_pixels)
+                self.engine.submit(FrameJob(f.camera_id, f.seq, f.capture_time, image,
+                                            reply=lambda o, i=i: answer(i, o), scale=scale, loader=loader))
+            except InvalidImageError as exc:
+                answer(i, FrameOutcome(f.camera_id, f.seq, error=InvalidImageError(f"frame {f.seq}: {exc}")))
+            except FaceEngineError as exc:
+                answer(i, FrameOutcome(f.camera_id, f.seq, error=exc))
+        if frames and not done.wait(self.cfg.cluster.call_timeout_s):
+            for i, f in enumerate(frames):
+                answer(i, FrameOutcome(f.camera_id, f.seq, error=UnavailableError(
+                    f"worker {self.worker_id} did not finish frame {f.seq} in time")))
+        return list(results)
+
+    def _ensure_camera(self, camera_id: str) -> None:
+        with self._lock:
+            try:
+                self.engine.camera(camera_id)
+            except FaceEngineError:
+                self.engine.add_camera(camera_id, "push")
+
+    # ---- pull cameras run where they are processed ----------------------------------------------
+    def start_pull(self, camera_id: str, uri: str, options: dict[str, str]) -> None:
+        """Read a pull camera (RTSP/HTTP/file) in this worker: its frames never cross a process boundary."""
+        from engine.video.sources import PullSource
+
+        with self._lock:
+            if camera_id in self.sources:
+                return
+            cam = self.engine.add_camera(camera_id, uri, options)
+            src = PullSource(self.engine, cam)
+            cam.source = src
+            self.sources[camera_id] = src
+        src.start()
+
+    def stop_camera(self, camera_id: str) -> None:
+        with self._lock:
+            src = self.sources.pop(camera_id, None)
+        if src is not None:
+            src.stop()
+        try:
+            self.engine.remove_camera(camera_id)
+        except FaceEngineError:
+            pass
+
+    def camera_status(self, camera_id: str) -> dict[str, Any]:
+        """Counters and state of one camera as this worker sees it."""
+        cam = self.engine.camera(camera_id)
+        return {"state": cam.state, "frames_in": cam.frames_in, "frames_processed": cam.frames_processed,
+                "frames_dropped": cam.frames_dropped, "last_error": cam.last_error, "reconnects": cam.reconnects,
+                "fps_in": cam.fps_in.rate(), "fps_out": cam.fps_out.rate(), "last_frame_time": cam.last_frame_time}
+
+    # ---- gallery and lifecycle -------------------------------------------------------------------
+    def forget_person(self, watchlist: str, person_id: str) -> None:
+        """A person was erased: drop live caches and see the gallery change at once."""
+        self.engine.forget_person(watchlist, person_id)
+        self.gallery.sync(force=True)
+
+    def info(self) -> dict[str, Any]:
+        """Who this worker is and what it holds (benchmarks read RSS from here)."""
+        import socket
+
+        node = ""
+        try:
+            import ray
+
+            if ray.is_initialized():
+                node = ray.get_runtime_context().get_node_id()
+        except ImportError:  # plain use without Ray
+            pass
+        return {"node_id": node, "worker_id": self.worker_id, "pid": os.getpid(), "host": socket.gethostname(),
+                "rss": rss_bytes(),
+                "cameras": [c.camera_id for c in self.engine.cameras()], "provider": _provider(self.analyzer),
+                "uptime_s": time.time() - self.started}
+
+    def ping(self) -> bool:
+        return True
+
+    def shutdown(self) -> None:
+        for cid in list(self.sources):
+            self.stop_camera(cid)
+        self.engine.stop(drain_s=2.0)
+        self.store.close()
+
+
+def _provider(analyzer: Any) -> str:
+    prov = getattr(analyzer, "provider", None)
+    if isinstance(prov, str):
+        return prov
+    try:
+        return str(analyzer.embedder.session.providers[0])
+    except Exception:  # noqa: BLE001 - informational only
+        return "unknown"
+
+
+def ray_worker_class() -> Any:
+    """`CameraWorker` as a Ray actor class: threaded (one call per camera in flight), restarted by Ray."""
+    import ray
+
+    return ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=8)(CameraWorker)
