@@ -16,12 +16,32 @@ import numpy as np
 from engine.service.proto import pb, rpc
 
 
+def channel_target(address: str) -> tuple[str, list[tuple[str, object]]]:
+    """The gRPC target and options for one front end, or for several ('IP:PORT,IP:PORT'): calls are then
+    spread round-robin and a front end that goes away is skipped (a new stream goes to one that is up).
+    Several front ends by host name: give one DNS name that resolves to all of them."""
+    parts = [a.strip() for a in address.split(",") if a.strip()]
+    if len(parts) <= 1:
+        return address, []
+    v6 = [p.startswith("[") for p in parts]
+    if any(v6) and not all(v6):
+        raise ValueError(f"front-end list {address!r} mixes IPv4 and IPv6 addresses")
+    for p in parts:
+        host = p.rsplit(":", 1)[0].strip("[]")
+        if not host.replace(".", "").replace(":", "").isalnum() or not any(ch.isdigit() for ch in host):
+            raise ValueError(f"front-end list {address!r}: {p!r} is not IP:PORT (for host names use one DNS name "
+                             "that resolves to every front end)")
+    scheme = "ipv6" if all(v6) else "ipv4"
+    return f"{scheme}:{','.join(parts)}", [("grpc.lb_policy_name", "round_robin")]
+
+
 class Client:
     def __init__(self, address: str, token: str | None = None, ca_cert: str | None = None,
                  client_cert: str | None = None, client_key: str | None = None,
                  max_message_bytes: int = 64 * 1024 * 1024) -> None:
+        address, lb = channel_target(address)
         opts = [("grpc.max_send_message_length", max_message_bytes),
-                ("grpc.max_receive_message_length", max_message_bytes)]
+                ("grpc.max_receive_message_length", max_message_bytes), *lb]
         if ca_cert:
             creds = grpc.ssl_channel_credentials(
                 Path(ca_cert).read_bytes(),

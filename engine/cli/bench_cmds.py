@@ -34,8 +34,9 @@ def register(sub: Any, lazy: Callable[[str, str], Callable[[argparse.Namespace],
                                    "in-process (1..N cameras) and over gRPC. `faceengine bench faiss --help` "
                                    "for the gallery search benchmark.")
     add_config_args(b)
-    b.add_argument("target", nargs="?", choices=["pipeline", "faiss"], default="pipeline",
-                   help="which benchmark (default pipeline)")
+    b.add_argument("target", nargs="?", choices=["pipeline", "faiss", "cluster"], default="pipeline",
+                   help="which benchmark (default pipeline; cluster: fps against Ray worker processes)")
+    b.add_argument("--workers", default="1,2", help="cluster: comma-separated worker counts (default 1,2)")
     b.add_argument("--video", default=None, help="video file (default shared multiface_1080p.mp4)")
     b.add_argument("--cameras", type=int, default=4, help="simulated cameras: the engine runs 1..N (default 4)")
     b.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians reported (default 3)")
@@ -55,6 +56,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         mod = _bench_module("bench_faiss")
         argv = ["--out", args.out or "bench-results/faiss"] + (["--quick"] if args.quick else [])
         return int(mod.main(argv) or 0)
+    if args.target == "cluster":
+        mod = _bench_module("bench_cluster")
+        argv = ["--workers", args.workers, "--cameras", str(args.cameras), "--rounds", str(args.rounds),
+                "--window", str(args.window), "--out", args.out or "bench-results/cluster.json"]
+        argv += ["--max-frames", str(args.max_frames or 120)] + (["--video", args.video] if args.video else [])
+        return int(mod.main(argv + (["--json"] if args.json else [])) or 0)
     mod = _bench_module("bench_pipeline")
     cfg = load_config(args)
     mirror = Path(mod.DEFAULT_VIDEO).parents[2] / "models"  # ../shared/testdata/videos -> ../shared/models

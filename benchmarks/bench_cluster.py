@@ -1,0 +1,243 @@
+"""Cluster scaling: frames per second against the number of Ray worker processes.
+
+Both sides get the same work: every simulated camera sends the same JPEG payloads (the clip's frames,
+encoded once before timing), and every frame is decoded where it is processed (the single-process engine
+decodes in its feeder threads as the gRPC ingest does; a cluster worker decodes what the front end hands
+it). Each pass reports its fps, the persons matched and events per person (the same identities must be
+found by every pass), and the RSS of the front end and of each worker.
+
+    faceengine bench cluster --workers 1,2 --cameras 4 --max-frames 120
+    python benchmarks/bench_cluster.py --workers 1,2,4,8 --cameras 16      # on a 16-core machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    DEFAULT_VIDEO,
+    bench_config,
+    enroll_from_frames,
+    load_frames,
+    machine,
+    open_gallery,
+    rss_bytes,
+)
+
+from engine.config import Config  # noqa: E402
+from engine.metrics import EngineMetrics  # noqa: E402
+from engine.video.pipeline import Engine, FrameJob  # noqa: E402
+from engine.vision.analyzer import FaceAnalyzer  # noqa: E402
+from engine.vision.image import decode_for_detection  # noqa: E402
+
+TARGET_2CORE = 0.85  # cluster with 2 workers vs the single-process engine, on 2 cores
+TARGET_8_WORKERS = 6.0  # 8 workers vs 1 worker on a 16-core machine
+
+
+def _feed(submit: Any, cameras: int, payloads: Sequence[bytes], window: int) -> dict[str, Any]:
+    """Send every payload once per camera, `window` frames in flight per camera; time until the last reply."""
+    lock = threading.Lock()
+    events: dict[str, str] = {}  # event id -> person
+    errors: Counter[str] = Counter()
+    remaining = [cameras * len(payloads)]
+    done = threading.Event()
+    last = [0.0]
+
+    def camera(i: int) -> None:
+        sem = threading.Semaphore(window)
+
+        def reply(out: Any) -> None:
+            with lock:
+                if out.error is not None:
+                    errors[type(out.error).__name__] += 1
+                for f in out.faces:
+                    if f.match is not None:
+                        events[f.match.event_id] = f.match.person_id
+                remaining[0] -= 1
+                last[0] = time.perf_counter()
+                if remaining[0] == 0:
+                    done.set()
+            sem.release()
+
+        off = i * len(payloads) // max(1, cameras)
+        for j in range(len(payloads)):
+            sem.acquire()
+            submit(f"cam{i}", j, 1.0 + j / 25.0, payloads[(off + j) % len(payloads)], reply)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=camera, args=(i,), daemon=True) for i in range(cameras)]
+    for t in threads:
+        t.start()
+    done.wait(timeout=1800)
+    seconds = last[0] - t0
+    per_person = Counter(events.values())
+    return {"frames": cameras * len(payloads), "seconds": seconds,
+            "fps": cameras * len(payloads) / seconds if seconds > 0 else 0.0,
+            "identities": sorted(per_person), "events_per_identity": dict(sorted(per_person.items())),
+            "errors": dict(errors)}
+
+
+def single_process_pass(cfg: Config, analyzer: FaceAnalyzer, payloads: Sequence[bytes], cameras: int,
+                        window: int) -> dict[str, Any]:
+    """The engine in one process, decoding each JPEG in the submitting thread (as gRPC ingest does)."""
+    store, gallery = open_gallery(cfg, analyzer)
+    eng = Engine(cfg, analyzer, gallery, store, EngineMetrics())
+    for i in range(cameras):
+        eng.add_camera(f"cam{i}")
+    lim = cfg.limits
+
+    def submit(cam: str, seq: int, ts: float, payload: bytes, reply: Any) -> None:
+        image, scale, loader = decode_for_detection(payload, 2 * cfg.detector.input_size, lim.max_image_side,
+                                                    lim.max_image_pixels)
+        eng.submit(FrameJob(cam, seq, ts, image, reply, scale=scale, loader=loader))
+
+    eng.start()
+    try:
+        res = _feed(submit, cameras, payloads, window)
+    finally:
+        eng.stop(drain_s=1.0)
+        store.close()
+    res.update(mode="single-process", workers=0, rss_frontend=rss_bytes())
+    return res
+
+
+def cluster_pass(cfg: Config, workers: int, payloads: Sequence[bytes], cameras: int, window: int) -> dict[str, Any]:
+    """The same cameras served by `workers` Ray worker actors (one CPU, one onnxruntime thread each)."""
+    from engine.cluster.frontend import ClusterEngine
+    from engine.cluster.worker import WireFrame
+
+    cfg.cluster.workers = workers
+    eng = ClusterEngine(cfg)
+    for i in range(cameras):
+        eng.add_camera(f"cam{i}")
+    eng.start()
+
+    def submit(cam: str, seq: int, ts: float, payload: bytes, reply: Any) -> None:
+        eng.submit_wire(WireFrame(cam, seq, ts, encoded=payload), reply)
+
+    try:
+        res = _feed(submit, cameras, payloads, window)
+        info = eng.worker_info()
+    finally:
+        eng.stop(drain_s=1.0)
+    res.update(mode="cluster", workers=workers, rss_frontend=rss_bytes(),
+               rss_workers=[w.get("rss", 0) for w in info], worker_cameras=[len(w.get("cameras", [])) for w in info])
+    return res
+
+
+def run(video: str, workers: list[int], cameras: int, max_frames: int, window: int, rounds: int,
+        log: Any = print) -> dict[str, Any]:
+    from engine.cluster.runtime import connect
+
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep Ray on loopback
+    cfg = bench_config()
+    cfg.runtime.intra_op_threads = 1  # one thread per worker process / per engine worker thread
+    analyzer = FaceAnalyzer.from_config(cfg)
+    frames, _fps = load_frames(video, max_frames)
+    payloads = [cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes() for f in frames]
+    store, gallery = open_gallery(cfg, analyzer)
+    persons = enroll_from_frames(analyzer, gallery, cfg, frames)
+    store.close()
+    log(f"{len(payloads)} frames x {cameras} cameras, {len(persons)} persons enrolled, workers {workers}")
+    cores = os.cpu_count() or 1
+    connect("local", num_cpus=max(cores, max(workers)))
+    passes: list[dict[str, Any]] = []
+    for r in range(rounds):
+        p = single_process_pass(cfg, analyzer, payloads, cameras, window)
+        p["round"] = r
+        passes.append(p)
+        log(f"round {r}: single process {p['fps']:.1f} fps, identities {p['identities']}")
+        for w in workers:
+            c = cluster_pass(cfg, w, payloads, cameras, window)
+            c["round"] = r
+            passes.append(c)
+            log(f"round {r}: cluster {w} workers {c['fps']:.1f} fps, identities {c['identities']}, "
+                f"worker RSS {[round(b / 2**20) for b in c['rss_workers']]} MB")
+    return summarise(passes, workers, cores, persons)
+
+
+def summarise(passes: list[dict[str, Any]], workers: list[int], cores: int, persons: list[str]) -> dict[str, Any]:
+    def med(vals: list[float]) -> float:
+        vals = sorted(vals)
+        return vals[len(vals) // 2] if vals else 0.0
+
+    single = med([p["fps"] for p in passes if p["mode"] == "single-process"])
+    by_w = {w: med([p["fps"] for p in passes if p["mode"] == "cluster" and p["workers"] == w]) for w in workers}
+    one = by_w.get(1, 0.0)
+    rows = []
+    for w in workers:
+        rows.append({"workers": w, "fps": by_w[w], "vs_single_process": by_w[w] / single if single else 0.0,
+                     "speedup_vs_1_worker": by_w[w] / one if one else None,
+                     "efficiency": by_w[w] / (w * one) if one else None})
+    ids = {tuple(p["identities"]) for p in passes}
+    verdicts = {}
+    if cores <= 2 and 2 in by_w:
+        v = by_w[2] / single if single else 0.0
+        verdicts["2_workers_vs_single_process_on_2_cores"] = {"value": v, "target": TARGET_2CORE,
+                                                             "met": v >= TARGET_2CORE}
+    if 8 in by_w and one:
+        v = by_w[8] / one
+        verdicts["8_workers_vs_1_worker"] = {"value": v, "target": TARGET_8_WORKERS, "met": v >= TARGET_8_WORKERS}
+    return {"machine": machine(), "single_process_fps": single, "scaling": rows,
+            "same_identities_every_pass": len(ids) == 1, "identities": sorted(set().union(*[set(i) for i in ids])),
+            "enrolled": persons, "verdicts": verdicts, "passes": passes}
+
+
+def print_table(s: dict[str, Any], log: Any = print) -> None:
+    log(f"single process: {s['single_process_fps']:.1f} fps")
+    log("workers | fps | vs single process | speedup vs 1 worker | efficiency")
+    for r in s["scaling"]:
+        sp = f"{r['speedup_vs_1_worker']:.2f}x" if r["speedup_vs_1_worker"] else "-"
+        ef = f"{r['efficiency']:.2f}" if r["efficiency"] else "-"
+        log(f"{r['workers']:>7} | {r['fps']:.1f} | {r['vs_single_process']:.2f} | {sp} | {ef}")
+    log(f"same identities in every pass: {s['same_identities_every_pass']} ({s['identities']})")
+    for name, v in s["verdicts"].items():
+        log(f"{name}: {v['value']:.2f} (target {v['target']}): {'met' if v['met'] else 'MISSED'}")
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--video", default=str(DEFAULT_VIDEO))
+    p.add_argument("--workers", default="1,2", help="comma-separated worker counts (default 1,2)")
+    p.add_argument("--cameras", type=int, default=4)
+    p.add_argument("--max-frames", type=int, default=120, help="frames of the clip each camera sends")
+    p.add_argument("--window", type=int, default=4, help="frames in flight per camera")
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--out", default="bench-results/cluster.json")
+    p.add_argument("--json", action="store_true", help="end with one JSON summary line on stdout")
+
+
+def main_args(args: argparse.Namespace) -> int:
+    workers = [int(w) for w in str(args.workers).split(",") if w.strip()]
+    say = (lambda m: print(m, file=sys.stderr, flush=True)) if args.json else print
+    s = run(args.video, workers, args.cameras, args.max_frames, args.window, args.rounds, say)
+    print_table(s, say)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(s, indent=1))
+    say(f"raw results: {out}")
+    if args.json:
+        print(json.dumps({k: v for k, v in s.items() if k != "passes"}))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_args(p)
+    return main_args(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
