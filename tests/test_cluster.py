@@ -216,3 +216,17 @@ def test_two_node_cluster_serves_cameras_on_both_nodes(cfg: Config) -> None:
         ray.shutdown()
         cluster.shutdown()
         store.close()
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:1", "ray://127.0.0.1:1", "no-port-here"])
+def test_unreachable_or_malformed_ray_address_fails_fast_naming_it(cfg: Config, analyzer, address: str) -> None:  # noqa: ANN001
+    from engine.errors import ConfigError
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cfg = _cluster_cfg(cfg)
+    cfg.cluster.address = address
+    t0 = time.monotonic()
+    with pytest.raises(ConfigError, match=address.split("://")[-1]):
+        FaceEngineServer(cfg, analyzer=analyzer)
+    assert time.monotonic() - t0 < 10

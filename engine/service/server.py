@@ -51,6 +51,10 @@ class FaceEngineServer:
         if cfg.limits.capture_time_policy not in ("refuse", "clamp"):
             raise ConfigError(f"limits.capture_time_policy = {cfg.limits.capture_time_policy!r}: use refuse or clamp")
         credentials = credentials or server_credentials(cfg.tls)
+        if cfg.cluster.address:  # fail fast on a wrong Ray address, before anything is opened
+            from engine.cluster.runtime import connect
+
+            connect(cfg.cluster.address, cfg.cluster.connect_timeout_s)
         self.metrics = EngineMetrics()
         self.store = SQLiteStore(cfg.store.path)  # a damaged file: StoreDamagedError saying what to do
         try:
@@ -67,9 +71,7 @@ class FaceEngineServer:
         self.slots = StreamSlots(cfg.server)
         if cfg.cluster.address:  # cameras served by Ray worker actors; this process is a front end
             from engine.cluster.frontend import ClusterEngine
-            from engine.cluster.runtime import connect
 
-            connect(cfg.cluster.address, cfg.cluster.connect_timeout_s)
             self.engine: Engine | ClusterEngine = ClusterEngine(cfg, self.metrics)
         else:
             self.engine = Engine(cfg, self.analyzer, self.gallery, self.store, self.metrics)
