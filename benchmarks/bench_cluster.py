@@ -169,6 +169,88 @@ def run(video: str, workers: list[int], cameras: int, max_frames: int, window: i
     return summarise(passes, workers, cores, persons)
 
 
+def soak(video: str, workers: int, cameras: int, fps: float, seconds: float, max_frames: int,
+         sample_s: float = 10.0, warmup_s: float = 60.0, log: Any = print) -> dict[str, Any]:
+    """Cluster mode paced below capacity for `seconds`: RSS of the front end and of each worker sampled,
+    with a least-squares slope after the warm-up and a verdict (growth under 1 MB/min per process)."""
+    import numpy as np
+
+    from engine.cluster.frontend import ClusterEngine
+    from engine.cluster.runtime import connect
+    from engine.cluster.worker import WireFrame
+
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    cfg = bench_config()
+    cfg.runtime.intra_op_threads = 1
+    analyzer = FaceAnalyzer.from_config(cfg)
+    frames, _ = load_frames(video, max_frames)
+    payloads = [cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes() for f in frames]
+    store, gallery = open_gallery(cfg, analyzer)
+    enroll_from_frames(analyzer, gallery, cfg, frames)
+    store.close()
+    connect("local", num_cpus=max(os.cpu_count() or 1, workers))
+    cfg.cluster.workers = workers
+    eng = ClusterEngine(cfg)
+    for i in range(cameras):
+        eng.add_camera(f"cam{i}")
+    eng.start()
+    stop = threading.Event()
+    counts: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def reply(out: Any) -> None:
+        with lock:
+            counts["error:" + type(out.error).__name__ if out.error is not None else "ok"] += 1
+
+    def camera(i: int) -> None:
+        j, t0 = 0, time.monotonic()
+        while not stop.is_set():
+            eng.submit_wire(WireFrame(f"cam{i}", j, time.time(), encoded=payloads[j % len(payloads)]), reply)
+            j += 1
+            ahead = t0 + j / fps - time.monotonic()
+            if ahead > 0:
+                stop.wait(ahead)
+
+    threads = [threading.Thread(target=camera, args=(i,), daemon=True) for i in range(cameras)]
+    for t in threads:
+        t.start()
+    samples: list[dict[str, Any]] = []
+    t_start = time.monotonic()
+    try:
+        while time.monotonic() - t_start < seconds:
+            time.sleep(min(sample_s, max(0.0, seconds - (time.monotonic() - t_start))))
+            info = eng.worker_info()
+            with lock:
+                done = dict(counts)
+            samples.append({"t": time.monotonic() - t_start, "frontend": rss_bytes(),
+                            "workers": [w.get("rss", 0) for w in info], "results": done})
+            log(f"{samples[-1]['t']:6.0f} s  front end {rss_bytes() / 2**20:.0f} MB  workers "
+                f"{[round(b / 2**20) for b in samples[-1]['workers']]} MB  {done}")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(5)
+        eng.stop(drain_s=2.0)
+
+    def slope(values: list[float], ts: list[float]) -> float:
+        if len(values) < 3:
+            return float("nan")
+        return float(np.polyfit(np.asarray(ts) / 60.0, np.asarray(values) / 2**20, 1)[0])
+
+    after = [s for s in samples if s["t"] >= warmup_s] or samples
+    ts = [s["t"] for s in after]
+    procs = {"frontend": slope([s["frontend"] for s in after], ts)}
+    for k in range(len(after[0]["workers"]) if after else 0):
+        procs[f"worker-{k}"] = slope([s["workers"][k] for s in after if len(s["workers"]) > k], ts)
+    grows = {name: v for name, v in procs.items() if not v < 1.0}
+    final = samples[-1]["results"] if samples else {}
+    dropped = sum(v for k, v in final.items() if k.startswith("error"))
+    return {"machine": machine(), "mode": "cluster-soak", "workers": workers, "cameras": cameras, "fps_per_camera": fps,
+            "seconds": seconds, "warmup_s": warmup_s, "slope_mb_per_min": procs, "samples": samples,
+            "frames_ok": final.get("ok", 0), "frames_failed_or_dropped": dropped,
+            "verdict": "no growth trend" if not grows else f"growth in {sorted(grows)}"}
+
+
 def summarise(passes: list[dict[str, Any]], workers: list[int], cores: int, persons: list[str]) -> dict[str, Any]:
     def med(vals: list[float]) -> float:
         vals = sorted(vals)
@@ -217,13 +299,20 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--out", default="bench-results/cluster.json")
     p.add_argument("--json", action="store_true", help="end with one JSON summary line on stdout")
+    p.add_argument("--soak", type=float, default=0.0, metavar="SECONDS",
+                   help="instead: a paced soak of this many seconds on max(--workers) workers, RSS sampled")
+    p.add_argument("--soak-fps", type=float, default=5.0, help="soak: frames per second per camera")
 
 
 def main_args(args: argparse.Namespace) -> int:
     workers = [int(w) for w in str(args.workers).split(",") if w.strip()]
     say = (lambda m: print(m, file=sys.stderr, flush=True)) if args.json else print
-    s = run(args.video, workers, args.cameras, args.max_frames, args.window, args.rounds, say)
-    print_table(s, say)
+    if args.soak:
+        s = soak(args.video, max(workers), args.cameras, args.soak_fps, args.soak, args.max_frames, log=say)
+        say(f"slope MB/min after warm-up: {s['slope_mb_per_min']}; verdict: {s['verdict']}")
+    else:
+        s = run(args.video, workers, args.cameras, args.max_frames, args.window, args.rounds, say)
+        print_table(s, say)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(s, indent=1))
