@@ -104,7 +104,7 @@ def test_size_limits_are_enforced(server: FaceEngineServer) -> None:
     assert _enroll(c, pb.Image(encoded=wide)) == "INVALID_ARGUMENT"
     assert _enroll(c, pb.Image(raw=pb.RawImage(width=9000, height=1, format="BGR8", data=b"\0" * 27000))) == \
         "INVALID_ARGUMENT"
-    # a decompression bomb: a 60 KB PNG that would decode to 7000x7000 (49 Mpx > 40 Mpx limit)
+    # a decompression bomb: a 60 KB PNG that would decode to 7000x7000 (49 Mpx > 16.8 Mpx limit)
     before = _rss()
     rows = zlib.compressobj(9)
     bomb_idat = rows.compress(b"\0" * (7001 * 7000)) + rows.flush()

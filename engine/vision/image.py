@@ -2,39 +2,116 @@
 
 from __future__ import annotations
 
+import io
 import struct
 from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import (
+    BmpImagePlugin,
+    GifImagePlugin,
+    ImageFile,
+    JpegImagePlugin,
+    PngImagePlugin,
+    TiffImagePlugin,
+    WebPImagePlugin,
+)
 
 from engine.errors import InvalidImageError
 
 RAW_FORMATS = {"BGR8": 3, "RGB8": 3, "GRAY8": 1, "BGRA8": 4, "RGBA8": 4}
 
 
-def probe_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) read from a PNG or JPEG header without decoding, or None if unknown."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
-        w, h = struct.unpack(">II", data[16:24])
-        return int(w), int(h)
-    if data[:2] == b"\xff\xd8":
-        i = 2
-        while i + 9 < len(data):
-            if data[i] != 0xFF:
-                i += 1
-                continue
-            marker = data[i + 1]
-            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
-                i += 1 if marker == 0xFF else 2
-                continue
-            seg_len = struct.unpack(">H", data[i + 2 : i + 4])[0]
-            if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
-                h, w = struct.unpack(">HH", data[i + 5 : i + 9])
-                return int(w), int(h)
-            i += 2 + seg_len
+# Formats accepted for encoded images, by their leading bytes. Each is sized from its header by
+# Pillow's parser for that format (header only, nothing decoded) before OpenCV decodes it; any other
+# format OpenCV could decode (PNM, PFM, Sun raster, HDR, JPEG 2000, AVIF, BigTIFF...) is refused.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WebP")
+_PARSERS: dict[str, type[ImageFile.ImageFile]] = {
+    "JPEG": JpegImagePlugin.JpegImageFile, "PNG": PngImagePlugin.PngImageFile, "BMP": BmpImagePlugin.BmpImageFile,
+    "GIF": GifImagePlugin.GifImageFile, "TIFF": TiffImagePlugin.TiffImageFile,
+    "WebP": WebPImagePlugin.WebPImageFile,
+}
+# TIFF modes with at most 8 bits a sample: OpenCV's TIFF reader buffers a strip in the source depth, so
+# 16/32-bit or float TIFFs would cost several times the 3 bytes a pixel the limits are sized for.
+_TIFF_MODES = frozenset({"1", "L", "P", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LA", "PA"})
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The accepted format the leading bytes announce (the same signatures OpenCV dispatches on), or None."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "JPEG"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "PNG"
+    if data[:2] == b"BM":
+        return "BMP"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "TIFF"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
     return None
+
+
+def probe(data: bytes) -> tuple[str, int, int]:
+    """(format, width, height) read from the header without decoding the pixels.
+
+    Raises InvalidImageError for a format the engine does not accept or a header it cannot read:
+    an image whose size is unknown is never handed to a decoder."""
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise InvalidImageError(f"image could not be decoded ({len(data)} bytes, leading bytes {data[:8].hex()}): "
+                                f"unsupported format; send {', '.join(ACCEPTED_FORMATS)}")
+    if fmt == "PNG" and data[12:16] == b"IHDR" and len(data) >= 24:  # fixed place: what libpng reads too
+        width, height = struct.unpack(">II", data[16:24])
+        return fmt, int(width), int(height)
+    if fmt == "JPEG":
+        size = _jpeg_size(data)
+        if size is not None:
+            return fmt, *size
+    try:
+        # the plugin class reads the header only; Image.open would add Pillow's own bomb check, whose
+        # exception hides the size (the limits below are the engine's, with a message naming them)
+        with _PARSERS[fmt](io.BytesIO(data)) as im:
+            width, height = im.size
+            for tile in im.tile:  # a frame drawn outside the declared canvas (GIF) counts too
+                width, height = max(width, tile[1][2]), max(height, tile[1][3])
+            mode = im.mode
+    except Exception as exc:  # noqa: BLE001 - any parser failure means: size unknown, refuse
+        raise InvalidImageError(f"image could not be decoded ({fmt}, {len(data)} bytes): header unreadable "
+                                f"({type(exc).__name__}: {str(exc)[:120]})") from None
+    if fmt == "TIFF" and mode not in _TIFF_MODES:
+        raise InvalidImageError(f"image could not be decoded (TIFF, mode {mode}): only 8-bit TIFF is accepted")
+    return fmt, int(width), int(height)
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's first SOF marker, walking the segments (fast path), or None."""
+    i = 2
+    while i + 9 < len(data):
+        if data[i] != 0xFF:
+            i += 1
+            continue
+        marker = data[i + 1]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
+            i += 1 if marker == 0xFF else 2
+            continue
+        seg_len = struct.unpack(">H", data[i + 2 : i + 4])[0]
+        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+            h, w = struct.unpack(">HH", data[i + 5 : i + 9])
+            return int(w), int(h)
+        i += 2 + seg_len
+    return None
+
+
+def probe_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the header of an accepted format, or None when it cannot be read."""
+    try:
+        return probe(data)[1:]
+    except InvalidImageError:
+        return None
 
 
 def check_dims(width: int, height: int, max_side: int, max_pixels: int) -> None:
@@ -46,25 +123,26 @@ def check_dims(width: int, height: int, max_side: int, max_pixels: int) -> None:
         raise InvalidImageError(f"image is {width}x{height}: more than the limit of {max_pixels} pixels")
 
 
-def decode_image(data: bytes, max_side: int = 8192, max_pixels: int = 40_000_000) -> np.ndarray:
-    """Decode JPEG/PNG/BMP/WebP bytes to a BGR uint8 array, refusing oversized images before decoding."""
+def decode_image(data: bytes, max_side: int = 8192, max_pixels: int = 16_777_216) -> np.ndarray:
+    """Decode JPEG/PNG/BMP/GIF/TIFF/WebP bytes to a BGR uint8 array.
+
+    The size is read from the header first and checked against the limits: the decoder only ever
+    allocates for an image within them (about 3 bytes a pixel, plus its working memory)."""
     if not data:
         raise InvalidImageError("image data is empty (0 bytes)")
-    size = probe_size(data)
-    if size is not None:
-        check_dims(*size, max_side, max_pixels)
+    fmt, width, height = probe(data)
+    check_dims(width, height, max_side, max_pixels)
     try:
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     except cv2.error as exc:
         raise InvalidImageError(f"image could not be decoded: {exc.msg if hasattr(exc, 'msg') else exc}") from exc
     if img is None:
-        kind = "JPEG" if data[:2] == b"\xff\xd8" else "PNG" if data[:4] == b"\x89PNG" else "unknown format"
-        raise InvalidImageError(f"image could not be decoded ({kind}, {len(data)} bytes): corrupt or unsupported")
+        raise InvalidImageError(f"image could not be decoded ({fmt}, {len(data)} bytes): corrupt or unsupported")
     check_dims(img.shape[1], img.shape[0], max_side, max_pixels)
     return img
 
 
-def decode_for_detection(data: bytes, min_long_side: int, max_side: int = 8192, max_pixels: int = 40_000_000,
+def decode_for_detection(data: bytes, min_long_side: int, max_side: int = 8192, max_pixels: int = 16_777_216,
                          ) -> tuple[np.ndarray, float, Callable[[], np.ndarray] | None]:
     """Decode a frame for the video pipeline: (image, scale, full-resolution loader or None).
 
@@ -72,20 +150,22 @@ def decode_for_detection(data: bytes, min_long_side: int, max_side: int = 8192, 
     at half size in the DCT domain, about twice as fast as a full decode and still larger than what
     the detector looks at; `scale` maps its pixels back to the original, and the loader decodes the
     full frame only when a face in it is worth embedding (a best shot: a few frames in a hundred)."""
-    size = probe_size(data) if data[:2] == b"\xff\xd8" else None
-    if size is None or max(size) < min_long_side:
+    if not data:
+        raise InvalidImageError("image data is empty (0 bytes)")
+    fmt, width, height = probe(data)
+    check_dims(width, height, max_side, max_pixels)
+    if fmt != "JPEG" or max(width, height) < min_long_side:
         return decode_image(data, max_side, max_pixels), 1.0, None
-    check_dims(*size, max_side, max_pixels)
     try:
         small = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_REDUCED_COLOR_2)
     except cv2.error:
         small = None
     if small is None:
         return decode_image(data, max_side, max_pixels), 1.0, None  # let the full decoder give the reason
-    return small, size[0] / small.shape[1], lambda: decode_image(data, max_side, max_pixels)
+    return small, width / small.shape[1], lambda: decode_image(data, max_side, max_pixels)
 
 
-def read_image(path: str | Path, max_side: int = 8192, max_pixels: int = 40_000_000) -> np.ndarray:
+def read_image(path: str | Path, max_side: int = 8192, max_pixels: int = 16_777_216) -> np.ndarray:
     """Read an image file; a missing, empty, truncated or corrupt file raises InvalidImageError."""
     p = Path(path)
     try:
@@ -106,7 +186,7 @@ def read_image(path: str | Path, max_side: int = 8192, max_pixels: int = 40_000_
 
 
 def raw_to_bgr(data: bytes, width: int, height: int, fmt: str, max_side: int = 8192,
-               max_pixels: int = 40_000_000) -> np.ndarray:
+               max_pixels: int = 16_777_216) -> np.ndarray:
     """Raw pixel bytes (BGR8, RGB8, GRAY8, BGRA8, RGBA8; rows packed) to a BGR uint8 array."""
     fmt = (fmt or "BGR8").upper()
     if fmt not in RAW_FORMATS:
