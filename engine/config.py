@@ -91,7 +91,9 @@ class StoreConfig:
 class LimitsConfig:
     max_message_bytes: int = _f(16 * 1024 * 1024, "Largest gRPC message accepted, in bytes.")
     max_image_side: int = _f(8192, "Largest accepted image width or height in pixels.")
-    max_image_pixels: int = _f(40_000_000, "Largest accepted decoded pixel count (width x height).")
+    max_image_pixels: int = _f(
+        16_777_216, "Largest accepted pixel count (width x height), read from the header before decoding; "
+        "decoding peaks at 6-8 bytes a pixel (16.8 Mpx: about 135 MB per image).")
     max_faces_per_frame: int = _f(200, "Faces beyond this count in one frame are ignored.")
     max_images_per_enrollment: int = _f(20, "Most images one EnrollPerson call may carry.")
     capture_time_past_s: float = _f(
@@ -100,6 +102,22 @@ class LimitsConfig:
         300.0, "Gateway capture_time more than this many seconds ahead of the server is out of window.")
     capture_time_policy: str = _f(
         "refuse", "Out-of-window capture_time: refuse (frame answered INVALID_ARGUMENT) or clamp (server time used).")
+    max_id_chars: int = _f(128, "Longest person id, watchlist name or camera id, in characters.")
+    max_name_chars: int = _f(256, "Longest person display name, in characters.")
+    max_text_chars: int = _f(1024, "Longest free text (watchlist description), in characters.")
+    max_metadata_keys: int = _f(32, "Most metadata entries on one person.")
+    max_metadata_key_chars: int = _f(64, "Longest metadata key, in characters.")
+    max_metadata_value_chars: int = _f(1024, "Longest metadata value, in characters.")
+    max_uri_chars: int = _f(2048, "Longest camera URI, in characters.")
+
+
+@dataclass
+class CamerasConfig:
+    allowed_schemes: list[str] = _f(
+        ["rtsp", "rtsps", "http", "https"],
+        "URI schemes a pull camera may use (the server connects to any host they name); others are refused.")
+    file_roots: list[str] = _f(
+        [], "Folders whose video files may be pull cameras (absolute paths; symlinks resolved); empty = no files.")
 
 
 @dataclass
@@ -185,6 +203,7 @@ class Config:
     gallery: GalleryConfig = field(default_factory=GalleryConfig, metadata={"doc": "Watchlist search."})
     store: StoreConfig = field(default_factory=StoreConfig, metadata={"doc": "Persistence."})
     limits: LimitsConfig = field(default_factory=LimitsConfig, metadata={"doc": "Hostile-input limits."})
+    cameras: CamerasConfig = field(default_factory=CamerasConfig, metadata={"doc": "What pull cameras may reach."})
     pipeline: PipelineConfig = field(default_factory=PipelineConfig, metadata={"doc": "Video pipeline."})
     server: ServerConfig = field(default_factory=ServerConfig, metadata={"doc": "gRPC server."})
     auth: AuthConfig = field(default_factory=AuthConfig, metadata={"doc": "API tokens and roles."})

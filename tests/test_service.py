@@ -210,9 +210,10 @@ def _wait(pred, timeout: float = 20.0) -> bool:  # noqa: ANN001
 
 def test_pull_camera_reports_deleted_and_truncated_files(server: FaceEngineServer, tmp_path: Path) -> None:
     c = Client(server.address)
+    server.cfg.cameras.file_roots = [str(tmp_path)]  # file cameras only from configured folders
     video = tmp_path / "cam.mp4"
     shutil.copy(VIDEOS / "stage_360p.mp4", video)
-    opts = {"realtime": "true", "loop": "true", "backoff_s": "0.2"}
+    opts = {"realtime": "true", "loop": "true", "backoff_s": "0.5"}  # the floor (sources.MIN_BACKOFF_S)
     c.cameras.AddCamera(pb.AddCameraRequest(camera_id="file-cam", uri=str(video), options=opts))
 
     def cam() -> pb.Camera:  # what an operator sees in ListCameras
@@ -279,7 +280,7 @@ def test_large_jpeg_frames_decoded_reduced_report_original_coordinates(server: F
 def test_unreachable_rtsp_camera_reports_and_retries(server: FaceEngineServer) -> None:
     c = Client(server.address)
     c.cameras.AddCamera(pb.AddCameraRequest(camera_id="rtsp-cam", uri="rtsp://127.0.0.1:9/none",
-                                            options={"backoff_s": "0.2", "timeout_s": "2"}))
+                                            options={"backoff_s": "0.5", "timeout_s": "2"}))
 
     def cam() -> pb.Camera:
         return next(x for x in c.cameras.ListCameras(pb.ListCamerasRequest()).cameras if x.camera_id == "rtsp-cam")

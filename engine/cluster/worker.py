@@ -133,7 +133,7 @@ class CameraWorker:
             if camera_id in self.sources:
                 return
             cam = self.engine.add_camera(camera_id, uri, options)
-            src = PullSource(self.engine, cam)
+            src = PullSource(self.engine, cam, file_roots=self.engine.cfg.cameras.file_roots)
             cam.source = src
             self.sources[camera_id] = src
         src.start()

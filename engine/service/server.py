@@ -15,10 +15,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from engine.config import Config
-from engine.errors import ConfigError, NotFoundError
+from engine.errors import ConfigError, InvalidArgumentError, NotFoundError
 from engine.gallery.gallery import Gallery
 from engine.metrics import EngineMetrics
 from engine.retention import RetentionWorker
+from engine.service import validate
 from engine.service.auth import AdminServicer, AuthInterceptor
 from engine.service.proto import pb, rpc
 from engine.service.servicers import (
@@ -104,11 +105,26 @@ class FaceEngineServer:
 
     # ---- cameras (engine + persistence + pull threads) -----------------------------------------
     def add_camera(self, camera_id: str, uri: str, options: dict[str, str], persist: bool = True) -> CameraState:
+        """Validate (URI policy, options, limits), register, save (persist) and start a camera.
+
+        A new camera that fails validation raises InvalidArgumentError and nothing is saved; a saved
+        one (persist=False, at start-up) is listed in state 'error' with the reason, never started."""
+        try:
+            validate.camera(camera_id, uri, options, self.cfg)
+        except InvalidArgumentError as exc:
+            if persist:
+                raise
+            if getattr(self.engine, "remote_decode", False):  # cluster: a worker would try to start it
+                raise
+            cam = self.engine.add_camera(camera_id, uri, options)
+            cam.state, cam.last_error = "error", f"{exc}; fix the camera (remove and add it again) or the config"
+            log.error("camera %s not started: %s", camera_id, exc)
+            return cam
         cam = self.engine.add_camera(camera_id, uri, options)
         if persist:
             self.store.save_camera(camera_id, cam.uri, cam.options)
         if cam.kind == "pull" and not getattr(self.engine, "remote_decode", False):  # cluster: read by a worker
-            src = PullSource(self.engine, cam)
+            src = PullSource(self.engine, cam, file_roots=self.cfg.cameras.file_roots)
             cam.source = src
             self.sources[camera_id] = src
             if self.running:
@@ -128,7 +144,10 @@ class FaceEngineServer:
     def start(self) -> FaceEngineServer:
         for cid, uri, opts in self.store.list_camera_defs():  # cameras survive restarts
             if cid not in self.engine._cams:
-                self.add_camera(cid, uri, opts, persist=False)
+                try:
+                    self.add_camera(cid, uri, opts, persist=False)
+                except Exception as exc:  # noqa: BLE001 - one bad saved camera never stops the server
+                    log.error("saved camera %r not loaded: %s", cid[:128], exc)
         self.engine.start()  # type: ignore[union-attr]
         self.running = True
         for src in self.sources.values():

@@ -21,6 +21,7 @@ from engine.errors import (
     NotFoundError,
     ResourceExhaustedError,
 )
+from engine.service import validate
 from engine.service.auth import add_audit_detail, call_revoked, current
 from engine.service.convert import (
     box,
@@ -35,6 +36,8 @@ from engine.service.proto import pb, rpc
 from engine.store.base import EventQuery
 from engine.video.events import MatchFilterSpec
 from engine.video.pipeline import DROP_POLICY, FrameJob, FrameOutcome, is_drop
+from engine.video.sources import OPTIONS as SOURCE_OPTIONS
+from engine.video.sources import redact_uri
 from engine.vision.image import decode_for_detection
 
 if TYPE_CHECKING:
@@ -198,7 +201,7 @@ class IngestServicer(rpc.IngestServicer):
                 raise InvalidArgumentError("frame has no camera_id")
             cam = srv.engine.camera(frame.camera_id)
             if cam.kind != "push":
-                raise InvalidArgumentError(f"camera {frame.camera_id!r} is a pull camera ({cam.uri}); "
+                raise InvalidArgumentError(f"camera {frame.camera_id!r} is a pull camera ({redact_uri(cam.uri)}); "
                                            "register a push camera for gateway frames")
             t0 = time.perf_counter()
             kind = frame.WhichOneof("image")
@@ -274,10 +277,12 @@ class CamerasServicer(rpc.CamerasServicer):
 
 
 def camera_msg(c) -> pb.Camera:  # noqa: ANN001
-    return pb.Camera(camera_id=c.camera_id, uri=c.uri, kind=c.kind, state=c.state, fps_in=c.fps_in.rate(),
+    """A camera's status as clients see it: credentials in its URI masked, only known options."""
+    options = {k: v for k, v in c.options.items() if k in SOURCE_OPTIONS}
+    return pb.Camera(camera_id=c.camera_id, uri=redact_uri(c.uri), kind=c.kind, state=c.state, fps_in=c.fps_in.rate(),
                      fps_processed=c.fps_out.rate(), frames_in=c.frames_in, frames_processed=c.frames_processed,
                      frames_dropped=c.frames_dropped, last_error=c.last_error, reconnects=c.reconnects,
-                     last_frame_time=c.last_frame_time, options=c.options)
+                     last_frame_time=c.last_frame_time, options=options)
 
 
 class WatchlistsServicer(rpc.WatchlistsServicer):
@@ -286,6 +291,7 @@ class WatchlistsServicer(rpc.WatchlistsServicer):
 
     @unary
     def CreateWatchlist(self, request, context):  # noqa: ANN001, ANN201, N802
+        validate.watchlist(request.name, request.description, self.srv.cfg.limits)
         return watchlist_msg(self.srv.gallery.create_watchlist(request.name, request.description))
 
     @unary
@@ -305,6 +311,7 @@ class WatchlistsServicer(rpc.WatchlistsServicer):
         if len(request.images) > srv.cfg.limits.max_images_per_enrollment:
             raise InvalidArgumentError(f"{len(request.images)} images: at most "
                                        f"{srv.cfg.limits.max_images_per_enrollment} per enrolment")
+        validate.person(request.person_id, request.display_name, request.metadata, srv.cfg.limits)
         srv.gallery.store.get_watchlist(request.watchlist)  # NOT_FOUND before any model work
         embs = []
         for i, img in enumerate(request.images):
