@@ -419,3 +419,18 @@ def test_names_ids_and_metadata_are_bounded(server: FaceEngineServer) -> None:
                   for i in range(lim.max_metadata_keys)}))
     assert len(p.metadata) == lim.max_metadata_keys and len(p.display_name) == lim.max_name_chars
     assert np.isfinite(lim.max_name_chars)
+
+
+def test_opencv_has_its_own_pixel_ceiling() -> None:
+    """Behind the header check: OpenCV itself refuses to allocate more than 8192x8192 (engine/__init__.py),
+    so a header that Pillow and OpenCV read differently still cannot make a larger image."""
+    script = ("import engine, cv2, numpy as np, struct, zlib\n"
+              "def chunk(k, d): return struct.pack('>I', len(d)) + k + d + struct.pack('>I', zlib.crc32(k + d))\n"
+              "png = b'\\x89PNG\\r\\n\\x1a\\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', 8200, 8200, 8, 0, 0, 0, 0))\n"
+              "png += chunk(b'IDAT', zlib.compress(bytes(8201))) + chunk(b'IEND', b'')\n"
+              "try:\n    print(cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR))\n"
+              "except cv2.error as e:\n    print('refused' if 'CV_IO_MAX_IMAGE_PIXELS' in str(e) else e)\n")
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_IO_MAX_IMAGE_PIXELS"}
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, env=env,
+                         timeout=60)
+    assert res.stdout.strip() == "refused", (res.stdout, res.stderr)
