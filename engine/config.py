@@ -134,6 +134,15 @@ class PipelineConfig:
     reembed_interval_s: float = _f(2.0, "...or when this many seconds passed since its last embedding.")
     fast_decode: bool = _f(True, "Decode large JPEG frames at half size for detection, full size for best shots.")
     thumbnail_size: int = _f(112, "Side of the JPEG face thumbnail stored with match events.")
+    thumbnail_margin: float = _f(0.2, "Context kept around the face box in thumbnails, as a fraction of its size.")
+    thumbnail_jpeg_quality: int = _f(85, "JPEG quality (1-100) of event thumbnails.")
+    track_start_score: float = _f(
+        0.6, "Detector score a face needs to start or first-stage-continue a track (the detector threshold if higher)."
+    )
+    identity_switch_similarity: float = _f(
+        0.2, "A track's new embedding below this cosine similarity to its pooled one means the tracker swapped "
+        "faces: the track's best shots start afresh."
+    )
 
 
 @dataclass

@@ -467,14 +467,11 @@ def test_track_state_weighted_embedding() -> None:
         state.add_embedding(np.zeros(3, np.float32), 0.5)
 
 
-def test_track_state_observe_and_match() -> None:
+def test_track_state_observe() -> None:
     state = TrackState(track_id=1)
     assert state.observe(0.4, 1.0) and not state.observe(0.3, 1.1) and state.observe(0.8, 1.2)
     assert state.best_quality == 0.8 and state.best_quality_time == 1.2
     assert state.first_seen == 1.0 and state.last_seen == 1.2
-    assert state.update_match("alice", 0.45) and not state.update_match("bob", 0.40)
-    assert state.update_match("bob", 0.6)
-    assert (state.best_match_person, state.best_match_score) == ("bob", 0.6)
 
 
 def test_track_registry() -> None:

@@ -269,6 +269,14 @@ class ClusterEngine:
     def has_camera(self, camera_id: str) -> bool:
         return camera_id in self._cams
 
+    def find_camera(self, camera_id: str) -> ClusterCamera | None:
+        """The camera (last known counters, no worker call), or None if this front end does not run it."""
+        return self._cams.get(camera_id)
+
+    def camera_ids(self) -> list[str]:
+        with self._cv:
+            return list(self._cams)
+
     def _refresh_pull(self, cam: ClusterCamera) -> None:
         """Pull cameras run inside their worker: read their status from there."""
         if cam.worker < 0 or not self._workers:

@@ -132,7 +132,7 @@ class FaceEngineServer:
         return cam
 
     def remove_camera(self, camera_id: str) -> None:
-        if camera_id not in self.engine._cams:
+        if not self.engine.has_camera(camera_id):
             raise NotFoundError(f"camera {camera_id!r} not found")
         src = self.sources.pop(camera_id, None)
         if src is not None:
@@ -143,7 +143,7 @@ class FaceEngineServer:
     # ---- lifecycle -----------------------------------------------------------------------------
     def start(self) -> FaceEngineServer:
         for cid, uri, opts in self.store.list_camera_defs():  # cameras survive restarts
-            if cid not in self.engine._cams:
+            if not self.engine.has_camera(cid):
                 try:
                     self.add_camera(cid, uri, opts, persist=False)
                 except Exception as exc:  # noqa: BLE001 - one bad saved camera never stops the server

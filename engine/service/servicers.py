@@ -246,7 +246,7 @@ class IngestServicer(rpc.IngestServicer):
                 m = f.match
                 face.match.CopyFrom(pb.Match(watchlist=m.watchlist, person_id=m.person_id,
                                              display_name=m.display_name, score=m.score, event_id=m.event_id))
-        cam = self.srv.engine._cams.get(o.camera_id)
+        cam = self.srv.engine.find_camera(o.camera_id)
         if cam is not None:
             res.drops.CopyFrom(pb.DropStats(frames_received=cam.frames_in, frames_processed=cam.frames_processed,
                                             frames_dropped=cam.frames_dropped, policy=DROP_POLICY))
@@ -356,7 +356,7 @@ class MatchesServicer(rpc.MatchesServicer):
 
     def SubscribeMatches(self, request: pb.MatchFilter, context: grpc.ServicerContext):  # noqa: N802
         srv = self.srv
-        known = set(srv.engine._cams) | {c for c, _, _ in srv.store.list_camera_defs()}  # any process's cameras
+        known = set(srv.engine.camera_ids()) | {c for c, _, _ in srv.store.list_camera_defs()}  # any process's cameras
         for cid in request.camera_ids:
             if cid not in known:
                 context.abort(grpc.StatusCode.NOT_FOUND, f"camera {cid!r} not found")

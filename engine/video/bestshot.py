@@ -49,7 +49,6 @@ class TrackState:
     last_embed_time / last_embed_quality: the latest embedded shot (None / 0 before any).
     embedding: quality-weighted mean of the track's unit embeddings, renormalised to unit
         length (None before any); n_embeddings counts the shots pooled into it.
-    best_match_person / best_match_score: highest-scoring gallery match of the track so far.
     """
 
     track_id: int
@@ -61,8 +60,6 @@ class TrackState:
     last_embed_quality: float = 0.0
     n_embeddings: int = 0
     embedding: np.ndarray | None = None
-    best_match_person: str | None = None
-    best_match_score: float = float("-inf")
     _weighted_sum: np.ndarray | None = field(default=None, repr=False)
     _weight: float = field(default=0.0, repr=False)
 
@@ -117,14 +114,6 @@ class TrackState:
             raise ValueError("embedding must be non-zero and of the track's dimension")
         return float(np.dot(self.embedding.astype(np.float64), vec) / norm)
 
-    def update_match(self, person: str, score: float) -> bool:
-        """Record a gallery match; True if it beats the best score so far (and is now the best)."""
-        if score > self.best_match_score:
-            self.best_match_score = float(score)
-            self.best_match_person = person
-            return True
-        return False
-
 
 class TrackRegistry:
     """Track id -> TrackState for one camera; drop ids when the tracker ends them."""
@@ -140,6 +129,7 @@ class TrackRegistry:
         return state
 
     def get(self, track_id: int) -> TrackState | None:
+        """The state of ``track_id``, or None if the track has none."""
         return self._states.get(track_id)
 
     def drop(self, ids: Iterable[int]) -> list[TrackState]:

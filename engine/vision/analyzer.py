@@ -52,6 +52,19 @@ class FaceAnalyzer:
     def dim(self) -> int:
         return self.embedder.dim
 
+    # ---- stage calls (the video recognizer uses these, never the members) -----------------------
+    def detect_batch(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        """Detections of several images in one batched detector call (one list entry per image)."""
+        return self.detector.detect_batch(images)
+
+    def align(self, image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+        """The aligned embedder-input crop of one face, from its (5, 2) landmarks in `image` pixels."""
+        return self.aligner.align(image, landmarks)
+
+    def embed(self, crops: np.ndarray) -> np.ndarray:
+        """(N, dim) unit embeddings of (N, H, W, 3) aligned crops, batched by the embedder."""
+        return self.embedder.embed(crops)
+
     def embed_faces(self, image: np.ndarray, dets: Detections) -> np.ndarray:
         if len(dets) == 0:
             return np.zeros((0, self.dim), np.float32)
