@@ -76,6 +76,8 @@ class Frame:
 class Inference(Protocol):
     """The model calls the recognizer needs (`FaceAnalyzer` provides them)."""
 
+    @property
+    def dim(self) -> int: ...
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[Detections]: ...
     def align(self, image: np.ndarray, landmarks: np.ndarray) -> np.ndarray: ...
     def embed(self, crops: np.ndarray) -> np.ndarray: ...
@@ -309,7 +311,7 @@ class Recognizer:
         if self.metrics is not None:
             self.metrics.faces.inc(sum(len(d) for d, _, _, _ in per_frame))
 
-        embs = np.zeros((0, 0), np.float32)
+        embs = np.zeros((0, self.inference.dim), np.float32)
         decisions: list[list[MatchDecision]] = [[] for _ in frames]
         if crops:
             embs = self.inference.embed(np.stack(crops))
@@ -328,7 +330,6 @@ class Recognizer:
                     decisions[fi].append(MatchDecision(k, int(tids[k]), dets.boxes[k].astype(np.float32),
                                                        probe, hit[0]))
         out: list[FrameRecognition] = []
-        dim = embs.shape[1] if len(embs) else 0
         for fi, frame in enumerate(frames):
             dets, tids, quality, ended = per_frame[fi]
             rows = [j for j, (f, _, _) in enumerate(owners) if f == fi]
@@ -336,7 +337,7 @@ class Recognizer:
             embedded[[owners[j][1] for j in rows]] = True
             out.append(FrameRecognition(
                 frame.camera_id, frame.seq, frame.capture_time, dets, tids, quality, embedded,
-                embs[rows] if rows else np.zeros((0, dim), np.float32), decisions[fi], ended))
+                embs[rows], decisions[fi], ended))
         return out
 
     def _pool(self, frame: Frame, track_id: int, quality: float, emb: np.ndarray) -> np.ndarray:
