@@ -70,7 +70,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             cap.release()
             if not ok:
                 raise FaceEngineError(f"cannot read frame {args.enroll_frame} of {video}")
-            dets = srv.analyzer.detector.detect(frame)
+            dets = srv.analyzer.detect_batch([frame])[0]
             if not len(dets):
                 raise FaceEngineError(f"no face in frame {args.enroll_frame}; pick another with --enroll-frame")
             x1, y1, x2, y2 = dets.boxes[int(dets.sizes.argmax())]

@@ -109,7 +109,7 @@ def evaluate(analyzer: FaceAnalyzer, data: Path, mode: str = "e2e", batch: int =
             pts = [landmarks.get(n, LFW_FALLBACK_LANDMARKS) for n in chunk]
         else:
             pts = []
-            for n, im, det in zip(chunk, images, analyzer.detector.detect_batch(images), strict=True):
+            for n, im, det in zip(chunk, images, analyzer.detect_batch(images), strict=True):
                 if len(det) == 0:
                     no_face.append(n)
                     pts.append(landmarks.get(n, LFW_FALLBACK_LANDMARKS))
@@ -118,8 +118,8 @@ def evaluate(analyzer: FaceAnalyzer, data: Path, mode: str = "e2e", batch: int =
                 centres = (det.boxes[:, :2] + det.boxes[:, 2:]) / 2
                 best = int(np.argmin(((centres - [w / 2, h / 2]) ** 2).sum(1)))
                 pts.append(det.landmarks[best])
-        crops = np.stack([analyzer.aligner.align(im, p) for im, p in zip(images, pts, strict=True)])
-        for n, v in zip(chunk, analyzer.embedder.embed(crops), strict=True):
+        crops = np.stack([analyzer.align(im, p) for im, p in zip(images, pts, strict=True)])
+        for n, v in zip(chunk, analyzer.embed(crops), strict=True):
             emb[n] = v
         if progress:
             progress(min(start + batch, len(names)), len(names))
