@@ -41,6 +41,8 @@ IDLE_WAIT_S = 0.5
 """Longest sleep of an idle worker before it re-checks `running` (bounds shutdown latency)."""
 TURN_WAIT_S = 1.0
 """Re-check interval while a batch waits for its camera's turn (woken by notify in the normal case)."""
+DRAIN_POLL_S = 0.02
+"""How often `stop` checks whether the queues have drained (short: shutdown waits on it)."""
 JOIN_TIMEOUT_S = 5.0
 """How long `stop` waits for each worker thread to exit."""
 
@@ -249,7 +251,7 @@ class Scheduler:
         """Process what is queued (up to drain_s), then stop the workers."""
         deadline = time.monotonic() + drain_s
         while self.pending() and time.monotonic() < deadline and self._running:
-            time.sleep(0.02)
+            time.sleep(DRAIN_POLL_S)
         self._running = False
         with self._cv:
             self._cv.notify_all()
