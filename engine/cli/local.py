@@ -197,3 +197,25 @@ def cmd_eval_lfw(args: argparse.Namespace) -> int:
                 "folds": res.fold_accuracies})
     print(res.summary_line())
     return 0
+
+
+def cmd_eval_watchlist(args: argparse.Namespace) -> int:
+    """Open-set 1:N evaluation; the last line is one JSON object."""
+    from engine.evaluation.watchlist import CONDITIONS, evaluate, format_table, print_progress
+    from engine.vision.analyzer import FaceAnalyzer
+
+    cfg = load_config(args)
+    names = list(CONDITIONS) if args.conditions == "all" else [c.strip() for c in args.conditions.split(",") if c]
+    unknown = [n for n in names if n not in CONDITIONS]
+    if unknown:
+        raise FaceEngineError(f"unknown condition(s) {', '.join(unknown)}; known: {', '.join(CONDITIONS)}")
+    data = Path(args.data)
+    if not data.is_dir():
+        raise FaceEngineError(f"{data} is not a folder of person/image.jpg")
+    analyzer = FaceAnalyzer.from_config(cfg, _registry(cfg))
+    res = evaluate(analyzer, cfg, data, [CONDITIONS[n] for n in names], args.max_probes, args.max_gallery,
+                   args.seed, args.per_frame, None if args.quiet else print_progress)
+    if args.table:
+        print(format_table(res))
+    jprint(res.as_dict())
+    return 0

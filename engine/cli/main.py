@@ -78,6 +78,18 @@ def build_parser() -> argparse.ArgumentParser:
     lfw.add_argument("--json", action="store_true", help="also print a JSON summary line")
     lfw.add_argument("--quiet", action="store_true", help="no progress on stderr")
     lfw.set_defaults(func=local.cmd_eval_lfw)
+    wl = evsub.add_parser("watchlist", help="open-set 1:N watchlist search on CCTV-like frames (FNIR at FPIR)")
+    add_config_args(wl)
+    wl.add_argument("--data", required=True, help="folder of person/image.jpg (or with images/ and landmarks_5pt.txt)")
+    wl.add_argument("--conditions", default="all",
+                    help="comma list of: original, 48px, 32px, 24px, 48px_blur1.5, 48px_jpeg20, 48px_dark_noisy")
+    wl.add_argument("--max-probes", type=int, default=0, help="at most this many mated and non-mated probes each")
+    wl.add_argument("--max-gallery", type=int, default=0, help="at most this many enrolled people (0 = half)")
+    wl.add_argument("--per-frame", type=int, default=6, choices=[1, 2, 4, 6], help="probes pasted into one frame")
+    wl.add_argument("--seed", type=int, default=0, help="seed of the split and the rendering")
+    wl.add_argument("--table", action="store_true", help="also print a markdown table")
+    wl.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    wl.set_defaults(func=local.cmd_eval_watchlist)
 
     _add_optional(sub)
     return p
