@@ -62,6 +62,11 @@ class DetectorConfig:
     nms_threshold: float = _f(0.4, "IoU above which overlapping boxes are suppressed.")
     min_face_size: int = _f(20, "Faces whose shorter box side is below this many pixels are dropped.")
     max_faces: int = _f(200, "At most this many faces are kept per image (highest scores first).")
+    auto_scale: bool = _f(
+        True, "Frames larger than input_size get the network side at which faces of min_face_size are found "
+        "(up to full resolution, at most max_input_side); false = always input_size (faster, misses small faces)."
+    )
+    max_input_side: int = _f(1920, "Largest network side auto_scale may choose (bounds the cost on 4K frames).")
 
 
 @dataclass

@@ -7,7 +7,6 @@ to original image coordinates.
 
 from __future__ import annotations
 
-import math
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from engine.models.registry import ModelRegistry, ModelSpec
 from engine.models.session import Session
 from engine.vision.detections import Detections
 from engine.vision.image import check_array
+from engine.vision.scale import DEFAULT_MIN_FACE_PX, input_size, network_side
 
 STRIDES = (8, 16, 32)
 
@@ -58,10 +58,10 @@ class OnnxFaceDetector(FaceDetector):
         self._local = threading.local()
 
     def target_size(self, w: int, h: int) -> tuple[int, int]:
-        """Network input (width, height): long side -> input_size, each side padded to a multiple of 32."""
-        side = self.cfg.input_size
-        scale = side / max(w, h)
-        return (max(32, math.ceil(w * scale / 32) * 32), max(32, math.ceil(h * scale / 32) * 32))
+        """Network input (width, height): long side from `scale.network_side` (faces of
+        detector.min_face_size stay findable), each side padded to a multiple of 32."""
+        min_px = float(self.spec.extra.get("min_face_px", DEFAULT_MIN_FACE_PX))  # type: ignore[arg-type]
+        return input_size(w, h, network_side(w, h, self.cfg, min_px))
 
     def preprocess(self, image: np.ndarray, size: tuple[int, int], out: np.ndarray) -> Letterbox:
         """Letterbox `image` into the float32 buffer `out`, shaped 3xHxW (what the network eats, so no
