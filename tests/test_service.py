@@ -161,8 +161,8 @@ def test_watchlist_errors_map_to_codes(server: FaceEngineServer) -> None:
 
     blank = encode_jpeg(np.full((300, 300, 3), 127, np.uint8))
     assert code(c.enroll, "w", "x", [blank])[0] == grpc.StatusCode.INVALID_ARGUMENT
-    status, details = code(c.enroll, "w", "x", [(IMAGES / "multiface.jpg").read_bytes()])
-    assert status == grpc.StatusCode.INVALID_ARGUMENT and "6 faces found" in details
+    status, details = code(c.enroll, "w", "x", [(IMAGES / "multiface.jpg").read_bytes()], "", None, False, True)
+    assert status == grpc.StatusCode.INVALID_ARGUMENT and "6 faces found" in details  # strict mode refuses
     status, details = code(c.enroll, "w", "x", [(IMAGES / "obama.jpg").read_bytes(), b"junk"])
     assert status == grpc.StatusCode.INVALID_ARGUMENT and "image 2 of 2" in details
     assert code(c.enroll, "missing", "x", [(IMAGES / "obama.jpg").read_bytes()])[0] == grpc.StatusCode.NOT_FOUND
@@ -173,6 +173,9 @@ def test_watchlist_errors_map_to_codes(server: FaceEngineServer) -> None:
     assert code(c.cameras.RemoveCamera, pb.CameraRequest(camera_id="x"))[0] == grpc.StatusCode.NOT_FOUND
     # failed enrolments left nothing behind
     assert c.watchlists.ListPersons(pb.ListPersonsRequest(watchlist="w")).persons == []
+    # by default a group photo enrols its largest face and the reply says so
+    p = c.enroll("w", "group", [(IMAGES / "multiface.jpg").read_bytes()])
+    assert p.template_count == 1 and len(p.notes) == 1 and "6 faces found; enrolled the largest" in p.notes[0]
 
 
 def test_search_verify_and_person_lifecycle(server: FaceEngineServer) -> None:

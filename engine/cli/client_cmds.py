@@ -47,6 +47,7 @@ def register(sub: Any, lazy: Callable[[str, str], Callable[[argparse.Namespace],
     e.add_argument("--meta", action="append", help="metadata key=value (repeatable)")
     e.add_argument("--replace", action="store_true", help="replace existing templates")
     e.add_argument("--create", action="store_true", help="create the watchlist if missing")
+    e.add_argument("--strict", action="store_true", help="refuse photos with several faces (default: largest)")
     e.add_argument("images", nargs="+")
     e.set_defaults(func=lazy(m, "cmd_enroll"))
 
@@ -219,10 +220,13 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         if args.create:
             c.ensure_watchlist(args.watchlist)
         meta = dict(kv.split("=", 1) for kv in args.meta or [] if "=" in kv)
-        p = c.enroll(args.watchlist, args.person, [_read(i) for i in args.images], args.name, meta, args.replace)
+        p = c.enroll(args.watchlist, args.person, [_read(i) for i in args.images], args.name, meta, args.replace,
+                     args.strict)
+        for note in p.notes:
+            print(f"note: {note}", file=sys.stderr)
         if args.json:
             jprint({"watchlist": p.watchlist, "person_id": p.person_id, "name": p.display_name,
-                    "templates": p.template_count})
+                    "templates": p.template_count, "notes": list(p.notes)})
         else:
             print(f"enrolled {p.display_name} [{p.watchlist}/{p.person_id}]: {p.template_count} template(s)")
     return 0

@@ -73,17 +73,21 @@ def cmd_enroll_local(args: argparse.Namespace) -> int:
     analyzer = FaceAnalyzer.from_config(cfg, _registry(cfg))
     gallery = _open_gallery(cfg, analyzer)
     gallery.ensure_watchlist(args.watchlist)
-    embs = []
+    embs, notes = [], []
     for path in args.images:
-        _, emb = analyzer.single_face(read_image(path, cfg.limits.max_image_side, cfg.limits.max_image_pixels),
-                                      what=str(path))
+        _, emb, note = analyzer.enrol_face(read_image(path, cfg.limits.max_image_side, cfg.limits.max_image_pixels),
+                                           str(path), args.strict)
         embs.append(emb)
+        if note:
+            notes.append(note)
+            print(f"note: {note}", file=sys.stderr)
     person = gallery.enroll(args.watchlist, args.person, np.stack(embs), args.name or args.person,
                             dict(kv.split("=", 1) for kv in args.meta or []), replace=args.replace)
     print(f"enrolled {person.person_id} ({person.display_name}) in {args.watchlist}: "
           f"{person.template_count} templates", file=sys.stderr)
     if args.json:
-        jprint({"watchlist": args.watchlist, "person_id": person.person_id, "templates": person.template_count})
+        jprint({"watchlist": args.watchlist, "person_id": person.person_id, "templates": person.template_count,
+                "notes": notes})
     return 0
 
 

@@ -313,16 +313,20 @@ class WatchlistsServicer(rpc.WatchlistsServicer):
                                        f"{srv.cfg.limits.max_images_per_enrollment} per enrolment")
         validate.person(request.person_id, request.display_name, request.metadata, srv.cfg.limits)
         srv.gallery.store.get_watchlist(request.watchlist)  # NOT_FOUND before any model work
-        embs = []
+        embs, notes = [], []
         for i, img in enumerate(request.images):
             what = f"image {i + 1} of {len(request.images)}"
-            _, emb = srv.analyzer.single_face(image_from_proto(img, srv.cfg.limits, what), what)
+            _, emb, note = srv.analyzer.enrol_face(image_from_proto(img, srv.cfg.limits, what), what, request.strict)
             embs.append(emb)
+            if note:
+                notes.append(note)
         add_audit_detail(f"images={len(embs)} replace={str(request.replace).lower()}")
         person = srv.gallery.enroll(request.watchlist, request.person_id, np.stack(embs),
                                     request.display_name or request.person_id, dict(request.metadata),
                                     replace=request.replace)
-        return person_msg(person)
+        msg = person_msg(person)
+        msg.notes.extend(notes)
+        return msg
 
     @unary
     def RemovePerson(self, request, context):  # noqa: ANN001, ANN201, N802

@@ -102,6 +102,28 @@ class FaceAnalyzer:
             raise MultipleFacesError(f"{what}: {n} faces found (boxes {boxes}); crop the image to one person")
         return res.detections, res.embeddings[0]
 
+    def enrol_face(self, image: np.ndarray, what: str = "image",
+                   strict: bool = False) -> tuple[Detections, np.ndarray, str]:
+        """The face to enrol and a note ('' if none): with several faces the largest is taken and the
+        note says so (ID photos often show a bystander); strict=True refuses them (MultipleFacesError)."""
+        if strict:
+            det, emb = self.single_face(image, what)
+            return det, emb, ""
+        image = check_array(image)
+        dets = self.detector.detect(image)
+        if len(dets) == 0:
+            raise NoFaceError(f"{what}: no face found (need one clear, frontal face of at least "
+                              f"{self.detector.cfg.min_face_size} px)")  # type: ignore[attr-defined]
+        k = int(np.argmax(dets.sizes))
+        note = ""
+        if len(dets) > 1:
+            b = dets.boxes[k]
+            note = (f"{what}: {len(dets)} faces found; enrolled the largest, box [{int(b[0])},{int(b[1])},"
+                    f"{int(b[2])},{int(b[3])}] ({int(dets.sizes[k])} px)")
+            log.info("%s", note)
+        best = dets[k]
+        return best, self.embed_faces(image, best)[0], note
+
     def largest_face(self, image: np.ndarray, what: str = "image") -> tuple[Detections, np.ndarray]:
         """The largest face (for search/verify probes, where a bystander should not fail the call)."""
         image = check_array(image)
