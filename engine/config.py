@@ -79,7 +79,14 @@ class EmbedderConfig:
 class GalleryConfig:
     index: str = _f("Flat", "FAISS index: Flat (exact), IVF or IVF<nlist> for large galleries.")
     match_threshold: float = _f(
-        0.40, "Cosine similarity at or above which a face matches (see `faceengine eval lfw`)."
+        0.0, "Cosine similarity at or above which a face matches; 0 = derived from match_fpir and watchlist_size "
+        "for the embedder (the effective value is shown below and in the start-up log)."
+    )
+    match_fpir: float = _f(
+        1e-3, "Share of strangers (people not enrolled) an operator accepts to raise a false alert (FPIR)."
+    )
+    watchlist_size: int = _f(
+        1000, "Enrolled people the derived threshold is sized for (more people = more chances of a false alert)."
     )
     top_k: int = _f(5, "Candidates returned by a gallery search.")
 
@@ -134,7 +141,9 @@ class PipelineConfig:
     tracking: bool = _f(True, "Track faces across frames and recognise each track from its best shots.")
     track_max_age_s: float = _f(1.0, "A track ends when its face is unseen for this many seconds.")
     min_face_size: int = _f(32, "Faces smaller than this (pixels) are tracked but never matched.")
-    min_quality: float = _f(0.45, "Faces below this quality score (0..1) are never matched.")
+    min_quality: float = _f(
+        0.30, "Faces below this quality score (0..1) are never matched (calibrated: see engine/video/quality.py)."
+    )
     reembed_margin: float = _f(0.1, "Re-embed a track only when quality improves by this much...")
     reembed_interval_s: float = _f(2.0, "...or when this many seconds passed since its last embedding.")
     fast_decode: bool = _f(True, "Decode large JPEG frames at half size for detection, full size for best shots.")

@@ -337,7 +337,10 @@ def test_quality_sharp_frontal_beats_blurred_and_tiny(obama: tuple[np.ndarray, D
     assert sharp[0] > blurred[0] + 0.2
     assert sharp[0] > tiny[0] + 0.3
     parts = quality_components(tiny_img, tiny_dets)
-    assert parts.size[0] < 0.5 and parts.pose[0] == pytest.approx(
+    # size factor: side / floor (40 px here), capped at 1: below the floor it is marked down, at or above it not
+    assert parts.size[0] == pytest.approx(tiny_dets.sizes[0] / 40.0, rel=1e-4) and parts.size[0] < 1.0
+    assert quality_components(image, dets).size[0] == 1.0
+    assert parts.pose[0] == pytest.approx(
         quality_components(image, dets).pose[0], abs=0.05
     )
 

@@ -53,7 +53,16 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
-    print(load_config(args).to_toml())
+    from engine.gallery.calibration import effective_threshold
+    from engine.models.registry import load_manifest
+
+    cfg = load_config(args)
+    print(cfg.to_toml())
+    try:
+        thr, how = effective_threshold(cfg, load_manifest()[cfg.models.embedder])
+        print(f"# effective match threshold: {thr:.4f} ({how})")
+    except KeyError:
+        print(f"# effective match threshold: unknown embedder {cfg.models.embedder!r}")
     return 0
 
 

@@ -31,7 +31,7 @@ import numpy as np
 from engine.config import Config
 from engine.errors import InvalidArgumentError
 from engine.evaluation.lfw import read_landmarks
-from engine.video.quality import QualityGate, face_quality
+from engine.video.quality import QualityGate, quality_components
 from engine.vision.analyzer import FaceAnalyzer
 from engine.vision.detections import Detections
 from engine.vision.image import read_image
@@ -209,8 +209,11 @@ def fnir_at_fpir(mate_score: np.ndarray, nonmated_top: np.ndarray, fpir: float) 
 
 def evaluate(analyzer: FaceAnalyzer, cfg: Config, data: Path, conditions: Sequence[Condition],
              max_probes: int = 0, max_gallery: int = 0, seed: int = 0, per_frame: int = 6,
-             progress: Callable[[str], None] | None = None) -> WatchlistResult:
-    """Run the protocol; `max_probes` caps mated and non-mated probes each (0 = all)."""
+             progress: Callable[[str], None] | None = None,
+             records: list[dict[str, object]] | None = None) -> WatchlistResult:
+    """Run the protocol; `max_probes` caps mated and non-mated probes each (0 = all). With `records`,
+    every detected mated probe's quality factors and whether it was right at rank 1 are appended
+    (what the quality gate is calibrated on)."""
     import time
 
     gallery, mated, nonmated = split_people(data, seed)
@@ -268,7 +271,8 @@ def evaluate(analyzer: FaceAnalyzer, cfg: Config, data: Path, conditions: Sequen
                 continue
             chosen = dets[np.array(sel)]
             e = analyzer.embed_faces(frame, chosen)
-            q = face_quality(frame, chosen, cfg.pipeline.min_face_size)
+            qc = quality_components(frame, chosen, cfg.pipeline.min_face_size)
+            q = qc.total
             ok = gate.passes(chosen, q)
             sims = e @ gal.T
             j = 0
@@ -279,6 +283,10 @@ def evaluate(analyzer: FaceAnalyzer, cfg: Config, data: Path, conditions: Sequen
                 top_id[i] = int(np.argmax(sims[j]))
                 top_score[i] = float(sims[j, top_id[i]])
                 gated[i] = bool(ok[j])
+                if records is not None and probes[i].mated:
+                    records.append({"condition": cond.name, "rank1": top_id[i] == index.get(probes[i].person, -2),
+                                    "top": top_score[i], **{k: float(v[j]) for k, v in qc.as_dict().items()},
+                                    "size_px": float(chosen.sizes[j])})
                 j += 1
             if progress and (start // per) % 50 == 0:
                 progress(f"{cond.name}: {min(start + per, len(probes))}/{len(probes)} probes")

@@ -164,9 +164,11 @@ class FaceEngineServer:
                 log.warning("metrics endpoint not started on port %s: %s", self.cfg.server.metrics_port, exc)
         for s in ("", *[pb.DESCRIPTOR.services_by_name[n].full_name for n in SERVICES]):
             self.health.set(s, health_pb2.HealthCheckResponse.SERVING)
-        log.info("faceengine serving on %s (detector=%s, embedder=%s, provider=%s, gallery=%d templates)",
+        log.info("faceengine serving on %s (detector=%s, embedder=%s, provider=%s, gallery=%d templates, "
+                 "match threshold %.4f for FPIR %g at %d people)",
                  self.address, self.analyzer.detector.name, self.analyzer.embedder.name,
-                 self.analyzer.embedder.session.providers[0], len(self.gallery))
+                 self.analyzer.embedder.session.providers[0], len(self.gallery), self.cfg.gallery.match_threshold,
+                 self.cfg.gallery.match_fpir, self.cfg.gallery.watchlist_size)
         return self
 
     def _relay_events(self) -> None:

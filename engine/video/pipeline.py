@@ -17,6 +17,7 @@ from collections import OrderedDict
 
 from engine.config import Config
 from engine.errors import NotFoundError
+from engine.gallery.calibration import resolve_match_threshold
 from engine.gallery.gallery import Gallery
 from engine.metrics import EngineMetrics
 from engine.store.base import EventStore, MatchEvent
@@ -45,6 +46,7 @@ class Engine:
                  metrics: EngineMetrics | None = None) -> None:
         self.cfg = cfg
         self.analyzer = analyzer
+        resolve_match_threshold(cfg, analyzer.embedder.spec)  # gallery.match_threshold 0 = from match_fpir
         self.gallery = gallery
         self.store = store
         self.metrics = metrics or EngineMetrics()

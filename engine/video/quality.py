@@ -5,9 +5,18 @@ shots only (embedding is the expensive step, and blurred, tiny or profile faces 
 The score is the product of four factors, each in [0, 1], so any one of them can veto a face:
 
 * detector confidence,
-* face size (shorter box side, saturating at twice ``min_face_size``),
+* face size: shorter box side over ``min_face_size``, capped at 1, so the size floor the config
+  states is the real one (a face at the floor is not also marked down for being small; the old
+  size / (2 x floor) factor let only 2 % of 32 px faces through a 32 px floor, though 79 % of them
+  were recognised),
 * frontal pose from the five landmarks (yaw, roll and pitch proxies),
 * sharpness (variance of the Laplacian of a small grayscale crop of the box).
+
+Calibrated against match correctness (``faceengine eval watchlist`` records, lfw-dev, seed 3, 1,400
+detected mated probes over 7 conditions, MobileFaceNet): sharpness is the factor that predicts a
+wrong rank-1 (of the faces the 0.30 gate rejects, 51 % would have been wrong, against 22 %
+overall); with the gate at 0.30, 91 % of correctly recognised faces pass and 67 % of wrong ones.
+Pose did not predict correctness on these near-frontal photos and is kept for best-shot ranking.
 
 Cost: numpy over all faces for score, size and pose; one crop, one 64x64 resize and one
 Laplacian per face for sharpness (tens of microseconds each).
@@ -149,7 +158,7 @@ def quality_components(
     if min_face_size <= 0:
         raise ValueError(f"min_face_size must be > 0, got {min_face_size}")
     score = np.clip(dets.scores.astype(np.float32), 0.0, 1.0)
-    size = np.clip(dets.sizes.astype(np.float32) / (2.0 * min_face_size), 0.0, 1.0)
+    size = np.clip(dets.sizes.astype(np.float32) / float(min_face_size), 0.0, 1.0)
     yaw, roll_deg, pitch = pose_measures(dets.landmarks)
     pose = _gauss(yaw, YAW_TOLERANCE) * _gauss(roll_deg, ROLL_TOLERANCE_DEG) * _gauss(pitch, PITCH_TOLERANCE)
     pose = np.nan_to_num(pose, nan=0.0).astype(np.float32)
@@ -179,8 +188,8 @@ def face_quality(image_bgr: np.ndarray, dets: Detections, min_face_size: float =
 class QualityGate:
     """Hard floor before embedding: faces too small or of too low quality are never matched."""
 
-    min_face_size: float = 40.0
-    min_quality: float = 0.45
+    min_face_size: float = 32.0
+    min_quality: float = 0.30
 
     def passes(self, dets: Detections, quality: np.ndarray) -> np.ndarray:
         """(N,) bool: shorter box side >= min_face_size and quality >= min_quality."""

@@ -11,6 +11,7 @@ import numpy as np
 
 from engine.config import Config
 from engine.errors import MultipleFacesError, NoFaceError
+from engine.gallery.calibration import resolve_match_threshold
 from engine.models.registry import ModelRegistry
 from engine.vision.align import Aligner
 from engine.vision.detections import Detections
@@ -41,7 +42,9 @@ class FaceAnalyzer:
                                              allow_unverified_local=cfg.models.allow_unverified_local)
         det = load_detector(registry, cfg.models.detector, cfg.detector, cfg.runtime)
         emb = load_embedder(registry, cfg.models.embedder, cfg.embedder, cfg.runtime)
-        log.info("analyzer: detector=%s embedder=%s (dim %d)", det.name, emb.name, emb.dim)
+        resolve_match_threshold(cfg, emb.spec)  # match_threshold 0 = from gallery.match_fpir
+        log.info("analyzer: detector=%s embedder=%s (dim %d), match threshold %.4f", det.name, emb.name, emb.dim,
+                 cfg.gallery.match_threshold)
         return cls(det, emb)
 
     @property
