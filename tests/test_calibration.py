@@ -1,0 +1,38 @@
+"""Match thresholds derived from the accepted false-alert rate (gallery.match_fpir)."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.config import Config
+from engine.gallery.calibration import effective_threshold, fmr_for_fpir, threshold_for_fpir
+from engine.models.registry import load_manifest
+from tests.test_models_and_inputs import run_cli
+
+
+def test_fmr_for_fpir_splits_the_rate_over_the_watchlist() -> None:
+    assert fmr_for_fpir(1e-3, 1) == pytest.approx(1e-3)
+    assert fmr_for_fpir(1e-3, 1000) == pytest.approx(1e-6, rel=1e-3)
+    with pytest.raises(ValueError):
+        fmr_for_fpir(0.0, 10)
+
+
+def test_threshold_rises_with_watchlist_size_and_explicit_value_wins() -> None:
+    spec = load_manifest()["mobilefacenet"]
+    t = [threshold_for_fpir(spec, 1e-3, n) for n in (1, 100, 1000, 10000)]
+    assert all(a < b for a, b in zip(t, t[1:], strict=False)), t
+    assert 0.45 < t[2] < 0.6  # lfw-dev: 1e-6 of cross-person pairs score above ~0.52
+    cfg = Config.load(env={})
+    assert cfg.gallery.match_threshold == 0.0  # default: derived
+    thr, how = effective_threshold(cfg, spec)
+    assert thr == t[2] and "match_fpir" in how
+    cfg.gallery.match_threshold = 0.4
+    assert effective_threshold(cfg, spec) == (0.4, "gallery.match_threshold set explicitly")
+
+
+def test_config_show_prints_effective_threshold() -> None:
+    out = run_cli("config", "show", env={"FACEENGINE_GALLERY_WATCHLIST_SIZE": "100"})
+    assert out.returncode == 0, out.stderr
+    line = out.stdout.strip().splitlines()[-1]
+    spec = load_manifest()["mobilefacenet"]
+    assert line.startswith(f"# effective match threshold: {threshold_for_fpir(spec, 1e-3, 100):.4f}"), line
