@@ -58,7 +58,10 @@ class RuntimeConfig:
 @dataclass
 class DetectorConfig:
     input_size: int = _f(640, "Network input side in pixels; frames are letterboxed to it (aspect kept).")
-    score_threshold: float = _f(0.6, "Minimum detector confidence for a face.")
+    score_threshold: float = _f(
+        0.0, "Minimum detector confidence for a face; 0 = the model's own (manifest score_threshold: YuNet 0.6, "
+        "SCRFD 0.5, as their authors ship them)."
+    )
     nms_threshold: float = _f(0.4, "IoU above which overlapping boxes are suppressed.")
     min_face_size: int = _f(20, "Faces whose shorter box side is below this many pixels are dropped.")
     max_faces: int = _f(200, "At most this many faces are kept per image (highest scores first).")

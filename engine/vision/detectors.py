@@ -215,5 +215,7 @@ def load_detector(registry: ModelRegistry, name: str, cfg: DetectorConfig, runti
     spec = registry.spec(name)
     if spec.task != "detector" or spec.family not in _FAMILIES:
         raise ValueError(f"model {name} is not a supported detector (task={spec.task}, family={spec.family})")
+    if cfg.score_threshold <= 0:  # 0 = the model's own calibrated threshold (scores differ per family)
+        cfg.score_threshold = float(spec.extra.get("score_threshold", 0.6))  # type: ignore[arg-type]
     session = Session(registry.path(name), runtime, sample_shape=(3, 160, 160), dynamic_hw=True)
     return _FAMILIES[spec.family](spec, session, cfg)
