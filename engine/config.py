@@ -69,7 +69,10 @@ class DetectorConfig:
         True, "Frames larger than input_size get the network side at which faces of min_face_size are found "
         "(up to full resolution, at most max_input_side); false = always input_size (faster, misses small faces)."
     )
-    max_input_side: int = _f(1920, "Largest network side auto_scale may choose (bounds the cost on 4K frames).")
+    max_input_side: int = _f(
+        1280, "Largest network side auto_scale may choose: 1280 detects 720p at full resolution and 1080p at 2/3 "
+        "(faces from ~30 px); 1920 finds 20 px faces in 1080p at ~2x the detector cost."
+    )
 
 
 @dataclass
