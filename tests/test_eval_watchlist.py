@@ -32,7 +32,7 @@ def test_watchlist_eval_reports_every_metric_and_sane_accuracy(model_dir: Path) 
     orig = by["original"]
     assert orig["detected"] >= 0.97
     assert orig["rank1"] >= 0.9, orig  # a full-size face of an enrolled person is recognised
-    assert orig["matched"] >= 0.8
+    assert orig["matched"] >= 0.7  # at the FPIR 1e-3 threshold for 1,000 people
     assert by["24px"]["rank1"] <= orig["rank1"]  # a 24 px face is never easier than the photo
 
 

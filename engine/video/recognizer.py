@@ -97,8 +97,8 @@ class RecognizerSettings:
     tracking: bool = True
     track_max_age_s: float = 1.0
     track_start_score: float = 0.6
-    min_face_size: float = 32.0
-    min_quality: float = 0.45
+    min_face_size: float = 28.0
+    min_quality: float = 0.30
     reembed_margin: float = 0.1
     reembed_interval_s: float = 2.0
     identity_switch_similarity: float = 0.2
