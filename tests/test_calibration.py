@@ -34,5 +34,5 @@ def test_config_show_prints_effective_threshold() -> None:
     out = run_cli("config", "show", env={"FACEENGINE_GALLERY_WATCHLIST_SIZE": "100"})
     assert out.returncode == 0, out.stderr
     line = out.stdout.strip().splitlines()[-1]
-    spec = load_manifest()["mobilefacenet"]
+    spec = load_manifest()[Config.load(env={}).models.embedder]
     assert line.startswith(f"# effective match threshold: {threshold_for_fpir(spec, 1e-3, 100):.4f}"), line

@@ -79,6 +79,7 @@ class CameraWorker:
         """Decode and run a camera's frames through the engine; one FrameOutcome per frame, in order."""
         from engine.video.pipeline import FrameJob, FrameOutcome
         from engine.vision.image import decode_for_detection, decode_image
+        from engine.vision.scale import reduced_decode_min_side
 
         results: list[FrameOutcome | None] = [None] * len(frames)
         left = [len(frames)]
@@ -101,7 +102,7 @@ class CameraWorker:
                 if f.raw is not None:
                     image = f.raw
                 elif self.cfg.pipeline.fast_decode:
-                    image, scale, loader = decode_for_detection(f.encoded, 2 * self.cfg.detector.input_size,
+                    image, scale, loader = decode_for_detection(f.encoded, reduced_decode_min_side(self.cfg.detector),
                                                                 lim.max_image_side, lim.max_image_pixels)
                 else:
                     image = decode_image(f.encoded, lim.max_image_side, lim.max_image_pixels)

@@ -39,6 +39,7 @@ from engine.video.pipeline import DROP_POLICY, FrameJob, FrameOutcome, is_drop
 from engine.video.sources import OPTIONS as SOURCE_OPTIONS
 from engine.video.sources import redact_uri
 from engine.vision.image import decode_for_detection
+from engine.vision.scale import reduced_decode_min_side
 
 if TYPE_CHECKING:
     from engine.service.server import FaceEngineServer
@@ -214,8 +215,9 @@ class IngestServicer(rpc.IngestServicer):
             scale, loader = 1.0, None
             if kind == "encoded" and srv.cfg.pipeline.fast_decode:
                 lim = srv.cfg.limits
+                min_side = reduced_decode_min_side(srv.cfg.detector)
                 try:
-                    image, scale, loader = decode_for_detection(frame.encoded, 2 * srv.cfg.detector.input_size,
+                    image, scale, loader = decode_for_detection(frame.encoded, min_side,
                                                                 lim.max_image_side, lim.max_image_pixels)
                 except InvalidImageError as exc:
                     raise InvalidImageError(f"frame {frame.sequence}: {exc}") from None

@@ -34,3 +34,10 @@ def input_size(w: int, h: int, side: int) -> tuple[int, int]:
     """Network (width, height): long side scaled to `side`, each padded up to a multiple of 32."""
     scale = side / max(w, h)
     return (max(32, math.ceil(w * scale / 32) * 32), max(32, math.ceil(h * scale / 32) * 32))
+
+
+def reduced_decode_min_side(cfg: DetectorConfig) -> int:
+    """Smallest JPEG long side worth a half-size DCT decode (`pipeline.fast_decode`): twice the largest
+    network side the detector may use, so the reduced decode never drops pixels the detector would see."""
+    side = max(cfg.input_size, cfg.max_input_side) if cfg.auto_scale else cfg.input_size
+    return 2 * side
