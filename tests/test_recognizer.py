@@ -177,5 +177,11 @@ def test_reduced_frame_reports_original_coordinates(cfg: Config, analyzer: FaceA
     out = rec.process(Frame("c1", 0, 1.0, half, scale=2.0, loader=lambda: full))
     ref = analyzer.detect_batch([full])[0]
     assert len(out.detections) >= 5
+    # exactly the half frame's detections, mapped to full-frame pixels
+    own = analyzer.detect_batch([half])[0]
+    assert len(own) == len(out.detections)
+    assert (box_iou(out.detections.boxes, own.boxes * 2.0).max(axis=1) > 0.99).all()
+    # and the same faces as a full-resolution pass; scale-aware detection runs the full frame at 1280 wide
+    # and the half frame at 960, so boxes of the smallest faces differ a little more than at one network size
     iou = box_iou(out.detections.boxes, ref.boxes)
-    assert (iou.max(axis=1) > 0.7).all()
+    assert (iou.max(axis=1) > 0.6).all()

@@ -58,3 +58,14 @@ def resolve_match_threshold(cfg: Config, spec: ModelSpec) -> float:
         cfg.gallery.match_threshold = thr
     log.info("match threshold %.4f (%s)", thr, how)
     return thr
+
+
+def configured_threshold(cfg: Config) -> float:
+    """The effective threshold for cfg.models.embedder without a loaded model (manifest lookup); for
+    code that gets only the config (e.g. `RecognizerSettings.from_config`)."""
+    if cfg.gallery.match_threshold > 0:
+        return cfg.gallery.match_threshold
+    from engine.models.registry import load_manifest
+
+    spec = load_manifest().get(cfg.models.embedder)
+    return FALLBACK_THRESHOLD if spec is None else effective_threshold(cfg, spec)[0]

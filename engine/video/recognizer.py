@@ -34,6 +34,7 @@ import numpy as np
 
 from engine.config import Config
 from engine.errors import FaceEngineError
+from engine.gallery.calibration import configured_threshold
 from engine.metrics import EngineMetrics
 from engine.video.bestshot import BestShotPolicy, TrackRegistry, TrackState
 from engine.video.quality import QualityGate, face_quality
@@ -117,7 +118,7 @@ class RecognizerSettings:
             reembed_margin=p.reembed_margin,
             reembed_interval_s=p.reembed_interval_s,
             identity_switch_similarity=p.identity_switch_similarity,
-            match_threshold=cfg.gallery.match_threshold,
+            match_threshold=configured_threshold(cfg),  # 0 in the config = from gallery.match_fpir
             max_faces_per_frame=cfg.limits.max_faces_per_frame,
         )
 
