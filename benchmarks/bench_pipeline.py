@@ -19,7 +19,7 @@ one round and the median over rounds reported):
           latency is client send to FrameResult received.
 
 Identities: the set of person ids matched over the run by the naive loop and by the engine.
-Stages: the engine's per-stage histograms (EngineMetrics) against onnxruntime `session.run`
+Stages: the engine's per-stage histograms (EngineMetrics) against the model runner's `run`
 alone on the same preprocessed inputs: what the engine adds around the models.
 
 Usage:
@@ -304,7 +304,7 @@ def stage_pass(cfg: Config, analyzer: FaceAnalyzer, gallery: Gallery, store: SQL
         t0 = time.perf_counter()
         det.preprocess(frame, (tw, th), buf[0])  # type: ignore[attr-defined]
         t1 = time.perf_counter()
-        det.session.run(buf)  # type: ignore[attr-defined]
+        det.runner.run(buf)
         pre, run_s = pre + t1 - t0, run_s + time.perf_counter() - t1
     out["detector_preprocess_ms_per_frame"] = pre / n * 1000
     out["raw_detector_ms_per_frame"] = run_s / n * 1000
@@ -317,7 +317,7 @@ def stage_pass(cfg: Config, analyzer: FaceAnalyzer, gallery: Gallery, store: SQL
             blobs = [emb._blob(np.stack(crops[i : i + b])) for i in range(0, len(crops) - b + 1, b)]
             t0 = time.perf_counter()
             for blob in blobs:
-                emb.session.run(blob)
+                emb.runner.run(blob)
             out[f"raw_embedder_ms_per_face_b{b}"] = (time.perf_counter() - t0) / (len(blobs) * b) * 1000
         out["embed_overhead_ratio"] = out["engine_embed_ms_per_face"] / out[f"raw_embedder_ms_per_face_b{per_call}"]
     if payloads:

@@ -26,16 +26,19 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
 
 def load_config(args: argparse.Namespace) -> Config:
     cfg = Config.load(getattr(args, "config", None))
-    over: dict[str, dict[str, Any]] = {}
     for attr, sec, key in (("model_dir", "models", "dir"), ("mirror", "models", "mirror"),
                            ("detector", "models", "detector"), ("embedder", "models", "embedder"),
                            ("provider", "runtime", "provider"), ("threads", "runtime", "intra_op_threads"),
                            ("db", "store", "path")):
         val = getattr(args, attr, None)
         if val is not None:
-            over.setdefault(sec, {})[key] = val
-    cfg.update(over, source="command line")
+            cfg.update({sec: {key: val}}, source=flag_source(attr))
     return cfg
+
+
+def flag_source(attr: str) -> str:
+    """How a config error names a command-line flag (argparse dest -> --flag-name)."""
+    return f"command-line flag --{attr.replace('_', '-')}"
 
 
 def setup_logging(verbosity: int) -> None:

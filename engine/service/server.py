@@ -166,7 +166,7 @@ class FaceEngineServer:
             self.health.set(s, health_pb2.HealthCheckResponse.SERVING)
         log.info("faceengine serving on %s (detector=%s, embedder=%s, provider=%s, gallery=%d templates)",
                  self.address, self.analyzer.detector.name, self.analyzer.embedder.name,
-                 self.analyzer.embedder.session.providers[0], len(self.gallery))
+                 self.analyzer.provider, len(self.gallery))
         return self
 
     def _relay_events(self) -> None:

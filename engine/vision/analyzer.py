@@ -12,6 +12,7 @@ import numpy as np
 from engine.config import Config
 from engine.errors import MultipleFacesError, NoFaceError
 from engine.models.registry import ModelRegistry
+from engine.models.runner import RunnerInfo
 from engine.vision.align import Aligner
 from engine.vision.detections import Detections
 from engine.vision.detectors import FaceDetector, load_detector
@@ -41,8 +42,20 @@ class FaceAnalyzer:
                                              allow_unverified_local=cfg.models.allow_unverified_local)
         det = load_detector(registry, cfg.models.detector, cfg.detector, cfg.runtime)
         emb = load_embedder(registry, cfg.models.embedder, cfg.embedder, cfg.runtime)
-        log.info("analyzer: detector=%s embedder=%s (dim %d)", det.name, emb.name, emb.dim)
+        log.info("analyzer: detector=%s embedder=%s (dim %d) on %s", det.name, emb.name, emb.dim,
+                 emb.runner.provider)
         return cls(det, emb)
+
+    @property
+    def provider(self) -> str:
+        """The execution provider the embedder runs on (the detector's is in `models`); callers
+        ask the analyzer, never its members' runners."""
+        return self.embedder.runner.provider
+
+    @property
+    def models(self) -> dict[str, RunnerInfo]:
+        """Per model role ("detector", "embedder"): model file, provider, batched flag, batch verdict."""
+        return {"detector": self.detector.runner.info(), "embedder": self.embedder.runner.info()}
 
     @property
     def model_name(self) -> str:

@@ -17,8 +17,10 @@ import cv2
 import numpy as np
 
 from engine.config import DetectorConfig, RuntimeConfig
+from engine.models.factory import build_runner
 from engine.models.registry import ModelRegistry, ModelSpec
-from engine.models.session import Session
+from engine.models.runner import BatchVerdict, InferenceRunner, RunFn
+from engine.vision.batchcheck import compare_detections, sample_images
 from engine.vision.detections import Detections
 from engine.vision.image import check_array
 
@@ -38,6 +40,7 @@ class FaceDetector(ABC):
     """Detect faces in BGR images. `detect_batch` runs several frames in one model call."""
 
     name: str
+    runner: InferenceRunner
 
     def detect(self, image: np.ndarray) -> Detections:
         return self.detect_batch([image])[0]
@@ -47,12 +50,14 @@ class FaceDetector(ABC):
 
 
 class OnnxFaceDetector(FaceDetector):
-    """Shared letterbox, batching and post-processing; subclasses decode their heads."""
+    """Shared letterbox, batching and post-processing; subclasses decode their heads.
 
-    def __init__(self, spec: ModelSpec, session: Session, cfg: DetectorConfig) -> None:
+    The model runs in an injected `InferenceRunner` (built by `engine.models.factory.build_runner`)."""
+
+    def __init__(self, spec: ModelSpec, runner: InferenceRunner, cfg: DetectorConfig) -> None:
         self.spec = spec
         self.name = spec.name
-        self.session = session
+        self.runner = runner
         self.cfg = cfg
         self._anchor_cache: dict[tuple[int, int, int], np.ndarray] = {}
         self._local = threading.local()
@@ -114,15 +119,31 @@ class OnnxFaceDetector(FaceDetector):
             tw, th = size
             buf = self._input_buffer(len(idx), th, tw)
             boxes = [self.preprocess(images[i], size, buf[k]) for k, i in enumerate(idx)]
-            outs = self.session.run(buf)
+            outs = self.runner.run(buf)
             for k, i in enumerate(idx):
                 raw_boxes, kps, scores = self.decode([o[k] for o in outs], tw, th)
                 results[i] = self.postprocess(raw_boxes, kps, scores, boxes[k], images[i].shape)
         return [r if r is not None else Detections.empty() for r in results]
 
     @abstractmethod
-    def decode(self, outs: list[np.ndarray], w: int, h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Network outputs of one image -> (boxes Mx4 xyxy, kps Mx5x2, scores M) in input pixels."""
+    def decode(self, outs: list[np.ndarray], w: int, h: int,
+               threshold: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Network outputs of one image -> (boxes Mx4 xyxy, kps Mx5x2, scores M) in input pixels,
+        candidates scoring below `threshold` (default: the configured score threshold) left out."""
+
+    def batch_check(self, run_batched: RunFn, run_single: RunFn, side: int = 320) -> BatchVerdict:
+        """Decode every candidate (no threshold) of two sample images (drawn faces on a random
+        background) through the batched graph and through single calls, and compare boxes, scores
+        and landmarks of the candidates that could become faces (`compare_detections`)."""
+        imgs = sample_images(2, side, side)
+        buf = np.empty((2, 3, side, side), np.float32)
+        for k in range(2):
+            self.preprocess(imgs[k], (side, side), buf[k])
+        got, ref = run_batched(buf), run_single(buf)
+        decode = [(self.decode([o[k] for o in ref], side, side, -np.inf),
+                   self.decode([o[k] for o in got], side, side, -np.inf))
+                  for k in range(2)]
+        return compare_detections([r for r, _ in decode], [c for _, c in decode])
 
     def postprocess(self, boxes: np.ndarray, kps: np.ndarray, scores: np.ndarray, lb: Letterbox,
                     shape: tuple[int, ...]) -> Detections:
@@ -161,13 +182,15 @@ class OnnxFaceDetector(FaceDetector):
 class YuNetDetector(OnnxFaceDetector):
     """YuNet (libfacedetection / OpenCV Zoo 2023mar): cls, obj, bbox, kps heads at strides 8/16/32."""
 
-    def decode(self, outs: list[np.ndarray], w: int, h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def decode(self, outs: list[np.ndarray], w: int, h: int,
+               threshold: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        thr = self.cfg.score_threshold if threshold is None else threshold
         all_b, all_k, all_s = [], [], []
         for i, stride in enumerate(STRIDES):
             cls, obj = outs[i].reshape(-1), outs[3 + i].reshape(-1)
             bbox, kps = outs[6 + i].reshape(-1, 4), outs[9 + i].reshape(-1, 10)
             score = np.sqrt(np.clip(cls, 0, 1) * np.clip(obj, 0, 1))
-            sel = np.nonzero(score >= self.cfg.score_threshold)[0]
+            sel = np.nonzero(score >= thr)[0]
             if sel.size == 0:
                 continue
             grid = self._grid(w, h, stride, 1)[sel]
@@ -183,13 +206,15 @@ class YuNetDetector(OnnxFaceDetector):
 class ScrfdDetector(OnnxFaceDetector):
     """SCRFD (InsightFace): scores, distance boxes and keypoints at strides 8/16/32, 2 anchors a cell."""
 
-    def decode(self, outs: list[np.ndarray], w: int, h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def decode(self, outs: list[np.ndarray], w: int, h: int,
+               threshold: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        thr = self.cfg.score_threshold if threshold is None else threshold
         all_b, all_k, all_s = [], [], []
         n = len(outs) // 3
         anchors = 2 if n == 3 else 1
         for i, stride in enumerate(STRIDES[:n]):
             scores = outs[i].reshape(-1)
-            sel = np.nonzero(scores >= self.cfg.score_threshold)[0]
+            sel = np.nonzero(scores >= thr)[0]
             if sel.size == 0:
                 continue
             centers = self._grid(w, h, stride, anchors)[sel] * stride
@@ -211,9 +236,12 @@ _FAMILIES: dict[str, type[OnnxFaceDetector]] = {"yunet": YuNetDetector, "scrfd":
 
 
 def load_detector(registry: ModelRegistry, name: str, cfg: DetectorConfig, runtime: RuntimeConfig) -> FaceDetector:
-    """Build the detector for a manifest name (family picks the decoder)."""
+    """Build the detector for a manifest name (family picks the decoder) on a runner from the
+    factory, then settle the batch rewrite with the detector's own check (decoded faces)."""
     spec = registry.spec(name)
     if spec.task != "detector" or spec.family not in _FAMILIES:
         raise ValueError(f"model {name} is not a supported detector (task={spec.task}, family={spec.family})")
-    session = Session(registry.path(name), runtime, sample_shape=(3, 160, 160), dynamic_hw=True)
-    return _FAMILIES[spec.family](spec, session, cfg)
+    runner = build_runner(registry.path(name), runtime, dynamic_hw=True)
+    det = _FAMILIES[spec.family](spec, runner, cfg)
+    runner.verify_batching(det.batch_check)
+    return det
