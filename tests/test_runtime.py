@@ -18,6 +18,7 @@ from engine.models.registry import ModelRegistry
 from engine.models.runner import RunFn
 from engine.models.session import OnnxRunner, provider_options, resolve_providers
 from engine.vision.batchcheck import compare_detections, compare_embeddings
+from engine.vision.detections import box_iou
 from engine.vision.detectors import load_detector
 from engine.vision.embedder import load_embedder
 from engine.vision.image import read_image
@@ -198,3 +199,32 @@ def test_cuda_runner_accepts_batched_graphs(model_dir: Path) -> None:
         assert det.runner.provider == "CUDAExecutionProvider" and det.runner.batched, det.runner.batch_check
     emb = load_embedder(reg, "mobilefacenet", cfg.embedder, cfg.runtime)
     assert emb.runner.provider == "CUDAExecutionProvider" and emb.runner.batched, emb.runner.batch_check
+
+
+@pytest.mark.parametrize("name", ["yunet", "scrfd_2.5g"])
+def test_graph_letterbox_gives_the_cpu_letterbox_detections(model_dir: Path, name: str) -> None:
+    """Pre-processing as ONNX nodes (uint8 HWC frame in) finds the same faces as the CPU letterbox;
+    linear resizing in the graph vs OpenCV's area resizing moves boxes by a pixel or so."""
+    import onnx
+
+    from engine.models.session import make_batchable
+    from engine.vision.detectors import Letterbox
+    from engine.vision.graph_preprocess import FRAME_INPUT, letterbox_for, prepend_letterbox
+
+    cfg = Config.load(env={})
+    reg = ModelRegistry(model_dir)
+    det = load_detector(reg, name, cfg.detector, cfg.runtime)
+    graph = prepend_letterbox(make_batchable(onnx.load(str(reg.path(name)))), det.spec, cfg.detector.input_size)
+    sess = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    for image in ("multiface.jpg", "obama_and_biden.jpg", "obama-1080p.jpg", "two_people.jpg"):
+        img = read_image(IMAGES / image)
+        scale, tw, th = letterbox_for(img.shape[0], img.shape[1], cfg.detector.input_size)
+        assert (tw, th) == det.target_size(img.shape[1], img.shape[0])
+        outs = sess.run(None, {FRAME_INPUT: img[None]})
+        got = det.postprocess(*det.decode([o[0] for o in outs], tw, th), Letterbox(scale, tw, th), img.shape)
+        ref = det.detect(img)
+        assert len(got) == len(ref), image
+        iou = box_iou(got.boxes, ref.boxes)
+        assert iou.max(axis=1).min() >= 0.95, (image, iou.max(axis=1))
+        order = iou.argmax(axis=1)
+        assert np.abs(got.scores - ref.scores[order]).max() <= 0.02, image

@@ -231,7 +231,7 @@ class OnnxRunner(InferenceRunner):
         try:
             verdict = check(lambda x: list(cand.run(None, {self._input_name: x})), self._run_single)
         except Exception as exc:  # a candidate that cannot run a batch is simply not used
-            verdict = BatchVerdict(False, f"batched graph failed to run ({exc})")
+            verdict = BatchVerdict(False, f"batch check failed ({exc})")
         self._candidate = None
         if verdict.accepted:
             self._session, self._batched = cand, True
