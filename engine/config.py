@@ -73,6 +73,9 @@ class RuntimeConfig(Section):
     inter_op_threads: int = _f(1, "onnxruntime inter-op threads per session.", ge=1, le=256)
     graph_optimization: Literal["disable", "basic", "extended", "all"] = _f(
         "all", "onnxruntime graph optimisation level: disable, basic, extended, all.")
+    graph_preprocess: Literal["auto", "on", "off"] = _f(
+        "auto", "Detector letterbox/colour/normalisation as ONNX nodes run by the provider (uint8 frames in): "
+        "auto = on for GPU providers, off on the CPU (where OpenCV is faster).")
     tensorrt_fp16: bool = _f(False, "TensorRT: build fp16 engines (faster; embeddings move slightly vs fp32).")
     tensorrt_cache_dir: str = Field(
         default_factory=lambda: str(Path(default_data_dir()) / "tensorrt"),
@@ -329,7 +332,7 @@ class Config(BaseModel):
         """Fill fields left to auto (pipeline.batch_size = 0, batch_wait_ms < 0) from the provider.
 
         Runs after construction and every `update`; a value set explicitly since is kept."""
-        gpu = _gpu_provider(self.runtime.provider)
+        gpu = gpu_provider(self.runtime.provider)
         batch, wait = AUTO_BATCH["gpu" if gpu else "cpu"]
         p = self.pipeline
         for name, is_auto, value in (("pipeline.batch_size", p.batch_size == 0, batch),
@@ -371,7 +374,7 @@ class Config(BaseModel):
         return "\n".join(out)
 
 
-def _gpu_provider(provider: str) -> bool:
+def gpu_provider(provider: str) -> bool:
     """Whether a provider name runs on a GPU; `auto` asks onnxruntime (imported only then)."""
     if provider == "auto":
         import onnxruntime as ort

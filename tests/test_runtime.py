@@ -203,28 +203,31 @@ def test_cuda_runner_accepts_batched_graphs(model_dir: Path) -> None:
 
 @pytest.mark.parametrize("name", ["yunet", "scrfd_2.5g"])
 def test_graph_letterbox_gives_the_cpu_letterbox_detections(model_dir: Path, name: str) -> None:
-    """Pre-processing as ONNX nodes (uint8 HWC frame in) finds the same faces as the CPU letterbox;
-    linear resizing in the graph vs OpenCV's area resizing moves boxes by a pixel or so."""
-    import onnx
-
-    from engine.models.session import make_batchable
-    from engine.vision.detectors import Letterbox
-    from engine.vision.graph_preprocess import FRAME_INPUT, letterbox_for, prepend_letterbox
+    """Pre-processing as ONNX nodes (runtime.graph_preprocess = on: uint8 HWC frames in) finds the
+    same faces as the CPU letterbox; linear resizing in the graph vs OpenCV's area resizing moves
+    boxes by a pixel or so. Off by default on the CPU."""
+    from engine.vision.graph_preprocess import FRAME_INPUT, letterbox_for
 
     cfg = Config.load(env={})
+    assert cfg.runtime.graph_preprocess == "auto"
     reg = ModelRegistry(model_dir)
+    cpu = load_detector(reg, name, cfg.detector, cfg.runtime)
+    assert not cpu.graph_letterbox  # auto = off on the CPU provider
+    cfg.update({"runtime": {"graph_preprocess": "on"}}, source="test")
     det = load_detector(reg, name, cfg.detector, cfg.runtime)
-    graph = prepend_letterbox(make_batchable(onnx.load(str(reg.path(name)))), det.spec, cfg.detector.input_size)
-    sess = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
-    for image in ("multiface.jpg", "obama_and_biden.jpg", "obama-1080p.jpg", "two_people.jpg"):
-        img = read_image(IMAGES / image)
-        scale, tw, th = letterbox_for(img.shape[0], img.shape[1], cfg.detector.input_size)
-        assert (tw, th) == det.target_size(img.shape[1], img.shape[0])
-        outs = sess.run(None, {FRAME_INPUT: img[None]})
-        got = det.postprocess(*det.decode([o[0] for o in outs], tw, th), Letterbox(scale, tw, th), img.shape)
-        ref = det.detect(img)
+    assert det.graph_letterbox and det.runner.input_name == FRAME_INPUT
+    assert det.runner.batched, det.runner.batch_check
+    imgs = {n: read_image(IMAGES / n) for n in ("multiface.jpg", "obama_and_biden.jpg", "obama-1080p.jpg",
+                                                 "two_people.jpg")}
+    for image, img in imgs.items():
+        _, tw, th = letterbox_for(img.shape[0], img.shape[1], cfg.detector.input_size)
+        assert (tw, th) == cpu.target_size(img.shape[1], img.shape[0])
+        got, ref = det.detect(img), cpu.detect(img)
         assert len(got) == len(ref), image
         iou = box_iou(got.boxes, ref.boxes)
         assert iou.max(axis=1).min() >= 0.95, (image, iou.max(axis=1))
-        order = iou.argmax(axis=1)
-        assert np.abs(got.scores - ref.scores[order]).max() <= 0.02, image
+        assert np.abs(got.scores - ref.scores[iou.argmax(axis=1)]).max() <= 0.02, image
+    # frames of one size run as one uint8 batch and give what single frames give
+    same = [imgs["two_people.jpg"], imgs["two_people.jpg"][:, ::-1].copy()]
+    for batched, single in zip(det.detect_batch(same), [det.detect(f) for f in same], strict=True):
+        np.testing.assert_allclose(batched.boxes, single.boxes, atol=1e-2)

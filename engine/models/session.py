@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,9 @@ from engine.errors import ConfigError, ModelError
 from engine.models.runner import BatchCheck, BatchVerdict, InferenceRunner
 
 log = logging.getLogger(__name__)
+
+GraphTransform = Callable[[onnx.ModelProto], onnx.ModelProto]
+"""A graph rewrite applied to a model (and its batched variant) before loading, e.g. pre-processing nodes."""
 
 CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 _PROVIDERS = {"cpu": [CPU], "cuda": [CUDA, CPU], "tensorrt": [TRT, CUDA, CPU]}
@@ -156,7 +160,8 @@ class OnnxRunner(InferenceRunner):
     `verify_batching` judges the pair and keeps only the one that will be used, so a loaded model
     never holds two copies of its weights (on a GPU: twice the memory)."""
 
-    def __init__(self, path: Path, runtime: RuntimeConfig, batchable: bool = True, dynamic_hw: bool = False) -> None:
+    def __init__(self, path: Path, runtime: RuntimeConfig, batchable: bool = True, dynamic_hw: bool = False,
+                 transform: GraphTransform | None = None) -> None:
         self.path = path
         self.model = path.name
         opts = ort.SessionOptions()
@@ -177,14 +182,16 @@ class OnnxRunner(InferenceRunner):
                     dims[i].Clear()
                     dims[i].dim_param = label
         fixed_batch = _input_batch_dim(model) == 1
-        self._session = self._make(model.SerializeToString(), opts, providers)
+        shape = transform or (lambda m: m)
+        self._session = self._make(shape(model).SerializeToString(), opts, providers)
+        self._input_name = self._session.get_inputs()[0].name
         self._input_shape = tuple(self._session.get_inputs()[0].shape)
         self._candidate: ort.InferenceSession | None = None
         self._batched = not fixed_batch
         self._verdict = "graph takes any batch" if self._batched else "batch rewrite off"
         if batchable and fixed_batch:
             try:
-                self._candidate = self._make(make_batchable(model).SerializeToString(), opts, providers)
+                self._candidate = self._make(shape(make_batchable(model)).SerializeToString(), opts, providers)
                 self._verdict = "batch rewrite pending check"
             except Exception as exc:  # rewrite is an optimisation: never fail the load for it
                 self._verdict = f"batch rewrite failed ({exc})"

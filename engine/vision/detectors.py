@@ -16,12 +16,13 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from engine.config import DetectorConfig, RuntimeConfig
+from engine.config import DetectorConfig, RuntimeConfig, gpu_provider
 from engine.models.factory import build_runner
 from engine.models.registry import ModelRegistry, ModelSpec
 from engine.models.runner import BatchVerdict, InferenceRunner, RunFn
 from engine.vision.batchcheck import compare_detections, sample_images
 from engine.vision.detections import Detections
+from engine.vision.graph_preprocess import letterbox_for, prepend_letterbox
 from engine.vision.image import check_array
 
 STRIDES = (8, 16, 32)
@@ -54,10 +55,14 @@ class OnnxFaceDetector(FaceDetector):
 
     The model runs in an injected `InferenceRunner` (built by `engine.models.factory.build_runner`)."""
 
-    def __init__(self, spec: ModelSpec, runner: InferenceRunner, cfg: DetectorConfig) -> None:
+    def __init__(self, spec: ModelSpec, runner: InferenceRunner, cfg: DetectorConfig,
+                 graph_letterbox: bool = False) -> None:
         self.spec = spec
         self.name = spec.name
         self.runner = runner
+        self.graph_letterbox = graph_letterbox
+        """True when the runner's graph starts with the pre-processing nodes (`prepend_letterbox`):
+        it then takes uint8 BGR frames (N, H, W, 3) and letterboxes them itself."""
         self.cfg = cfg
         self._anchor_cache: dict[tuple[int, int, int], np.ndarray] = {}
         self._local = threading.local()
@@ -111,6 +116,8 @@ class OnnxFaceDetector(FaceDetector):
 
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[Detections]:
         images = [check_array(im) for im in images]
+        if self.graph_letterbox:
+            return self._detect_frames(images)
         results: list[Detections | None] = [None] * len(images)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, im in enumerate(images):
@@ -125,6 +132,20 @@ class OnnxFaceDetector(FaceDetector):
                 results[i] = self.postprocess(raw_boxes, kps, scores, boxes[k], images[i].shape)
         return [r if r is not None else Detections.empty() for r in results]
 
+    def _detect_frames(self, images: list[np.ndarray]) -> list[Detections]:
+        """Graph pre-processing: frames of one size go to the runner as one uint8 batch."""
+        results: list[Detections | None] = [None] * len(images)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, im in enumerate(images):
+            groups.setdefault(im.shape, []).append(i)
+        for shape, idx in groups.items():
+            scale, tw, th = letterbox_for(shape[0], shape[1], self.cfg.input_size)
+            outs = self.runner.run(np.stack([images[i] for i in idx]))
+            for k, i in enumerate(idx):
+                raw_boxes, kps, scores = self.decode([o[k] for o in outs], tw, th)
+                results[i] = self.postprocess(raw_boxes, kps, scores, Letterbox(scale, tw, th), shape)
+        return [r if r is not None else Detections.empty() for r in results]
+
     @abstractmethod
     def decode(self, outs: list[np.ndarray], w: int, h: int,
                threshold: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -136,12 +157,15 @@ class OnnxFaceDetector(FaceDetector):
         background) through the batched graph and through single calls, and compare boxes, scores
         and landmarks of the candidates that could become faces (`compare_detections`)."""
         imgs = sample_images(2, side, side)
-        buf = np.empty((2, 3, side, side), np.float32)
-        for k in range(2):
-            self.preprocess(imgs[k], (side, side), buf[k])
+        buf: np.ndarray = imgs
+        if not self.graph_letterbox:
+            buf = np.empty((2, 3, side, side), np.float32)
+            for k in range(2):
+                self.preprocess(imgs[k], (side, side), buf[k])
+        _, tw, th = letterbox_for(side, side, self.cfg.input_size) if self.graph_letterbox else (1.0, side, side)
         got, ref = run_batched(buf), run_single(buf)
-        decode = [(self.decode([o[k] for o in ref], side, side, -np.inf),
-                   self.decode([o[k] for o in got], side, side, -np.inf))
+        decode = [(self.decode([o[k] for o in ref], tw, th, -np.inf),
+                   self.decode([o[k] for o in got], tw, th, -np.inf))
                   for k in range(2)]
         return compare_detections([r for r, _ in decode], [c for _, c in decode])
 
@@ -241,7 +265,9 @@ def load_detector(registry: ModelRegistry, name: str, cfg: DetectorConfig, runti
     spec = registry.spec(name)
     if spec.task != "detector" or spec.family not in _FAMILIES:
         raise ValueError(f"model {name} is not a supported detector (task={spec.task}, family={spec.family})")
-    runner = build_runner(registry.path(name), runtime, dynamic_hw=True)
-    det = _FAMILIES[spec.family](spec, runner, cfg)
+    graph = runtime.graph_preprocess == "on" or (runtime.graph_preprocess == "auto" and gpu_provider(runtime.provider))
+    transform = (lambda m: prepend_letterbox(m, spec, cfg.input_size)) if graph else None
+    runner = build_runner(registry.path(name), runtime, dynamic_hw=True, transform=transform)
+    det = _FAMILIES[spec.family](spec, runner, cfg, graph_letterbox=graph)
     runner.verify_batching(det.batch_check)
     return det

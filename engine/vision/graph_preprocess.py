@@ -4,13 +4,14 @@
 from the decoder and do in the graph what `OnnxFaceDetector.preprocess` does on the CPU: resize
 with the aspect kept so the long side is `input_size`, pad right/bottom to a multiple of 32,
 colour order, mean/std. A frame is then uploaded once as bytes (4x less than float32) and no CPU
-time goes to resizing. Not the default on CPU: there OpenCV's INTER_AREA resize is both faster and
-what the models were tuned with; the graph uses linear resizing, so detections agree closely but
-not bit for bit (tests/test_runtime.py measures it on real photos).
+time goes to resizing. `runtime.graph_preprocess` turns it on (`auto`: GPU providers only; the
+detector then groups frames by size and sends them as one uint8 batch). Not the default on CPU:
+there OpenCV's INTER_AREA resize is both faster and what the models were tuned with; the graph
+uses linear resizing, so detections agree closely but not bit for bit (tests/test_runtime.py
+measures it on real photos).
 
->>> import onnx
->>> callable(prepend_letterbox)
-True
+>>> letterbox_for(1080, 1920, 640)
+(0.3333333333333333, 640, 384)
 """
 
 from __future__ import annotations
