@@ -244,9 +244,8 @@ def grpc_pass(cfg: Config, analyzer: FaceAnalyzer, frames: Sequence[np.ndarray],
     """Stream the frames over loopback gRPC, one stream per camera: JPEG payloads, or raw BGR if None."""
     from engine.service.server import FaceEngineServer
 
-    cfg = dataclasses.replace(cfg)
-    cfg.server = dataclasses.replace(cfg.server, host="127.0.0.1", port=0, metrics_port=0, shutdown_grace_s=1.0)
-    cfg.auth = dataclasses.replace(cfg.auth, enabled=False)
+    cfg = cfg.with_overrides({"server": {"host": "127.0.0.1", "port": 0, "metrics_port": 0, "shutdown_grace_s": 1.0},
+                              "auth": {"enabled": False}}, source="bench gRPC pass")
     srv = FaceEngineServer(cfg, analyzer=analyzer).start()
     client = Client(srv.address, token="")
     client.wait_ready(30)
@@ -346,8 +345,7 @@ def run(video: str | Path = DEFAULT_VIDEO, cameras: int = 4, rounds: int = 3, wi
     the store is always a throwaway database."""
     db = str(Path(tempfile.mkdtemp(prefix="fe-bench-")) / "bench.db")
     if base_cfg is not None:
-        cfg = dataclasses.replace(base_cfg, store=dataclasses.replace(base_cfg.store, path=db),
-                                  server=dataclasses.replace(base_cfg.server, metrics_port=0))
+        cfg = base_cfg.with_overrides({"store": {"path": db}, "server": {"metrics_port": 0}}, source="bench")
     else:
         cfg = bench_config(model_dir, db, config_file)
     frames, fps = load_frames(video, max_frames)
@@ -356,8 +354,7 @@ def run(video: str | Path = DEFAULT_VIDEO, cameras: int = 4, rounds: int = 3, wi
     analyzer = FaceAnalyzer.from_config(cfg)
     lib_analyzer = analyzer
     if baselines:  # how libraries run onnxruntime: a (spinning) thread per core for every call
-        lib_cfg = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime,
-                                                                        intra_op_threads=os.cpu_count() or 1))
+        lib_cfg = cfg.with_overrides({"runtime": {"intra_op_threads": os.cpu_count() or 1}}, source="bench baselines")
         lib_analyzer = FaceAnalyzer.from_config(lib_cfg)
     store, gallery = open_gallery(cfg, analyzer)
     persons = enroll_from_frames(analyzer, gallery, cfg, frames)
@@ -417,9 +414,9 @@ def run(video: str | Path = DEFAULT_VIDEO, cameras: int = 4, rounds: int = 3, wi
                         "p99_latency_ms": percentile(paced.latencies_ms, 99), "errors": paced.errors}
     summary["meta"] = {"video": str(video), "frames": len(frames), "size": [w, h], "video_fps": fps,
                        "persons_enrolled": len(persons), "rounds": rounds, "window": window,
-                       "machine": machine(), "config": {"pipeline": dataclasses.asdict(cfg.pipeline),
-                                                        "runtime": dataclasses.asdict(cfg.runtime),
-                                                        "detector": dataclasses.asdict(cfg.detector),
+                       "machine": machine(), "config": {"pipeline": cfg.pipeline.model_dump(),
+                                                        "runtime": cfg.runtime.model_dump(),
+                                                        "detector": cfg.detector.model_dump(),
                                                         "models": [cfg.models.detector, cfg.models.embedder]}}
     summary["paced_p50_latency_ms"] = summary["paced"]["p50_latency_ms"]
     summary["paced_p99_latency_ms"] = summary["paced"]["p99_latency_ms"]

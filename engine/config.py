@@ -328,6 +328,12 @@ class Config(BaseModel):
             setattr(section, key, value)
         self.resolve_auto()
 
+    def with_overrides(self, data: dict[str, Any], source: str = "override") -> Config:
+        """A validated copy with `data` applied (this config is left as it is)."""
+        copy = self.model_copy(deep=True)
+        copy.update(data, source=source)
+        return copy
+
     def resolve_auto(self) -> None:
         """Fill fields left to auto (pipeline.batch_size = 0, batch_wait_ms < 0) from the provider.
 

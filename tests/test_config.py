@@ -126,3 +126,12 @@ def test_config_show_output_round_trips(tmp_path: Path) -> None:
     f.write_text(c.to_toml())
     back = Config.load(f, env={})
     assert back.describe() == c.describe()
+
+
+def test_with_overrides_copies_and_validates() -> None:
+    c = Config.load(env={})
+    d = c.with_overrides({"server": {"port": 0}, "runtime": {"provider": "cuda"}}, source="bench")
+    assert (d.server.port, d.pipeline.batch_size) == (0, 16)
+    assert (c.server.port, c.pipeline.batch_size) == (50051, 1)
+    with pytest.raises(ConfigError, match="bench: server.port = -1"):
+        c.with_overrides({"server": {"port": -1}}, source="bench")
