@@ -189,13 +189,9 @@ class CameraWorker:
 
 
 def _provider(analyzer: Any) -> str:
+    """The provider the analyzer's models run on (the analyzer answers; its members are not asked)."""
     prov = getattr(analyzer, "provider", None)
-    if isinstance(prov, str):
-        return prov
-    try:
-        return str(analyzer.embedder.session.providers[0])
-    except Exception:  # noqa: BLE001 - informational only
-        return "unknown"
+    return prov if isinstance(prov, str) else "unknown"
 
 
 def ray_worker_class() -> Any:
