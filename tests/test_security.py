@@ -91,7 +91,7 @@ def test_access_table_lists_every_rpc_and_nothing_else() -> None:
     assert {n for n, r in METHOD_ROLES.items() if "gateway" in r} == {"/faceengine.v1.Ingest/StreamFrames"}
     # no RPC can edit or delete the audit log
     assert {m.name for m in pb.DESCRIPTOR.services_by_name["Admin"].methods} == {
-        "QueryAudit", "CreateToken", "ListTokens", "RevokeToken"}
+        "QueryAudit", "CreateToken", "ListTokens", "RevokeToken", "WhoAmI"}
 
 
 def test_role_matrix_over_grpc(secured) -> None:  # noqa: ANN001

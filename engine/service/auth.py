@@ -16,8 +16,9 @@ streams re-check their token every `auth.recheck_s` and end with UNAUTHENTICATED
 
 Roles:
   gateway   Ingest.StreamFrames only (camera gateways).
-  operator  live and historical matches, search, verify, and read-only views of cameras,
-            watchlists and persons (an operator must know what it is looking at).
+  operator  live and historical matches, acknowledging or dismissing alerts, search, verify, and
+            read-only views of cameras, watchlists, persons and their photos (an operator must know
+            what it is looking at); WhoAmI, the console's sign-in check.
   admin     everything: cameras, watchlists, enrolment and removal, tokens, the audit log.
 """
 
@@ -62,14 +63,18 @@ METHOD_ROLES: dict[str, frozenset[str]] = {
     f"{_PKG}Watchlists/ListWatchlists": _OPERATOR,
     f"{_PKG}Watchlists/GetPerson": _OPERATOR,
     f"{_PKG}Watchlists/ListPersons": _OPERATOR,
+    f"{_PKG}Watchlists/GetPersonPhoto": _OPERATOR,
+    f"{_PKG}Watchlists/DetectFaces": _ADMIN,
     f"{_PKG}Matches/SubscribeMatches": _OPERATOR,
     f"{_PKG}Matches/QueryMatches": _OPERATOR,
     f"{_PKG}Matches/SearchByImage": _OPERATOR,
     f"{_PKG}Matches/Verify": _OPERATOR,
+    f"{_PKG}Matches/AcknowledgeMatch": _OPERATOR,
     f"{_PKG}Admin/QueryAudit": _ADMIN,
     f"{_PKG}Admin/CreateToken": _ADMIN,
     f"{_PKG}Admin/ListTokens": _ADMIN,
     f"{_PKG}Admin/RevokeToken": _ADMIN,
+    f"{_PKG}Admin/WhoAmI": _OPERATOR,  # gateway tokens are refused: they cannot sign in to the console
 }
 
 # Open to anyone (no token): liveness probes and API discovery.
@@ -100,6 +105,8 @@ AUDITED: dict[str, Callable[[Any], str]] = {
         [*(f"camera={c}" for c in r.camera_ids), *(f"watchlist={w}" for w in r.watchlists)]) or "*",
     f"{_PKG}Matches/SearchByImage": lambda r: ",".join(r.watchlists) or "*",
     f"{_PKG}Matches/Verify": lambda r: "",
+    f"{_PKG}Matches/AcknowledgeMatch": lambda r: r.event_id,
+    f"{_PKG}Watchlists/DetectFaces": lambda r: "",
     f"{_PKG}Admin/CreateToken": lambda r: r.name,
     f"{_PKG}Admin/RevokeToken": lambda r: r.name,
     f"{_PKG}Admin/QueryAudit": lambda r: r.action or "*",
@@ -516,6 +523,12 @@ class AdminServicer(rpc.AdminServicer):
     @unary
     def ListTokens(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.ListTokensResponse:  # noqa: N802
         return pb.ListTokensResponse(tokens=[_token_info(t) for t in self.store.list_tokens()])
+
+    @unary
+    def WhoAmI(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.TokenInfo:  # noqa: N802
+        info = current()
+        p = info.principal if info is not None else ANONYMOUS
+        return pb.TokenInfo(name=p.name, role=p.role)
 
     @unary
     def RevokeToken(self, request: pb.RevokeTokenRequest, context: grpc.ServicerContext) -> pb.TokenInfo:  # noqa: N802

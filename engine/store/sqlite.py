@@ -58,7 +58,18 @@ CREATE TABLE IF NOT EXISTS tokens (
     id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, role TEXT NOT NULL, hash TEXT UNIQUE NOT NULL,
     created REAL NOT NULL, revoked REAL);
 CREATE UNIQUE INDEX IF NOT EXISTS tokens_active_name ON tokens(name) WHERE revoked IS NULL;
+CREATE TABLE IF NOT EXISTS person_photos (
+    watchlist TEXT NOT NULL, person_id TEXT NOT NULL, jpeg BLOB NOT NULL, created REAL NOT NULL,
+    PRIMARY KEY (watchlist, person_id),
+    FOREIGN KEY (watchlist, person_id) REFERENCES persons(watchlist, person_id) ON DELETE CASCADE);
 """
+
+# Additive migrations: columns added after the first release (ALTER TABLE ... ADD COLUMN when missing).
+_ADDED_COLUMNS = {
+    "events": (("ack_action", "TEXT NOT NULL DEFAULT ''"), ("ack_note", "TEXT NOT NULL DEFAULT ''"),
+               ("ack_by", "TEXT NOT NULL DEFAULT ''"), ("ack_time", "REAL NOT NULL DEFAULT 0")),
+}
+ACK_ACTIONS = ("ack", "dismiss")
 
 
 class SQLiteStore:
@@ -78,6 +89,11 @@ class SQLiteStore:
             self._db.execute("PRAGMA secure_delete=ON")  # deleted templates/thumbnails are overwritten with zeros
             with self._lock:
                 self._db.executescript(SCHEMA)
+                for table, cols in _ADDED_COLUMNS.items():
+                    have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+                    for name, decl in cols:
+                        if name not in have:
+                            self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
                 self._db.execute("INSERT OR IGNORE INTO meta VALUES ('gallery_version', '0')")
         except sqlite3.DatabaseError as exc:
             self._db.close()
@@ -192,6 +208,20 @@ class SQLiteStore:
                 ids.append(int(cur.lastrowid or 0))
             self._bump(db)
         return ids
+
+    def set_person_photo(self, watchlist: str, person_id: str, jpeg: bytes) -> None:
+        """Store the face photo shown next to live thumbnails; erased with the person (cascade)."""
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO person_photos VALUES (?, ?, ?, ?)",
+                       (watchlist, person_id, jpeg, time.time()))
+
+    def get_person_photo(self, watchlist: str, person_id: str) -> bytes:
+        rows = self._q("SELECT jpeg FROM person_photos WHERE watchlist=? AND person_id=?", (watchlist, person_id))
+        if not rows:
+            self.get_person(watchlist, person_id)  # NOT_FOUND names the person when they do not exist
+            raise NotFoundError(f"person {person_id!r} in watchlist {watchlist!r} has no photo "
+                                "(enrolled before photos were kept; re-enrol with replace to add one)")
+        return bytes(rows[0][0])
 
     def template_ids(self, watchlist: str, person_id: str) -> list[int]:
         return [r[0] for r in self._q("SELECT id FROM templates WHERE watchlist=? AND person_id=?",
@@ -310,6 +340,20 @@ class SQLiteStore:
         rows = rows[:size]
         return [_event(r[:-1]) for r in rows], (str(rows[-1][-1]) if more and rows else "")
 
+    def acknowledge_event(self, event_id: str, action: str, note: str, actor: str) -> MatchEvent:
+        """Record an operator's decision on an alert (the latest decision wins; each is audited by
+        the service). `updated` is left alone: an acknowledgement is not a new or better match."""
+        if action not in ACK_ACTIONS:
+            raise InvalidArgumentError(f"action {action!r} unknown; use ack or dismiss")
+        if len(note) > 1000:
+            raise InvalidArgumentError(f"note is {len(note)} characters; at most 1000")
+        with self._tx() as db:
+            cur = db.execute("UPDATE events SET ack_action=?, ack_note=?, ack_by=?, ack_time=? WHERE event_id=?",
+                             (action, note, actor, time.time(), event_id))
+            if cur.rowcount == 0:
+                raise NotFoundError(f"event {event_id!r} not found (purged, erased or never stored)")
+        return self.get_event(event_id)
+
     def events_changed_since(self, updated_after: float, limit: int = 500) -> list[MatchEvent]:
         """Events created or updated after a time (any process), oldest change first, thumbnails included."""
         rows = self._q(f"SELECT {_EVENT_COLS} FROM events WHERE updated>? ORDER BY updated LIMIT ?",
@@ -414,12 +458,12 @@ class SQLiteStore:
 
 
 _EVENT_COLS = ("event_id, camera_id, ts, watchlist, person_id, display_name, score, box, track_id, frame_seq, "
-               "thumbnail, created, updated")
+               "thumbnail, created, updated, ack_action, ack_note, ack_by, ack_time")
 
 
 def _event(r: tuple[Any, ...]) -> MatchEvent:
     return MatchEvent(r[0], r[1], r[2], r[3], r[4], r[5], r[6], tuple(json.loads(r[7])), r[8], r[9],
-                      r[10] or b"", r[11], r[12])
+                      r[10] or b"", r[11], r[12], r[13], r[14], r[15], r[16])
 
 
 def _person(r: tuple[Any, ...]) -> Person:
