@@ -248,6 +248,20 @@ class ClusterConfig(Section):
                                   gt=0.0, le=3600.0)
 
 
+class ConsoleConfig(Section):
+    host: str = _f("127.0.0.1", "Interface the operator console (`faceengine console`) listens on.")
+    port: int = _f(8080, "HTTP(S) port of the console; HTTPS when tls.cert_file and tls.key_file are set.",
+                   ge=1, le=65535)
+    server: str = _f("127.0.0.1:50051", "gRPC address of the engine (or a cluster's front end) the console calls.")
+    ca_cert: str = _f("", "CA certificate (PEM) to verify a TLS gRPC server; empty = plaintext gRPC.")
+    client_cert: str = _f("", "Client certificate (PEM) for a mutual-TLS gRPC server.")
+    client_key: str = _f("", "Client private key (PEM) for a mutual-TLS gRPC server.")
+    secret_file: str = _f("", "File holding the session encryption key (Fernet); empty = a new key per start "
+                              "(everyone signs in again). Share it between console replicas.")
+    session_hours: float = _f(12.0, "A console sign-in expires after this many hours.", gt=0.0, le=24.0 * 365)
+    max_cards: int = _f(50, "Live alert cards kept on the page; older cards drop off.", ge=1, le=10_000)
+
+
 class Config(BaseModel):
     """The whole configuration; `Config.load` reads file and environment, `update` applies overrides."""
 
@@ -267,6 +281,7 @@ class Config(BaseModel):
     tls: TLSConfig = Field(default_factory=TLSConfig, description="TLS and mutual TLS.")
     retention: RetentionConfig = Field(default_factory=RetentionConfig, description="Data retention, erasure.")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="Cluster mode (Ray workers).")
+    console: ConsoleConfig = Field(default_factory=ConsoleConfig, description="Operator web console.")
 
     _auto: dict[str, Any] = PrivateAttr(default_factory=dict)
     """Fields left to auto -> the value auto wrote (re-chosen when the provider changes)."""
