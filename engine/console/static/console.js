@@ -25,10 +25,12 @@ function startLive(list) {
     card.dataset.received = String(Date.now());
     card.classList.add("new");
     const old = document.getElementById(card.id);
-    if (old) {
-      const decided = old.querySelector(".ack .decided");  // keep a decision made on this page
-      if (decided) card.querySelector(".ack").replaceWith(decided.parentElement);
-      old.remove();
+    if (old) {  // a better shot of the same alert: refresh it in place, keep the form the operator may be using
+      old.querySelector(".faces").replaceWith(card.querySelector(".faces"));
+      old.querySelector(".score").replaceWith(card.querySelector(".score"));
+      old.querySelector(".time").replaceWith(card.querySelector(".time"));
+      old.dataset.ts = card.dataset.ts;
+      return;
     }
     list.prepend(card);
     while (list.children.length > max) list.lastElementChild.remove();
@@ -48,7 +50,7 @@ document.addEventListener("submit", async (ev) => {
   if (ev.submitter && ev.submitter.name) body.set(ev.submitter.name, ev.submitter.value);
   const box = form.closest(".ack");
   try {
-    const r = await fetch(form.action, {method: "POST", body,
+    const r = await fetch(form.getAttribute("action"), {method: "POST", body,  // form.action is the button named action
       headers: {"X-CSRF-Token": csrfOf(form), "X-Requested-With": "console"}, credentials: "same-origin"});
     const text = await r.text();
     if (!r.ok) throw new Error(text || r.statusText);
