@@ -116,7 +116,8 @@ AUDITED: dict[str, Callable[[Any], str]] = {
 # Methods that change state: their audit record is written first and the change is refused if it cannot be.
 MUTATIONS: frozenset[str] = frozenset(f"{_PKG}{m}" for m in (
     "Cameras/AddCamera", "Cameras/RemoveCamera", "Watchlists/CreateWatchlist", "Watchlists/DeleteWatchlist",
-    "Watchlists/EnrollPerson", "Watchlists/RemovePerson", "Admin/CreateToken", "Admin/RevokeToken"))
+    "Watchlists/EnrollPerson", "Watchlists/RemovePerson", "Admin/CreateToken", "Admin/RevokeToken",
+    "Matches/AcknowledgeMatch"))
 
 UNAUTHENTICATED_ACTOR = "(unauthenticated)"
 
