@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import re
 import socket
+import ssl
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -28,6 +31,7 @@ from engine.service.proto import pb
 from engine.service.server import FaceEngineServer
 from engine.store.base import MatchEvent
 from tests.conftest import IMAGES, VIDEOS
+from tests.test_security import pki  # noqa: F401 - a throw-away CA and server certificate
 
 
 @dataclass
@@ -241,3 +245,89 @@ def test_ack_api_validation_roles_and_photo_erasure(stack: Stack) -> None:
     assert srv.store._q("SELECT COUNT(*) FROM person_photos WHERE watchlist='erase'")[0][0] == 0
     who = op.admin.WhoAmI(pb.Empty(), metadata=op.metadata)
     assert (who.name, who.role) == ("operator-1", "operator")
+
+
+def test_images_need_a_session_and_are_never_cached(stack: Stack) -> None:
+    srv = stack.srv
+    admin = Client(srv.address, token=stack.tokens["admin"])
+    admin.ensure_watchlist("photos")
+    admin.enroll("photos", "obama", [(IMAGES / "obama.jpg").read_bytes()], "Barack Obama")
+    c, _ = sign_in(stack.url, stack.tokens["operator"])
+    r = c.get("/photo?w=photos&p=obama")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg" and r.content[:2] == b"\xff\xd8"
+    assert r.headers["cache-control"] == "no-store"
+    assert c.get("/photo?w=photos&p=nobody").status_code == 404
+    assert httpx.get(f"{stack.url}/photo?w=photos&p=obama").status_code == 401
+    for path in ("/live", "/history", "/persons?name=photos", "/history.csv"):
+        assert c.get(path).headers["cache-control"] == "no-store", path
+
+
+def test_history_pages_and_filters(stack: Stack) -> None:
+    jpeg = stack.crop.read_bytes()
+    ids = []
+    for _ in range(60):
+        ev = synthetic_event("paging-cam", jpeg)
+        stack.srv.store.add_event(ev)
+        ids.append(ev.event_id)
+    c, _ = sign_in(stack.url, stack.tokens["operator"])
+    first = c.get("/history?camera=paging-cam")
+    assert first.status_code == 200 and first.text.count("<tr>") == 1 + 50  # header + one page
+    assert ids[-1] in c.get("/history.csv?camera=paging-cam").text
+    nxt = re.search(r'id="next" href="([^"]+)"', first.text).group(1).replace("&amp;", "&")
+    second = c.get(nxt)
+    assert second.text.count("<tr>") == 1 + 10 and 'id="next"' not in second.text
+    rows = c.get("/history.csv?camera=paging-cam").text.strip().splitlines()
+    assert len(rows) == 1 + 60 and all(i in "\n".join(rows) for i in ids)
+    assert c.get("/history?camera=paging-cam&min_score=0.95").text.count("<tr>") == 1 + 1  # "No matches."
+    bad = c.get("/history?since=yesterday")
+    assert bad.status_code == 400 and "YYYY-MM-DD" in bad.text
+
+
+def test_revoked_token_ends_the_session(stack: Stack) -> None:
+    srv = stack.srv
+    token = create_token(srv.store, "short-lived", "operator")[0]
+    c, _ = sign_in(stack.url, token)
+    assert c.get("/cameras").status_code == 200
+    srv.store.revoke_token("short-lived")
+    r = c.get("/cameras")
+    assert r.status_code == 303 and r.headers["location"] == "/login"
+    assert "fe_session" not in c.cookies  # cleared
+    assert c.get("/cameras").status_code == 401
+
+
+def test_console_command_serves_https_from_the_same_config(cfg: Config, analyzer, pki: Path,  # noqa: ANN001, F811
+                                                            tmp_path: Path) -> None:
+    cfg.server.host, cfg.server.port = "127.0.0.1", 0
+    cfg.tls.cert_file, cfg.tls.key_file = str(pki / "server.pem"), str(pki / "server.key")
+    srv = FaceEngineServer(cfg, analyzer=analyzer).start()
+    token = create_token(srv.store, "ops", "admin")[0]
+    port = _free_port()
+    conf = tmp_path / "console.toml"
+    conf.write_text(f'[tls]\ncert_file = "{pki / "server.pem"}"\nkey_file = "{pki / "server.key"}"\n'
+                    f'[console]\nserver = "{srv.address}"\nca_cert = "{pki / "ca.pem"}"\nport = {port}\n'
+                    f'secret_file = "{tmp_path / "key"}"\n')
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli.main", "console", "--config", str(conf)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        trust = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+        c = httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=trust, timeout=30)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                page = c.get("/login")
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
+                time.sleep(0.3)
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+        r = c.post("/login", data={"csrf": csrf, "token": token})
+        assert r.status_code == 303 and "secure" in r.headers["set-cookie"].lower()
+        assert c.get("/cameras").status_code == 200  # the console reached the TLS engine with the CA
+        assert (tmp_path / "key").stat().st_mode & 0o077 == 0  # the session key is private
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"http://127.0.0.1:{port}/login", timeout=5)  # HTTPS only
+        c.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        srv.stop(grace=1)

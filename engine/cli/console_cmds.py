@@ -66,5 +66,6 @@ def cmd_console(args: argparse.Namespace) -> int:
     print(f"faceengine console on {'https' if https else 'http'}://{cc.host}:{cc.port} (engine {cc.server})",
           flush=True)
     uvicorn.run(app, host=cc.host, port=cc.port, log_level="info" if args.verbose else "warning",
+                timeout_graceful_shutdown=5,  # live-alert streams never end by themselves
                 ssl_certfile=tls.cert_file if https else None, ssl_keyfile=tls.key_file if https else None)
     return 0
