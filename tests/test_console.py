@@ -5,6 +5,7 @@ through Playwright (tests/test_console_browser.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import ssl
@@ -69,9 +70,18 @@ def stack(model_dir: Path, analyzer, tmp_path_factory: pytest.TempPathFactory) -
     crop = tmp / "person-1.jpg"
     crop.write_bytes(encode_jpeg(frame[max(0, int(y1 - h)): int(y2 + h), max(0, int(x1 - w)): int(x2 + w)]))
     max_cards = 20
-    app = create_app(ConsoleSettings(server=srv.address, max_cards=max_cards))
+    try:
+        with serve_console(ConsoleSettings(server=srv.address, max_cards=max_cards)) as url:
+            yield Stack(srv, url, tokens, crop, max_cards)
+    finally:
+        srv.stop(grace=1)
+
+
+@contextlib.contextmanager
+def serve_console(settings: ConsoleSettings) -> Iterator[str]:
+    """The console app on a real uvicorn server in a thread; yields its base URL."""
     port = _free_port()
-    web = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    web = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
     t = threading.Thread(target=web.run, daemon=True)
     t.start()
     deadline = time.monotonic() + 20
@@ -79,11 +89,10 @@ def stack(model_dir: Path, analyzer, tmp_path_factory: pytest.TempPathFactory) -
         time.sleep(0.05)
     assert web.started
     try:
-        yield Stack(srv, f"http://127.0.0.1:{port}", tokens, crop, max_cards)
+        yield f"http://127.0.0.1:{port}"
     finally:
         web.should_exit = True
         t.join(timeout=10)
-        srv.stop(grace=1)
 
 
 def sign_in(url: str, token: str) -> tuple[httpx.Client, str]:
@@ -331,3 +340,19 @@ def test_console_command_serves_https_from_the_same_config(cfg: Config, analyzer
         proc.terminate()
         proc.wait(timeout=20)
         srv.stop(grace=1)
+
+
+def test_failed_sign_ins_are_paced_per_browser_address(stack: Stack) -> None:
+    with serve_console(ConsoleSettings(server=stack.srv.address, login_failures=3, login_window_s=60)) as url:
+        c = httpx.Client(base_url=url, timeout=30)
+
+        def attempt(token: str) -> httpx.Response:
+            csrf = re.search(r'name="csrf" value="([^"]+)"', c.get("/login").text).group(1)
+            return c.post("/login", data={"csrf": csrf, "token": token})
+
+        assert [attempt(f"fe_guess{i}").status_code for i in range(3)] == [401, 401, 401]
+        paused = attempt(stack.tokens["operator"])  # even a good token waits for the window to end
+        assert paused.status_code == 429 and "too many failed sign-ins" in paused.text
+        assert "fe_session" not in c.cookies
+    # the pause is the console's own: the shared console of this module still signs people in
+    sign_in(stack.url, stack.tokens["operator"])

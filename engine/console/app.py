@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,8 @@ class ConsoleSettings:
     session_hours: float = 12.0
     max_cards: int = 50
     https: bool = False  # cookies get the Secure flag
+    login_failures: int = 10  # failed sign-ins from one client address within login_window_s before a pause
+    login_window_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -179,6 +182,25 @@ def create_app(settings: ConsoleSettings) -> Starlette:
                              undefined=jinja2.StrictUndefined)
     env.globals.update(fmt_time=fmt_time, b64=b64, max_cards=settings.max_cards)
     state: dict[str, _Stubs] = {}
+    failures: dict[str, list[float]] = {}  # client address -> recent failed sign-ins (kept only for the window)
+
+    def throttled(ip: str) -> bool:
+        """Failed sign-ins are paced here, per browser address: through the console every guess reaches
+        the engine from the console's own address, and the engine's per-peer throttle would otherwise
+        lock every console user out because of one guesser."""
+        now = time.monotonic()
+        recent = [t for t in failures.get(ip, []) if now - t < settings.login_window_s]
+        if recent:
+            failures[ip] = recent
+        else:
+            failures.pop(ip, None)
+        if len(failures) > 10000:  # bounded: forget the oldest addresses
+            for key in list(failures)[:5000]:
+                failures.pop(key, None)
+        return len(recent) >= settings.login_failures
+
+    def failed(ip: str) -> None:
+        failures.setdefault(ip, []).append(time.monotonic())
 
     def stubs() -> _Stubs:
         if "s" not in state:  # created inside the server's event loop
@@ -244,10 +266,15 @@ def create_app(settings: ConsoleSettings) -> Starlette:
 
         if not token:
             return again("enter an API token", 400)
+        ip = request.client.host if request.client else "?"
+        if throttled(ip):
+            return again(f"too many failed sign-ins from {ip}; wait {settings.login_window_s:g} s", 429)
         try:
             who = await stubs().admin.WhoAmI(pb.Empty(), metadata=(("authorization", f"Bearer {token}"),),
                                             timeout=10)
         except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+                failed(ip)
             if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
                 return again("this token may not sign in to the console (gateway tokens are for cameras; "
                              "use an operator or admin token)", 403)
