@@ -108,7 +108,13 @@ class GalleryConfig(Section):
 
 class StoreConfig(Section):
     path: str = Field(default_factory=lambda: str(Path(default_data_dir()) / "faceengine.db"), min_length=1,
-                      description="SQLite database file for watchlists, events and audit.")
+                      description="SQLite database file for watchlists, events and audit (used when url is empty).")
+    url: str = Field("", description="Store URL: postgresql://USER:PASS@HOST:PORT/DB (shared by several engines) "
+                     "or sqlite:///FILE; empty = the SQLite file at path.")
+
+    def target(self) -> str:
+        """What `engine.store.open_store` opens: the URL if set, else the SQLite file."""
+        return self.url or self.path
 
 
 class LimitsConfig(Section):

@@ -59,9 +59,9 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 def _open_gallery(cfg, analyzer):  # noqa: ANN001, ANN202
     from engine.gallery.gallery import Gallery
-    from engine.store.sqlite import SQLiteStore
+    from engine.store import open_store
 
-    store = SQLiteStore(cfg.store.path)
+    store = open_store(cfg.store.target())
     return Gallery(store, analyzer.dim, analyzer.model_name, cfg.gallery.index)
 
 

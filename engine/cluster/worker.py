@@ -55,7 +55,7 @@ class CameraWorker:
     def __init__(self, cfg_data: dict[str, dict[str, Any]], worker_id: str = "worker") -> None:
         from engine.gallery.gallery import Gallery
         from engine.metrics import EngineMetrics
-        from engine.store.sqlite import SQLiteStore
+        from engine.store import open_store
         from engine.video.pipeline import Engine
         from engine.vision.analyzer import FaceAnalyzer
 
@@ -63,7 +63,7 @@ class CameraWorker:
         cfg.update({k: v for k, v in cfg_data.items() if k != "cluster"}, source=f"cluster worker {worker_id}")
         self.cfg = cfg
         self.worker_id = worker_id
-        self.store = SQLiteStore(cfg.store.path)
+        self.store = open_store(cfg.store.target())  # SQLite on one machine, PostgreSQL across machines
         self.analyzer = FaceAnalyzer.from_config(cfg)
         self.gallery = Gallery(self.store, self.analyzer.dim, self.analyzer.model_name, cfg.gallery.index)
         self.metrics = EngineMetrics()

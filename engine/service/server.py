@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-import time
 from concurrent import futures
 
 import faiss
@@ -30,7 +29,8 @@ from engine.service.servicers import (
     WatchlistsServicer,
 )
 from engine.service.tls import is_loopback, server_credentials
-from engine.store.sqlite import SQLiteStore, damaged
+from engine.store import open_store
+from engine.store.sqlite import damaged
 from engine.video.pipeline import CameraState, Engine
 from engine.video.sources import PullSource
 from engine.vision.analyzer import FaceAnalyzer
@@ -57,9 +57,9 @@ class FaceEngineServer:
 
             connect(cfg.cluster.address, cfg.cluster.connect_timeout_s)
         self.metrics = EngineMetrics()
-        self.store = SQLiteStore(cfg.store.path)  # a damaged file: StoreDamagedError saying what to do
+        self.store = open_store(cfg.store.target())  # a damaged SQLite file: StoreDamagedError saying what to do
         try:
-            fixed = self.store.repair()  # start-up consistency check; the index is then rebuilt from SQLite
+            fixed = self.store.repair()  # start-up consistency check; the index is then rebuilt from the store
             if any(fixed.values()):
                 log.warning("store consistency check repaired %s", fixed)
             self.retention = RetentionWorker(self.store, cfg.retention)
@@ -68,7 +68,7 @@ class FaceEngineServer:
             self.gallery = Gallery(self.store, self.analyzer.dim, self.analyzer.model_name, cfg.gallery.index)
         except sqlite3.DatabaseError as exc:  # pages damaged past the header: same advice, no traceback
             self.store.close()
-            raise damaged(cfg.store.path, exc) from exc
+            raise damaged(cfg.store.target(), exc) from exc
         self.slots = StreamSlots(cfg.server)
         if cfg.cluster.address:  # cameras served by Ray worker actors; this process is a front end
             from engine.cluster.frontend import ClusterEngine
@@ -172,15 +172,14 @@ class FaceEngineServer:
     def _relay_events(self) -> None:
         """Live subscribers of this process also see matches raised by other processes on the same
         store (several stateless engine processes behind one operator endpoint)."""
-        mark = time.time()
+        mark = self.store.event_change_head()  # keyed by the store's change sequence, not by clocks
         while not self._stopped.wait(self.cfg.server.event_relay_s) and self.running:
             try:
-                events = self.store.events_changed_since(mark)
+                events, mark = self.store.event_changes_since(mark)
             except Exception:  # store closing or busy: try again next tick
                 log.debug("event relay: store read failed", exc_info=True)
                 continue
             if events:
-                mark = max(e.updated for e in events)
                 self.engine.relay(events)
 
     def _set_health(self, serving: bool) -> None:
