@@ -195,7 +195,8 @@ class ServerConfig(Section):
         48, "Most concurrent ingest streams (all streams stay reserved_workers below max_workers); beyond: "
         "RESOURCE_EXHAUSTED.", ge=1, le=4096)
     shutdown_grace_s: float = _f(5.0, "Seconds given to in-flight calls on shutdown.", ge=0.0, le=3600.0)
-    event_relay_s: float = _f(1.0, "Poll the store this often for events other processes wrote (0 = off).",
+    event_relay_s: float = _f(1.0, "Poll the store this often for events other processes wrote (0 = off; "
+                              "PostgreSQL also pushes them at once with LISTEN/NOTIFY).",
                               ge=0.0, le=3600.0)
     reserved_workers: int = _f(
         8, "Threads never given to long-lived streams (ingest + subscriptions): kept for health and unary calls.",

@@ -89,7 +89,7 @@ def test_paging(tmp_path: Path) -> None:
     assert seen == [f"p{i:02d}" for i in range(25)]
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "postgresql"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(tmp_path / "g.db") if request.param == "sqlite" else request.getfixturevalue("pg_url")
 

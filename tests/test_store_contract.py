@@ -27,7 +27,7 @@ from engine.errors import (
 from engine.store import base, open_store, redact
 from engine.store.base import EventQuery, MatchEvent, Person, Store
 
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "postgresql"]
 
 
 @dataclass

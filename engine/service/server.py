@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+from collections.abc import Callable
 from concurrent import futures
 
 import faiss
@@ -79,6 +80,8 @@ class FaceEngineServer:
         self.sources: dict[str, PullSource] = {}
         self.running = False
         self._stopped = threading.Event()
+        self._relay_wake = threading.Event()
+        self._unsubscribe: Callable[[], None] | None = None
         lim = cfg.limits.max_message_bytes
         self.grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=cfg.server.max_workers, thread_name_prefix="grpc"),
@@ -157,6 +160,7 @@ class FaceEngineServer:
         if self.cfg.server.event_relay_s > 0:
             threading.Thread(target=self._relay_events, name="event-relay", daemon=True).start()
         threading.Thread(target=self._watch_storage, name="storage-health", daemon=True).start()
+        self._unsubscribe = self.store.subscribe_changes(self._on_store_change)  # PostgreSQL: pushed at once
         if self.cfg.server.metrics_port:
             try:
                 self.metrics.serve(self.cfg.server.metrics_port, self.cfg.server.host)
@@ -173,7 +177,11 @@ class FaceEngineServer:
         """Live subscribers of this process also see matches raised by other processes on the same
         store (several stateless engine processes behind one operator endpoint)."""
         mark = self.store.event_change_head()  # keyed by the store's change sequence, not by clocks
-        while not self._stopped.wait(self.cfg.server.event_relay_s) and self.running:
+        while not self._stopped.is_set() and self.running:
+            self._relay_wake.wait(self.cfg.server.event_relay_s)  # a poll tick, or a store notification
+            self._relay_wake.clear()
+            if self._stopped.is_set() or not self.running:
+                break
             try:
                 events, mark = self.store.event_changes_since(mark)
             except Exception:  # store closing or busy: try again next tick
@@ -204,6 +212,17 @@ class FaceEngineServer:
                 serving = not problem
                 self._set_health(serving)
 
+    def _on_store_change(self, what: str) -> None:
+        """A store notification (another process changed the gallery or wrote events): act now
+        rather than at the next poll. "reconnect" means notifications may have been missed."""
+        if what in ("gallery", "reconnect"):
+            try:
+                self.gallery.sync(force=True)
+            except Exception:  # the next search or poll catches up
+                log.debug("gallery sync after a store notification failed", exc_info=True)
+        if what in ("events", "reconnect"):
+            self._relay_wake.set()
+
     def stop(self, grace: float | None = None) -> None:
         """Stop taking calls, finish queued frames, flush events, close the store."""
         if self._stopped.is_set():
@@ -217,6 +236,9 @@ class FaceEngineServer:
         self.grpc.stop(grace).wait()
         self.retention.stop()
         self.auth.close()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        self._relay_wake.set()
         self.store.close()
         self._stopped.set()
         log.info("faceengine stopped")
