@@ -332,3 +332,23 @@ def test_two_engine_processes_share_gallery_and_live_matches(cfg: Config, analyz
     finally:
         b.stop(grace=1)
         a.stop(grace=1)
+
+
+def test_health_follows_a_postgres_restart(cfg: Config, analyzer, pg_server, pg_url: str) -> None:  # noqa: ANN001
+    """PostgreSQL restarted: health turns NOT_SERVING while it is down, SERVING once the engine has
+    reconnected, and calls work again."""
+    cfg = make_cfg(cfg)
+    cfg.store.url = pg_url
+    srv = FaceEngineServer(cfg, analyzer=analyzer).start()
+    try:
+        assert _health(srv.address) == health_pb2.HealthCheckResponse.SERVING
+        pg_server.stop("immediate")
+        try:
+            assert _wait(lambda: _health(srv.address) == health_pb2.HealthCheckResponse.NOT_SERVING, 10)
+        finally:
+            pg_server.start_again()
+        assert _wait(lambda: _health(srv.address) == health_pb2.HealthCheckResponse.SERVING, 15)
+        Client(srv.address).ensure_watchlist("after-restart")
+        assert [w.name for w in srv.store.list_watchlists()] == ["after-restart"]
+    finally:
+        srv.stop(grace=1)

@@ -166,8 +166,7 @@ class FaceEngineServer:
                 self.metrics.serve(self.cfg.server.metrics_port, self.cfg.server.host)
             except OSError as exc:
                 log.warning("metrics endpoint not started on port %s: %s", self.cfg.server.metrics_port, exc)
-        for s in ("", *[pb.DESCRIPTOR.services_by_name[n].full_name for n in SERVICES]):
-            self.health.set(s, health_pb2.HealthCheckResponse.SERVING)
+        self._set_health(True)
         log.info("faceengine serving on %s (detector=%s, embedder=%s, provider=%s, gallery=%d templates)",
                  self.address, self.analyzer.detector.name, self.analyzer.embedder.name,
                  self.analyzer.provider, len(self.gallery))
@@ -196,21 +195,24 @@ class FaceEngineServer:
             self.health.set(s, status)
 
     def _watch_storage(self) -> None:
-        """Health follows the store: NOT_SERVING while its writes fail for lack of space (a write
-        probe, rolled back, tells when there is room again), SERVING again without a restart."""
+        """Health follows the store: NOT_SERVING while it cannot serve (SQLite: writes fail for lack of
+        space, a rolled-back write probe tells when there is room again; PostgreSQL: the server does not
+        answer), SERVING again without a restart once it can; then catch up on what was missed."""
         serving = True
         while not self._stopped.wait(self.cfg.server.health_probe_s) and self.running:
             try:
-                problem = self.store.probe_write() if self.store.storage_error else ""
+                problem = self.store.health()
             except Exception as exc:  # noqa: BLE001 - store closing or busy: report it, look again
-                problem = str(exc)
+                problem = str(exc) or type(exc).__name__
             if serving and problem:
-                log.error("store writes are failing, health NOT_SERVING: %s", problem)
+                log.error("store %s cannot serve, health NOT_SERVING: %s", self.store.url, problem)
             elif not serving and not problem:
-                log.warning("store writes work again, health SERVING")
+                log.warning("store %s works again, health SERVING", self.store.url)
             if serving != (not problem) and self.running:
                 serving = not problem
                 self._set_health(serving)
+                if serving:
+                    self._on_store_change("reconnect")  # changes made meanwhile were not announced
 
     def _on_store_change(self, what: str) -> None:
         """A store notification (another process changed the gallery or wrote events): act now

@@ -169,8 +169,9 @@ class StoreLifecycle(Protocol):
     """Where the store lives, with any password redacted (for logs and error messages)."""
 
     def close(self) -> None: ...
-    def health(self) -> bool:
-        """True when the database answers a trivial query now (for health checks)."""
+    def health(self) -> str:
+        """'' while the store can serve; otherwise why not, for a person (disk full, server down).
+        Health checks turn NOT_SERVING on a reason and back to SERVING when it clears."""
         ...
     def repair(self) -> dict[str, int]:
         """Start-up consistency check; returns counts of what was fixed."""

@@ -113,6 +113,7 @@ class PostgresStore:
             raise StoreUnavailableError(f"invalid PostgreSQL URL {self.url}: {exc}") from exc
         self._pool = ConnectionPool(url, min_size=1, max_size=pool_size, timeout=30, open=True,
                                     kwargs={"connect_timeout": max(1, int(connect_timeout_s))},
+                                    check=ConnectionPool.check_connection,  # drop connections a restart broke
                                     name="faceengine-store")
         self._listeners: list[ChangeCallback] = []
         self._listen_lock = threading.Lock()
@@ -144,13 +145,13 @@ class PostgresStore:
             self._listen_thread.join(timeout=5)
         self._pool.close()
 
-    def health(self) -> bool:
+    def health(self) -> str:
         try:
             with self._pool.connection(timeout=2) as con:
                 con.execute("SELECT 1")
-            return True
-        except Exception:  # any failure to answer means "not serving"
-            return False
+            return ""
+        except Exception as exc:  # any failure to answer means "not serving"
+            return f"PostgreSQL store {self.url} does not answer: {str(exc).strip() or type(exc).__name__}"
 
     def _q(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._pool.connection() as con:

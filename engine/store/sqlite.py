@@ -151,12 +151,14 @@ class SQLiteStore:
         with self._lock:
             self._db.close()
 
-    def health(self) -> bool:
+    def health(self) -> str:
+        if self.storage_error:  # a rolled-back write probe tells when there is room again
+            return self.probe_write()
         try:
             self._q("SELECT 1")
-            return True
-        except sqlite3.Error:
-            return False
+            return ""
+        except sqlite3.Error as exc:
+            return f"store {self.path} does not answer: {exc}"
 
     def subscribe_changes(self, callback: ChangeCallback) -> Callable[[], None]:
         """SQLite has no push notification: callers keep polling, so this never calls back."""
