@@ -42,6 +42,7 @@ class Gallery:
         self.sync_interval_s = sync_interval_s
         self._lock = threading.RLock()
         self._labels: dict[int, tuple[str, str, str]] = {}
+        self._by_person: dict[tuple[str, str], set[int]] = {}  # template ids of each indexed person
         self._version = -1
         self._checked = 0.0
         self.rebuilds = 0  # full rebuilds from the store (start-up, or a replica too far behind)
@@ -64,7 +65,9 @@ class Gallery:
                     raise InvalidArgumentError(f"stored templates are {vecs.shape[1]}-d, embedder is {self.dim}-d")
                 index.add(ids, vecs)
             self.index = index
-            self._labels = {int(i): lab for i, lab in zip(ids.tolist(), labels, strict=True)}
+            self._labels = {}
+            self._by_person = {}
+            self._add_labels(ids.tolist(), labels)
             self._version = version
             self._checked = time.monotonic()
             self.rebuilds += 1
@@ -90,19 +93,32 @@ class Gallery:
 
     def _apply(self, delta: GalleryDelta) -> None:
         """Drop every vector of the changed persons, then add their current templates (idempotent)."""
-        changed = set(delta.persons)
-        drop = [i for i, (w, p, _) in self._labels.items() if (w, p) in changed]
+        drop = [i for key in delta.persons for i in self._by_person.get(key, ())]
         if drop:
             self.index.remove(np.asarray(drop, np.int64))
-            for i in drop:
-                del self._labels[i]
+            self._drop_labels(drop)
         if len(delta.ids):
             if delta.vectors.shape[1] != self.dim:
                 raise InvalidArgumentError(f"stored templates are {delta.vectors.shape[1]}-d, embedder is {self.dim}-d")
             self.index.add(delta.ids, delta.vectors)
-            self._labels.update({int(i): lab for i, lab in zip(delta.ids.tolist(), delta.labels, strict=True)})
+            self._add_labels(delta.ids.tolist(), delta.labels)
         self._version = delta.version
         self.deltas += 1
+
+    def _add_labels(self, ids: list[int], labels: list[tuple[str, str, str]]) -> None:
+        for i, lab in zip(ids, labels, strict=True):
+            self._labels[int(i)] = lab
+            self._by_person.setdefault((lab[0], lab[1]), set()).add(int(i))
+
+    def _drop_labels(self, ids: list[int]) -> None:
+        for i in ids:
+            lab = self._labels.pop(int(i), None)
+            if lab is not None:
+                held = self._by_person.get((lab[0], lab[1]))
+                if held is not None:
+                    held.discard(int(i))
+                    if not held:
+                        del self._by_person[(lab[0], lab[1])]
 
     def _note_own_change(self) -> None:
         # our change moved the version by one; if it moved by more, someone else wrote too
@@ -145,15 +161,12 @@ class Gallery:
                                            emb, self.model, replace)
             if old:
                 self.index.remove(np.asarray(old, np.int64))
-                for i in old:
-                    self._labels.pop(i, None)
+                self._drop_labels(old)
             self.index.add(np.asarray(ids, np.int64), emb)
-            for i in ids:
-                self._labels[i] = (watchlist, person_id, display_name)
+            self._add_labels(ids, [(watchlist, person_id, display_name)] * len(ids))
             if display_name:  # older templates carry the new name too
-                for i, (w, p, _) in list(self._labels.items()):
-                    if w == watchlist and p == person_id:
-                        self._labels[i] = (w, p, display_name)
+                for i in self._by_person.get((watchlist, person_id), ()):
+                    self._labels[i] = (watchlist, person_id, display_name)
             self._note_own_change()
             return self.store.get_person(watchlist, person_id)
 
@@ -163,8 +176,7 @@ class Gallery:
             ids = self.store.remove_person(watchlist, person_id)
             if ids:
                 self.index.remove(np.asarray(ids, np.int64))
-            for i in ids:
-                self._labels.pop(i, None)
+            self._drop_labels(ids)
             self._note_own_change()
             return len(ids)
 
