@@ -18,6 +18,20 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def sqlite_path(url_or_path: str) -> str | None:
+    """The SQLite file a store target names (a plain path, sqlite:///FILE, file://FILE), else None."""
+    target = str(url_or_path)
+    scheme = urlsplit(target).scheme.lower() if "://" in target else ""
+    if scheme == "":
+        return target
+    if scheme not in ("sqlite", "file"):
+        return None
+    path = target.split("://", 1)[1]
+    if scheme == "sqlite" and path.startswith("/") and not path.startswith("//"):
+        path = path[1:] or ":memory:"  # sqlite:///relative.db, sqlite:////abs/path.db (SQLAlchemy style)
+    return path
+
+
 def open_store(url_or_path: str) -> Store:
     """Open (and migrate) the store at a plain file path or `sqlite:///path` (SQLite, the embedded
     default) or `postgresql://user:pass@host:port/db` (PostgreSQL, shared by several machines)."""
@@ -29,12 +43,10 @@ def open_store(url_or_path: str) -> Store:
         except ImportError as exc:
             raise ConfigError(f"store {redact(target)} needs psycopg 3: pip install 'faceengine[postgres]'") from exc
         return PostgresStore(target)
-    if scheme in ("", "sqlite", "file"):
+    path = sqlite_path(target)
+    if path is not None:
         from engine.store.sqlite import SQLiteStore
 
-        path = target.split("://", 1)[1] if scheme else target
-        if scheme == "sqlite" and path.startswith("/") and not path.startswith("//"):
-            path = path[1:] or ":memory:"  # sqlite:///relative.db, sqlite:////abs/path.db (SQLAlchemy style)
         return SQLiteStore(path)
     raise ConfigError(f"store {redact(target)}: unknown scheme {scheme!r} (use a file path, sqlite:///FILE or "
                       "postgresql://USER@HOST/DB)")

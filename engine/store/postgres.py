@@ -34,6 +34,7 @@ from engine.errors import (
 )
 from engine.store import redact
 from engine.store.base import ChangeCallback, EventQuery, GalleryDelta, MatchEvent, Person, Watchlist
+from engine.store.integrity import templates_from_rows as _templates
 
 log = logging.getLogger(__name__)
 
@@ -554,14 +555,6 @@ def _event(r: tuple[Any, ...]) -> MatchEvent:
 
 def _person(r: tuple[Any, ...]) -> Person:
     return Person(r[0], r[1], r[2], json.loads(r[3]), int(r[4]), r[5], r[6])
-
-
-def _templates(rows: list[tuple[Any, ...]]) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str, str]]]:
-    if not rows:
-        return np.zeros((0,), np.int64), np.zeros((0, 0), np.float32), []
-    ids = np.array([r[0] for r in rows], np.int64)
-    vecs = np.stack([np.frombuffer(bytes(r[1]), np.float32, count=r[2]) for r in rows])
-    return ids, vecs, [(r[3], r[4], r[5]) for r in rows]
 
 
 class _PgTx:

@@ -31,7 +31,7 @@ from engine.errors import (
     StoreSchemaError,
 )
 from engine.store.base import ChangeCallback, EventQuery, GalleryDelta, MatchEvent, Person, Watchlist
-from engine.store.integrity import template_problem
+from engine.store.integrity import templates_from_rows as _templates
 
 log = logging.getLogger(__name__)
 
@@ -513,23 +513,6 @@ _EVENT_COLS = ("event_id, camera_id, ts, watchlist, person_id, display_name, sco
 def _event(r: tuple[Any, ...]) -> MatchEvent:
     return MatchEvent(r[0], r[1], r[2], r[3], r[4], r[5], r[6], tuple(json.loads(r[7])), r[8], r[9],
                       r[10] or b"", r[11], r[12])
-
-
-def _templates(rows: list[tuple[Any, ...]]) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str, str]]]:
-    """(id, embedding bytes, dim, watchlist, person, name) rows -> ids, (N, D) vectors, labels."""
-    good = []
-    for r in rows:  # a damaged template is named and skipped, never indexed as a zero/NaN vector
-        problem = template_problem(r[1], r[2])
-        if problem:
-            log.warning("template %d of %s/%s skipped: %s; re-enrol this person (`faceengine store check` "
-                        "lists every damaged template)", r[0], r[3], r[4], problem)
-        else:
-            good.append(r)
-    if not good:
-        return np.zeros((0,), np.int64), np.zeros((0, 0), np.float32), []
-    ids = np.array([r[0] for r in good], np.int64)
-    vecs = np.stack([np.frombuffer(r[1], np.float32, count=r[2]) for r in good])
-    return ids, vecs, [(r[3], r[4], r[5]) for r in good]
 
 
 def _person(r: tuple[Any, ...]) -> Person:
