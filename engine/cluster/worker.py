@@ -69,6 +69,10 @@ class CameraWorker:
         self.metrics = EngineMetrics()
         self.engine = Engine(cfg, self.analyzer, self.gallery, self.store, self.metrics)
         self.engine.start()
+        # PostgreSQL pushes gallery changes (LISTEN/NOTIFY): enrolments reach this worker's FAISS replica
+        # at once rather than at its next poll; SQLite never calls back and the poll stays
+        self._unsubscribe = self.store.subscribe_changes(
+            lambda what: self.gallery.sync(force=True) if what in ("gallery", "reconnect") else None)
         self.sources: dict[str, Any] = {}
         self._lock = threading.Lock()
         self.started = time.time()
@@ -185,6 +189,7 @@ class CameraWorker:
         for cid in list(self.sources):
             self.stop_camera(cid)
         self.engine.stop(drain_s=2.0)
+        self._unsubscribe()
         self.store.close()
 
 
