@@ -64,7 +64,7 @@ from engine.client import Client  # noqa: E402
 from engine.config import Config  # noqa: E402
 from engine.gallery.gallery import Gallery  # noqa: E402
 from engine.metrics import EngineMetrics  # noqa: E402
-from engine.store.sqlite import SQLiteStore  # noqa: E402
+from engine.store.base import Store  # noqa: E402
 from engine.video.pipeline import Engine, FrameJob, FrameOutcome  # noqa: E402
 from engine.video.quality import face_quality  # noqa: E402
 from engine.vision.analyzer import FaceAnalyzer  # noqa: E402
@@ -165,7 +165,7 @@ def _stage_sums(metrics: EngineMetrics) -> dict[str, float]:
     return out
 
 
-def engine_pass(cfg: Config, analyzer: FaceAnalyzer, gallery: Gallery, store: SQLiteStore,
+def engine_pass(cfg: Config, analyzer: FaceAnalyzer, gallery: Gallery, store: Store,
                 frames: Sequence[np.ndarray], fps: float, cameras: int, window: int,
                 paced: bool = False, decode_from: str | None = None) -> PassResult:
     """Feed `cameras` simulated cameras into a fresh in-process Engine; `window` frames in flight each.
@@ -275,7 +275,7 @@ def grpc_pass(cfg: Config, analyzer: FaceAnalyzer, frames: Sequence[np.ndarray],
 
 
 # ---- engine stages vs the bare models ---------------------------------------------------------------
-def stage_pass(cfg: Config, analyzer: FaceAnalyzer, gallery: Gallery, store: SQLiteStore,
+def stage_pass(cfg: Config, analyzer: FaceAnalyzer, gallery: Gallery, store: Store,
                frames: Sequence[np.ndarray], fps: float, payloads: Sequence[bytes]) -> dict[str, float]:
     """Engine stage cost vs onnxruntime alone, back to back on the same frames (no concurrency).
 

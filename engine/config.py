@@ -108,7 +108,13 @@ class GalleryConfig(Section):
 
 class StoreConfig(Section):
     path: str = Field(default_factory=lambda: str(Path(default_data_dir()) / "faceengine.db"), min_length=1,
-                      description="SQLite database file for watchlists, events and audit.")
+                      description="SQLite database file for watchlists, events and audit (used when url is empty).")
+    url: str = Field("", description="Store URL: postgresql://USER:PASS@HOST:PORT/DB (shared by several engines) "
+                     "or sqlite:///FILE; empty = the SQLite file at path.")
+
+    def target(self) -> str:
+        """What `engine.store.open_store` opens: the URL if set, else the SQLite file."""
+        return self.url or self.path
 
 
 class LimitsConfig(Section):
@@ -189,7 +195,8 @@ class ServerConfig(Section):
         48, "Most concurrent ingest streams (all streams stay reserved_workers below max_workers); beyond: "
         "RESOURCE_EXHAUSTED.", ge=1, le=4096)
     shutdown_grace_s: float = _f(5.0, "Seconds given to in-flight calls on shutdown.", ge=0.0, le=3600.0)
-    event_relay_s: float = _f(1.0, "Poll the store this often for events other processes wrote (0 = off).",
+    event_relay_s: float = _f(1.0, "Poll the store this often for events other processes wrote (0 = off; "
+                              "PostgreSQL also pushes them at once with LISTEN/NOTIFY).",
                               ge=0.0, le=3600.0)
     reserved_workers: int = _f(
         8, "Threads never given to long-lived streams (ingest + subscriptions): kept for health and unary calls.",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -56,3 +58,34 @@ def scrfd_analyzer(model_dir: Path):  # noqa: ANN201
     c.models.detector = "scrfd_2.5g"
     c.detector.score_threshold = 0.5
     return FaceAnalyzer.from_config(c)
+
+
+@pytest.fixture(scope="session")
+def pg_server():  # noqa: ANN201
+    """A real PostgreSQL for the whole session (skips, with the reason, where it cannot start)."""
+    from tests.pg import start_server
+
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip("psycopg not installed: pip install -e '.[postgres]'")
+    try:
+        server = start_server()
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        pytest.skip(f"cannot start PostgreSQL: {exc}")
+    yield server
+    server.cleanup()
+
+
+_pg_dbs = itertools.count()
+
+
+@pytest.fixture()
+def pg_url(pg_server) -> str:  # noqa: ANN001
+    """URL of a fresh, empty database on the session's PostgreSQL server."""
+    import psycopg
+
+    name = f"fe_test_{next(_pg_dbs)}"
+    with psycopg.connect(pg_server.url(), autocommit=True) as con:
+        con.execute(f"CREATE DATABASE {name}")
+    return pg_server.url(name)

@@ -290,10 +290,16 @@ def test_unreachable_rtsp_camera_reports_and_retries(server: FaceEngineServer) -
     assert _health(server.address) == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_two_engine_processes_share_gallery_and_live_matches(cfg: Config, analyzer) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_two_engine_processes_share_gallery_and_live_matches(cfg: Config, analyzer, backend: str,  # noqa: ANN001
+                                                             request: pytest.FixtureRequest) -> None:
     """Scale-out: two servers on one store. A person enrolled through A is matched by B, and A's live
-    subscribers receive B's match (relayed from the shared event store)."""
+    subscribers receive B's match (relayed from the shared event store). On PostgreSQL both arrive by
+    LISTEN/NOTIFY: B's gallery has the person within 1 s and the relay's poll is switched off."""
     cfg = make_cfg(cfg)
+    if backend == "postgresql":
+        cfg.store.url = request.getfixturevalue("pg_url")
+        cfg.server.event_relay_s = 600.0  # polling would be far too late: only the notification can relay
     a = FaceEngineServer(cfg, analyzer=analyzer).start()
     b = FaceEngineServer(cfg, analyzer=analyzer).start()
     try:
@@ -315,7 +321,10 @@ def test_two_engine_processes_share_gallery_and_live_matches(cfg: Config, analyz
         t = threading.Thread(target=follow, daemon=True)
         t.start()
         assert _wait(lambda: len(a.engine.bus) > 0, 10)  # A has registered the subscription
-        time.sleep(1.2)  # B's gallery picks up A's enrolment (version check, at most every second)
+        if backend == "postgresql":
+            assert _wait(lambda: len(b.gallery) == 1, 1.0)  # pushed to B, not polled
+        else:
+            time.sleep(1.2)  # B's gallery picks up A's enrolment (version check, at most every second)
         results = list(cb.stream(_frames("b-cam", 4, _scene(), gap=0.05)))
         assert {f.match.person_id for r in results for f in r.faces if f.HasField("match")} == {"obama"}
         t.join(timeout=10)
@@ -323,3 +332,24 @@ def test_two_engine_processes_share_gallery_and_live_matches(cfg: Config, analyz
     finally:
         b.stop(grace=1)
         a.stop(grace=1)
+
+
+def test_health_follows_a_postgres_restart(cfg: Config, analyzer, pg_server, pg_url: str) -> None:  # noqa: ANN001
+    """PostgreSQL restarted: health turns NOT_SERVING while it is down, SERVING once the engine has
+    reconnected, and calls work again."""
+    cfg = make_cfg(cfg)
+    cfg.store.url = pg_url
+    srv = FaceEngineServer(cfg, analyzer=analyzer).start()
+    try:
+        assert _health(srv.address) == health_pb2.HealthCheckResponse.SERVING
+        pg_server.checkpoint()  # quick crash recovery on a busy machine
+        pg_server.stop("immediate")
+        try:
+            assert _wait(lambda: _health(srv.address) == health_pb2.HealthCheckResponse.NOT_SERVING, 10)
+        finally:
+            pg_server.start_again()
+        assert _wait(lambda: _health(srv.address) == health_pb2.HealthCheckResponse.SERVING, 60)
+        Client(srv.address).ensure_watchlist("after-restart")
+        assert [w.name for w in srv.store.list_watchlists()] == ["after-restart"]
+    finally:
+        srv.stop(grace=1)

@@ -20,7 +20,7 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--embedder", help="embedder model name (mobilefacenet, sface, w600k_r50, ...)")
     g.add_argument("--provider", help="onnxruntime provider: cpu, cuda, tensorrt, auto")
     g.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
-    g.add_argument("--db", help="SQLite store file (watchlists, events, audit)")
+    g.add_argument("--db", help="store: a SQLite file, sqlite:///FILE or postgresql://... (sets store.url)")
     g.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
 
 
@@ -29,7 +29,7 @@ def load_config(args: argparse.Namespace) -> Config:
     for attr, sec, key in (("model_dir", "models", "dir"), ("mirror", "models", "mirror"),
                            ("detector", "models", "detector"), ("embedder", "models", "embedder"),
                            ("provider", "runtime", "provider"), ("threads", "runtime", "intra_op_threads"),
-                           ("db", "store", "path")):
+                           ("db", "store", "url")):
         val = getattr(args, attr, None)
         if val is not None:
             cfg.update({sec: {key: val}}, source=flag_source(attr))

@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("identify", help="detect and identify faces in an image or video (no server)")
     add_config_args(i)
     i.add_argument("input", help="image or video file")
-    i.add_argument("--gallery", help="SQLite gallery file (default: store.path)")
+    i.add_argument("--gallery", help="gallery store file or URL (default: store.url, else store.path)")
     i.add_argument("--json", action="store_true", help="one JSON object a line (a line per frame with faces)")
     i.add_argument("--every", type=int, default=1, help="process every Nth video frame")
     i.add_argument("--quiet", action="store_true", help="no progress on stderr")

@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -39,7 +39,7 @@ from engine.config import AuthConfig
 from engine.errors import AuditUnavailableError, FaceEngineError, InvalidArgumentError
 from engine.service.convert import unary
 from engine.service.proto import pb, rpc
-from engine.store.sqlite import SQLiteStore
+from engine.store.base import AuditStore, TokenStore
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_token(store: SQLiteStore, name: str, role: str) -> tuple[str, float]:
+def create_token(store: TokenStore, name: str, role: str) -> tuple[str, float]:
     """Make and store a new token; returns (the token, shown once, creation time)."""
     if role not in ROLES:
         raise InvalidArgumentError(f"role {role!r} unknown; use one of {', '.join(ROLES)}")
@@ -178,13 +178,17 @@ def add_audit_detail(text: str) -> None:
 
 
 # ---- interceptor -------------------------------------------------------------------------------
+class _AuthStore(AuditStore, TokenStore, Protocol):
+    """The two store roles the auth layer uses: tokens to check callers, audit to record calls."""
+
+
 class AuthInterceptor(grpc.ServerInterceptor):
     """Authenticates, authorises (METHOD_ROLES) and audits (AUDITED) every call.
 
     The checks run inside the wrapped handler, on the call's worker thread, so a slow store never
     stalls the server's dispatch loop (and health checks)."""
 
-    def __init__(self, store: SQLiteStore, cfg: AuthConfig | None = None, enabled: bool | None = None) -> None:
+    def __init__(self, store: _AuthStore, cfg: AuthConfig | None = None, enabled: bool | None = None) -> None:
         self.store = store
         self.cfg = cfg or AuthConfig()
         self.enabled = self.cfg.enabled if enabled is None else enabled
@@ -503,7 +507,7 @@ def _token_info(d: dict[str, Any]) -> pb.TokenInfo:
 class AdminServicer(rpc.AdminServicer):
     """Audit log queries and token management (role admin; see METHOD_ROLES)."""
 
-    def __init__(self, store: SQLiteStore) -> None:
+    def __init__(self, store: _AuthStore) -> None:
         self.store = store
 
     @unary

@@ -328,7 +328,7 @@ class WatchlistsServicer(rpc.WatchlistsServicer):
             raise InvalidArgumentError(f"{len(request.images)} images: at most "
                                        f"{srv.cfg.limits.max_images_per_enrollment} per enrolment")
         validate.person(request.person_id, request.display_name, request.metadata, srv.cfg.limits)
-        srv.gallery.store.get_watchlist(request.watchlist)  # NOT_FOUND before any model work
+        srv.store.get_watchlist(request.watchlist)  # NOT_FOUND before any model work
         embs, photo = [], b""
         for i, img in enumerate(request.images):
             what = f"image {i + 1} of {len(request.images)}"
@@ -375,11 +375,10 @@ class WatchlistsServicer(rpc.WatchlistsServicer):
             n = srv.gallery.remove_person(request.watchlist, request.person_id)  # templates, person, vectors
         except NotFoundError:
             if erase:  # a retry after a crash between the two steps still erases the events
-                srv.store.delete_person_events(request.watchlist, request.person_id)
+                srv.store.erase_person_events(request.watchlist, request.person_id)
             raise
         srv.engine.forget_person(request.watchlist, request.person_id)
-        erased = srv.store.delete_person_events(request.watchlist, request.person_id) if erase else 0
-        srv.store.checkpoint()  # no copy of the erased rows stays behind in the WAL
+        erased = srv.store.erase_person_events(request.watchlist, request.person_id) if erase else 0
         add_audit_detail(f"templates={n} events_erased={erased}")
         return pb.RemovePersonResponse(templates_removed=n)
 
@@ -446,7 +445,7 @@ class MatchesServicer(rpc.MatchesServicer):
         if request.top_k > 100:
             raise InvalidArgumentError("top_k must be at most 100")
         for w in request.watchlists:
-            srv.gallery.store.get_watchlist(w)
+            srv.store.get_watchlist(w)
         det, emb = srv.analyzer.largest_face(image_from_proto(request.image, srv.cfg.limits))
         thr = srv.cfg.gallery.match_threshold
         hits = srv.gallery.search(emb, request.top_k or srv.cfg.gallery.top_k,
