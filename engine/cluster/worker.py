@@ -178,9 +178,14 @@ class CameraWorker:
         except ImportError:  # plain use without Ray
             pass
         return {"node_id": node, "worker_id": self.worker_id, "pid": os.getpid(), "host": socket.gethostname(),
-                "rss": rss_bytes(),
+                "rss": rss_bytes(), "gallery_templates": self._gallery_size(),
                 "cameras": [c.camera_id for c in self.engine.cameras()], "provider": _provider(self.analyzer),
                 "uptime_s": time.time() - self.started}
+
+    def _gallery_size(self) -> int:
+        """Templates in this worker's gallery replica, after catching up with the store."""
+        self.gallery.sync(force=True)
+        return len(self.gallery)
 
     def ping(self) -> bool:
         return True
