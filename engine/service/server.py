@@ -218,6 +218,7 @@ class FaceEngineServer:
         self.grpc.stop(grace).wait()
         self.retention.stop()
         self.auth.close()
+        self.metrics.close()
         self.store.close()
         self._stopped.set()
         log.info("faceengine stopped")
