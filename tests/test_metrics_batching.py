@@ -132,7 +132,8 @@ def test_batched_detection_across_cameras_end_to_end(cfg: Config, analyzer, clip
     batches = metric(samples, "faceengine_batch_frames_count")
     batched_frames = metric(samples, "faceengine_batch_frames_sum")
     assert batched_frames == len(CAMERAS) * N_FRAMES
-    assert batched_frames / batches > 1.5, (batched_frames, batches)  # frames really were detected together
+    # frames really were detected together (observed: 30 frames in 8-9 batches; batch_size=1 gives 30 in 30)
+    assert batched_frames / batches > 2.5, (batched_frames, batches)
     assert metric(samples, "faceengine_batch_frames_bucket", le="1.0") < batches  # some batches of 2 or more
 
     for cam in CAMERAS:
