@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import urllib.error
 
 import cv2
@@ -113,7 +114,8 @@ def test_batched_detection_across_cameras_end_to_end(cfg: Config, analyzer, clip
             def send(cam: str) -> None:
                 try:
                     go.wait(10)
-                    frames = (pb.Frame(camera_id=cam, sequence=i + 1, capture_time=1000.0 + i / 25, encoded=j)
+                    t0 = time.time()
+                    frames = (pb.Frame(camera_id=cam, sequence=i + 1, capture_time=t0 + i / 25, encoded=j)
                               for i, j in enumerate(clip_jpegs))
                     results[cam] = list(c.stream(frames))
                 except BaseException as exc:  # noqa: BLE001 - reported to the test thread
@@ -128,6 +130,7 @@ def test_batched_detection_across_cameras_end_to_end(cfg: Config, analyzer, clip
         samples = scrape(port)
     finally:
         srv.stop(grace=1)
+    assert all(not r.HasField("error") for res in results.values() for r in res), results
 
     batches = metric(samples, "faceengine_batch_frames_count")
     batched_frames = metric(samples, "faceengine_batch_frames_sum")
