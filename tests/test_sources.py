@@ -178,7 +178,7 @@ def test_http_mjpeg_camera_is_recognised_and_a_missing_stream_reported(server: F
     c.cameras.AddCamera(pb.AddCameraRequest(camera_id="http-cam", uri=f"{mjpeg_base}/cam.mjpg",
                                             options={"timeout_s": "10", "backoff_s": "0.5"}))
     c.cameras.AddCamera(pb.AddCameraRequest(camera_id="http-404", uri=f"{mjpeg_base}/nope.mjpg",
-                                            options={"timeout_s": "5", "backoff_s": "0.2"}))
+                                            options={"timeout_s": "5", "backoff_s": "0.5"}))
     assert wait_for(lambda: any(e.person_id == "singer" for e in _matches(c, "http-cam")), 60), _camera(c, "http-cam")
     cam = _camera(c, "http-cam")
     assert cam.kind == "pull" and cam.state == "running" and cam.frames_processed >= 1 and not cam.last_error, cam
