@@ -1,9 +1,9 @@
-"""Shared fixtures: real models fetched (hash-checked) from ../shared/models, real media from ../shared/testdata."""
+"""Shared fixtures: real models fetched (hash-checked) from the shared model mirror, real media from the shared
+testdata (both found by tests/shared_data.py)."""
 
 from __future__ import annotations
 
 import itertools
-import os
 import subprocess
 from pathlib import Path
 
@@ -11,16 +11,17 @@ import pytest
 
 from engine.config import Config
 from engine.models.registry import ModelRegistry
+from tests.shared_data import IMAGES, LFW, MIRROR, ROOT, SHARED, TESTDATA, VIDEOS, missing_shared_data
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("FACEENGINE_SHARED", ROOT.parent / "shared"))
-MIRROR = SHARED / "models"
-TESTDATA = SHARED / "testdata"
-IMAGES = TESTDATA / "images"
-VIDEOS = TESTDATA / "videos"
+__all__ = ["IMAGES", "LFW", "MIRROR", "ROOT", "SHARED", "TESTDATA", "VIDEOS"]
 
-if not MIRROR.is_dir():  # pragma: no cover
-    raise RuntimeError(f"test models not found at {MIRROR}; set FACEENGINE_SHARED to the shared folder")
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Stop at once, saying what is missing and how to fix it, when the shared models/media are absent
+    (an error, not a skip: a run that tested nothing must not look green)."""
+    problem = missing_shared_data()
+    if problem:
+        pytest.exit(problem, returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 @pytest.fixture(scope="session")

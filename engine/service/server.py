@@ -241,6 +241,7 @@ class FaceEngineServer:
         if self._unsubscribe is not None:
             self._unsubscribe()
         self._relay_wake.set()
+        self.metrics.close()
         self.store.close()
         self._stopped.set()
         log.info("faceengine stopped")
