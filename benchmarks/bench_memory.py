@@ -19,7 +19,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import tempfile
@@ -59,7 +58,7 @@ def run(video: str | Path = DEFAULT_VIDEO, cameras: int = 4, duration_s: float =
         base_cfg: Config | None = None) -> dict[str, Any]:
     """Soak the engine; writes `<out>.json` and `<out>.png` unless `out` is None. Returns the summary."""
     db = str(Path(tempfile.mkdtemp(prefix="fe-mem-")) / "bench.db")
-    cfg = (dataclasses.replace(base_cfg, store=dataclasses.replace(base_cfg.store, path=db))
+    cfg = (base_cfg.with_overrides({"store": {"path": db}}, source="bench_memory")
            if base_cfg is not None else bench_config(model_dir, db))
     analyzer = FaceAnalyzer.from_config(cfg)
     store, gallery = open_gallery(cfg, analyzer)
@@ -120,7 +119,7 @@ def run(video: str | Path = DEFAULT_VIDEO, cameras: int = 4, duration_s: float =
     summary = _summarise(samples, cams, received[0], len(persons), metrics)
     summary["meta"] = {"video": str(video), "cameras": cameras, "duration_s": duration_s, "warmup_s": warmup_s,
                        "interval_s": interval_s, "machine": machine(),
-                       "pipeline": dataclasses.asdict(cfg.pipeline)}
+                       "pipeline": cfg.pipeline.model_dump()}
     print(f"RSS {summary['rss_first_mb']:.1f} -> {summary['rss_last_mb']:.1f} MB after warm-up: growth "
           f"{summary['growth_pct']:+.2f} % (target < {TARGET_GROWTH_PCT} %), slope {summary['slope_mb_per_min']:+.3f} "
           f"MB/min (without queued frames {summary['growth_excl_queued_pct']:+.2f} %, "

@@ -19,7 +19,7 @@ one round and the median over rounds reported):
           latency is client send to FrameResult received.
 
 Identities: the set of person ids matched over the run by the naive loop and by the engine.
-Stages: the engine's per-stage histograms (EngineMetrics) against onnxruntime `session.run`
+Stages: the engine's per-stage histograms (EngineMetrics) against the model runner's `run`
 alone on the same preprocessed inputs: what the engine adds around the models.
 
 Usage:
@@ -64,7 +64,7 @@ from engine.client import Client  # noqa: E402
 from engine.config import Config  # noqa: E402
 from engine.gallery.gallery import Gallery  # noqa: E402
 from engine.metrics import EngineMetrics  # noqa: E402
-from engine.store.sqlite import SQLiteStore  # noqa: E402
+from engine.store.base import Store  # noqa: E402
 from engine.video.pipeline import Engine, FrameJob, FrameOutcome  # noqa: E402
 from engine.video.quality import face_quality  # noqa: E402
 from engine.vision.analyzer import FaceAnalyzer  # noqa: E402
@@ -165,7 +165,7 @@ def _stage_sums(metrics: EngineMetrics) -> dict[str, float]:
     return out
 
 
-def engine_pass(cfg: Config, analyzer: FaceAnalyzer, gallery: Gallery, store: SQLiteStore,
+def engine_pass(cfg: Config, analyzer: FaceAnalyzer, gallery: Gallery, store: Store,
                 frames: Sequence[np.ndarray], fps: float, cameras: int, window: int,
                 paced: bool = False, decode_from: str | None = None) -> PassResult:
     """Feed `cameras` simulated cameras into a fresh in-process Engine; `window` frames in flight each.
@@ -244,9 +244,8 @@ def grpc_pass(cfg: Config, analyzer: FaceAnalyzer, frames: Sequence[np.ndarray],
     """Stream the frames over loopback gRPC, one stream per camera: JPEG payloads, or raw BGR if None."""
     from engine.service.server import FaceEngineServer
 
-    cfg = dataclasses.replace(cfg)
-    cfg.server = dataclasses.replace(cfg.server, host="127.0.0.1", port=0, metrics_port=0, shutdown_grace_s=1.0)
-    cfg.auth = dataclasses.replace(cfg.auth, enabled=False)
+    cfg = cfg.with_overrides({"server": {"host": "127.0.0.1", "port": 0, "metrics_port": 0, "shutdown_grace_s": 1.0},
+                              "auth": {"enabled": False}}, source="bench gRPC pass")
     srv = FaceEngineServer(cfg, analyzer=analyzer).start()
     client = Client(srv.address, token="")
     client.wait_ready(30)
@@ -276,7 +275,7 @@ def grpc_pass(cfg: Config, analyzer: FaceAnalyzer, frames: Sequence[np.ndarray],
 
 
 # ---- engine stages vs the bare models ---------------------------------------------------------------
-def stage_pass(cfg: Config, analyzer: FaceAnalyzer, gallery: Gallery, store: SQLiteStore,
+def stage_pass(cfg: Config, analyzer: FaceAnalyzer, gallery: Gallery, store: Store,
                frames: Sequence[np.ndarray], fps: float, payloads: Sequence[bytes]) -> dict[str, float]:
     """Engine stage cost vs onnxruntime alone, back to back on the same frames (no concurrency).
 
@@ -300,11 +299,13 @@ def stage_pass(cfg: Config, analyzer: FaceAnalyzer, gallery: Gallery, store: SQL
     tw, th = det.target_size(w, h)  # type: ignore[attr-defined]
     buf = np.empty((1, 3, th, tw), np.float32)
     pre = run_s = 0.0
+    graph_pre = getattr(det, "graph_letterbox", False)  # pre-processing inside the graph: time it with the model
     for frame in frames:
         t0 = time.perf_counter()
-        det.preprocess(frame, (tw, th), buf[0])  # type: ignore[attr-defined]
+        if not graph_pre:
+            det.preprocess(frame, (tw, th), buf[0])  # type: ignore[attr-defined]
         t1 = time.perf_counter()
-        det.session.run(buf)  # type: ignore[attr-defined]
+        det.runner.run(frame[None] if graph_pre else buf)
         pre, run_s = pre + t1 - t0, run_s + time.perf_counter() - t1
     out["detector_preprocess_ms_per_frame"] = pre / n * 1000
     out["raw_detector_ms_per_frame"] = run_s / n * 1000
@@ -317,7 +318,7 @@ def stage_pass(cfg: Config, analyzer: FaceAnalyzer, gallery: Gallery, store: SQL
             blobs = [emb._blob(np.stack(crops[i : i + b])) for i in range(0, len(crops) - b + 1, b)]
             t0 = time.perf_counter()
             for blob in blobs:
-                emb.session.run(blob)
+                emb.runner.run(blob)
             out[f"raw_embedder_ms_per_face_b{b}"] = (time.perf_counter() - t0) / (len(blobs) * b) * 1000
         out["embed_overhead_ratio"] = out["engine_embed_ms_per_face"] / out[f"raw_embedder_ms_per_face_b{per_call}"]
     if payloads:
@@ -344,8 +345,7 @@ def run(video: str | Path = DEFAULT_VIDEO, cameras: int = 4, rounds: int = 3, wi
     the store is always a throwaway database."""
     db = str(Path(tempfile.mkdtemp(prefix="fe-bench-")) / "bench.db")
     if base_cfg is not None:
-        cfg = dataclasses.replace(base_cfg, store=dataclasses.replace(base_cfg.store, path=db),
-                                  server=dataclasses.replace(base_cfg.server, metrics_port=0))
+        cfg = base_cfg.with_overrides({"store": {"path": db}, "server": {"metrics_port": 0}}, source="bench")
     else:
         cfg = bench_config(model_dir, db, config_file)
     frames, fps = load_frames(video, max_frames)
@@ -354,8 +354,7 @@ def run(video: str | Path = DEFAULT_VIDEO, cameras: int = 4, rounds: int = 3, wi
     analyzer = FaceAnalyzer.from_config(cfg)
     lib_analyzer = analyzer
     if baselines:  # how libraries run onnxruntime: a (spinning) thread per core for every call
-        lib_cfg = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime,
-                                                                        intra_op_threads=os.cpu_count() or 1))
+        lib_cfg = cfg.with_overrides({"runtime": {"intra_op_threads": os.cpu_count() or 1}}, source="bench baselines")
         lib_analyzer = FaceAnalyzer.from_config(lib_cfg)
     store, gallery = open_gallery(cfg, analyzer)
     persons = enroll_from_frames(analyzer, gallery, cfg, frames)
@@ -415,9 +414,9 @@ def run(video: str | Path = DEFAULT_VIDEO, cameras: int = 4, rounds: int = 3, wi
                         "p99_latency_ms": percentile(paced.latencies_ms, 99), "errors": paced.errors}
     summary["meta"] = {"video": str(video), "frames": len(frames), "size": [w, h], "video_fps": fps,
                        "persons_enrolled": len(persons), "rounds": rounds, "window": window,
-                       "machine": machine(), "config": {"pipeline": dataclasses.asdict(cfg.pipeline),
-                                                        "runtime": dataclasses.asdict(cfg.runtime),
-                                                        "detector": dataclasses.asdict(cfg.detector),
+                       "machine": machine(), "config": {"pipeline": cfg.pipeline.model_dump(),
+                                                        "runtime": cfg.runtime.model_dump(),
+                                                        "detector": cfg.detector.model_dump(),
                                                         "models": [cfg.models.detector, cfg.models.embedder]}}
     summary["paced_p50_latency_ms"] = summary["paced"]["p50_latency_ms"]
     summary["paced_p99_latency_ms"] = summary["paced"]["p99_latency_ms"]

@@ -19,7 +19,8 @@ if str(ROOT) not in sys.path:
 
 from engine.config import Config  # noqa: E402
 from engine.gallery.gallery import Gallery  # noqa: E402
-from engine.store.sqlite import SQLiteStore  # noqa: E402
+from engine.store import open_store  # noqa: E402
+from engine.store.base import Store  # noqa: E402
 from engine.video.quality import face_quality  # noqa: E402
 from engine.vision.analyzer import FaceAnalyzer  # noqa: E402
 
@@ -89,8 +90,8 @@ def enroll_from_frames(analyzer: FaceAnalyzer, gallery: Gallery, cfg: Config, fr
     return persons
 
 
-def open_gallery(cfg: Config, analyzer: FaceAnalyzer) -> tuple[SQLiteStore, Gallery]:
-    store = SQLiteStore(cfg.store.path)
+def open_gallery(cfg: Config, analyzer: FaceAnalyzer) -> tuple[Store, Gallery]:
+    store = open_store(cfg.store.target())
     return store, Gallery(store, analyzer.dim, analyzer.model_name, cfg.gallery.index)
 
 

@@ -1,28 +1,40 @@
-"""One nested, typed configuration. Every field has a default and a one-line description,
-so `faceengine config show` documents itself and the server runs with no config file.
+"""One nested, typed, validated configuration. Every field has a default, a range or set of
+choices and a one-line description, so `faceengine config show` documents itself, the server runs
+with no config file, and a bad value is refused at load time naming the field, the value and where
+it came from (pydantic v2 models; `extra="forbid"` catches misspelt names).
 
 Values come from (lowest to highest): defaults, a TOML file, `FACEENGINE_<SECTION>_<FIELD>`
-environment variables, then explicit command-line flags.
+environment variables, then explicit command-line flags. Assignments (`cfg.server.port = 0`)
+are validated too.
+
+Overlapping-looking settings are different things:
+- `detector.min_face_size` drops detections (every call: stills, enrolment, video);
+  `pipeline.min_face_size` keeps small video faces tracked but never matched.
+- `detector.max_faces` caps one detector call's output (highest scores kept);
+  `limits.max_faces_per_frame` is the hostile-input cap on the faces of one video frame that are
+  tracked and embedded.
+- `embedder.batch_size` is faces per embedder call; `pipeline.batch_size` is frames per detector
+  call across cameras.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tomllib
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from engine.errors import ConfigError
 
 
-def _f(default: Any, doc: str, **kw: Any) -> Any:
-    """A dataclass field with a one-line description kept in its metadata."""
+def _f(default: Any, doc: str, **constraints: Any) -> Any:
+    """A validated field: default, one-line description, and pydantic constraints (ge=, le=, ...)."""
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc}, **kw)
-    return field(default=default, metadata={"doc": doc}, **kw)
+        return Field(default_factory=lambda: type(default)(default), description=doc, **constraints)
+    return Field(default, description=doc, **constraints)
 
 
 def default_data_dir() -> str:
@@ -33,104 +45,121 @@ def default_model_dir() -> str:
     return os.environ.get("FACEENGINE_MODEL_DIR", str(Path(default_data_dir()) / "models"))
 
 
-@dataclass
-class ModelsConfig:
-    dir: str = field(
-        default_factory=default_model_dir,
-        metadata={"doc": "Folder holding verified ONNX weights (env FACEENGINE_MODEL_DIR)."},
-    )
+class Section(BaseModel):
+    """A config section: unknown names refused, every assignment validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
+
+
+
+class ModelsConfig(Section):
+    dir: str = Field(default_factory=default_model_dir, min_length=1,
+                     description="Folder holding verified ONNX weights (env FACEENGINE_MODEL_DIR).")
     mirror: str = _f("", "Local mirror folder to copy missing models from (air-gapped sites); empty = none.")
-    detector: str = _f("yunet", "Detector manifest name: yunet, scrfd_500m, scrfd_2.5g, det_10g.")
-    embedder: str = _f("mobilefacenet", "Embedder manifest name: mobilefacenet, sface, w600k_mbf, w600k_r50...")
+    detector: str = _f("yunet", "Detector manifest name: yunet, scrfd_500m, scrfd_2.5g, det_10g.", min_length=1)
+    embedder: str = _f("mobilefacenet", "Embedder manifest name: mobilefacenet, sface, w600k_mbf, w600k_r50...",
+                       min_length=1)
     verify_hash: bool = _f(True, "Check each model's SHA-256 against the manifest before loading.")
     allow_unverified_local: bool = _f(
         False, "Accept manifest.local.json entries without a sha256 or that redefine a shipped model (unsafe).")
 
 
-@dataclass
-class RuntimeConfig:
-    provider: str = _f("cpu", "Execution provider: cpu, cuda, tensorrt, or auto (best available).")
-    intra_op_threads: int = _f(0, "onnxruntime intra-op threads per session (0 = half the cores, at least 1).")
-    inter_op_threads: int = _f(1, "onnxruntime inter-op threads per session.")
-    graph_optimization: str = _f("all", "onnxruntime graph optimisation level: disable, basic, extended, all.")
+class RuntimeConfig(Section):
+    provider: Literal["cpu", "cuda", "tensorrt", "auto"] = _f(
+        "cpu", "Execution provider: cpu, cuda, tensorrt, or auto (CUDA when this onnxruntime has it, else cpu).")
+    device_id: int = _f(0, "GPU index for cuda/tensorrt on multi-GPU machines.", ge=0, le=63)
+    intra_op_threads: int = _f(0, "onnxruntime intra-op threads per session (0 = half the cores, at least 1).",
+                               ge=0, le=256)
+    inter_op_threads: int = _f(1, "onnxruntime inter-op threads per session.", ge=1, le=256)
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = _f(
+        "all", "onnxruntime graph optimisation level: disable, basic, extended, all.")
+    graph_preprocess: Literal["auto", "on", "off"] = _f(
+        "auto", "Detector letterbox/colour/normalisation as ONNX nodes run by the provider (uint8 frames in): "
+        "auto = on for GPU providers, off on the CPU (where OpenCV is faster).")
+    tensorrt_fp16: bool = _f(False, "TensorRT: build fp16 engines (faster; embeddings move slightly vs fp32).")
+    tensorrt_cache_dir: str = Field(
+        default_factory=lambda: str(Path(default_data_dir()) / "tensorrt"),
+        description="TensorRT: folder caching built engines (a first build takes minutes); empty = no cache.")
 
 
-@dataclass
-class DetectorConfig:
-    input_size: int = _f(640, "Network input side in pixels; frames are letterboxed to it (aspect kept).")
+class DetectorConfig(Section):
+    input_size: int = _f(640, "Network input side in pixels; frames are letterboxed to it (aspect kept).",
+                         ge=64, le=4096)
     score_threshold: float = _f(
         0.0, "Minimum detector confidence for a face; 0 = the model's own (manifest score_threshold: YuNet 0.6, "
-        "SCRFD 0.5, as their authors ship them)."
-    )
-    nms_threshold: float = _f(0.4, "IoU above which overlapping boxes are suppressed.")
-    min_face_size: int = _f(20, "Faces whose shorter box side is below this many pixels are dropped.")
-    max_faces: int = _f(200, "At most this many faces are kept per image (highest scores first).")
+        "SCRFD 0.5, as their authors ship them).", ge=0.0, le=1.0)
+    nms_threshold: float = _f(0.4, "IoU above which overlapping boxes are suppressed.", gt=0.0, le=1.0)
+    min_face_size: int = _f(20, "Every detector call drops faces whose shorter box side is below this many pixels "
+                            "(stills, enrolment and video; see pipeline.min_face_size for matching).", ge=0, le=10000)
+    max_faces: int = _f(200, "One detector call keeps at most this many faces (highest scores first).",
+                        ge=1, le=10000)
     auto_scale: bool = _f(
         True, "Frames larger than input_size get the network side at which faces of min_face_size are found "
-        "(up to full resolution, at most max_input_side); false = always input_size (faster, misses small faces)."
-    )
+        "(up to full resolution, at most max_input_side); false = always input_size (faster, misses small faces). "
+        "CPU letterbox only: with runtime.graph_preprocess the graph letterboxes to input_size.")
     max_input_side: int = _f(
         1280, "Largest network side auto_scale may choose: 1280 detects 720p at full resolution and 1080p at 2/3 "
-        "(faces from ~30 px); 1920 finds 20 px faces in 1080p at ~2x the detector cost."
-    )
+        "(faces from ~30 px); 1920 finds 20 px faces in 1080p at ~2x the detector cost.", ge=64, le=8192)
 
 
-@dataclass
-class EmbedderConfig:
+class EmbedderConfig(Section):
     flip_augment: bool = _f(False, "Add the embedding of the mirrored crop (more accurate, twice the cost).")
-    batch_size: int = _f(32, "Largest number of faces embedded in one onnxruntime call.")
+    batch_size: int = _f(32, "Most faces embedded in one embedder call (not pipeline.batch_size, which is frames).",
+                         ge=1, le=4096)
 
 
-@dataclass
-class GalleryConfig:
-    index: str = _f("Flat", "FAISS index: Flat (exact), IVF or IVF<nlist> for large galleries.")
+class GalleryConfig(Section):
+    index: str = _f("Flat", "FAISS index: Flat (exact), IVF or IVF<nlist> for large galleries.", min_length=1)
     match_threshold: float = _f(
         0.0, "Cosine similarity at or above which a face matches; 0 = derived from match_fpir and watchlist_size "
-        "for the embedder (the effective value is shown below and in the start-up log)."
-    )
+        "for the embedder (the effective value is shown below and in the start-up log).", ge=-1.0, le=1.0)
     match_fpir: float = _f(
-        1e-3, "Share of strangers (people not enrolled) an operator accepts to raise a false alert (FPIR)."
-    )
+        1e-3, "Share of strangers (people not enrolled) an operator accepts to raise a false alert (FPIR).",
+        gt=0.0, lt=1.0)
     watchlist_size: int = _f(
-        1000, "Enrolled people the derived threshold is sized for (more people = more chances of a false alert)."
-    )
-    top_k: int = _f(5, "Candidates returned by a gallery search.")
+        1000, "Enrolled people the derived threshold is sized for (more people = more chances of a false alert).",
+        ge=1, le=100_000_000)
+    top_k: int = _f(5, "Candidates returned by a gallery search.", ge=1, le=1000)
 
 
-@dataclass
-class StoreConfig:
-    path: str = field(
-        default_factory=lambda: str(Path(default_data_dir()) / "faceengine.db"),
-        metadata={"doc": "SQLite database file for watchlists, events and audit."},
-    )
+class StoreConfig(Section):
+    path: str = Field(default_factory=lambda: str(Path(default_data_dir()) / "faceengine.db"), min_length=1,
+                      description="SQLite database file for watchlists, events and audit (used when url is empty).")
+    url: str = Field("", description="Store URL: postgresql://USER:PASS@HOST:PORT/DB (shared by several engines) "
+                     "or sqlite:///FILE; empty = the SQLite file at path.")
+
+    def target(self) -> str:
+        """What `engine.store.open_store` opens: the URL if set, else the SQLite file."""
+        return self.url or self.path
 
 
-@dataclass
-class LimitsConfig:
-    max_message_bytes: int = _f(16 * 1024 * 1024, "Largest gRPC message accepted, in bytes.")
-    max_image_side: int = _f(8192, "Largest accepted image width or height in pixels.")
+class LimitsConfig(Section):
+    max_message_bytes: int = _f(16 * 1024 * 1024, "Largest gRPC message accepted, in bytes.", ge=1024, le=2**31 - 1)
+    max_image_side: int = _f(8192, "Largest accepted image width or height in pixels.", ge=16, le=65535)
     max_image_pixels: int = _f(
         16_777_216, "Largest accepted pixel count (width x height), read from the header before decoding; "
-        "decoding peaks at 6-8 bytes a pixel (16.8 Mpx: about 135 MB per image).")
-    max_faces_per_frame: int = _f(200, "Faces beyond this count in one frame are ignored.")
-    max_images_per_enrollment: int = _f(20, "Most images one EnrollPerson call may carry.")
+        "decoding peaks at 6-8 bytes a pixel (16.8 Mpx: about 135 MB per image).", ge=256, le=2**31 - 1)
+    max_faces_per_frame: int = _f(200, "Hostile-input cap: faces of one video frame beyond this count are not "
+                                  "tracked or embedded (detector.max_faces caps every detector call).", ge=1, le=10000)
+    max_images_per_enrollment: int = _f(20, "Most images one EnrollPerson call may carry.", ge=1, le=1000)
     capture_time_past_s: float = _f(
-        86400.0, "Gateway capture_time older than this many seconds (server clock) is out of window.")
+        86400.0, "Gateway capture_time older than this many seconds (server clock) is out of window.",
+        gt=0.0, le=10 * 365 * 86400.0)
     capture_time_future_s: float = _f(
-        300.0, "Gateway capture_time more than this many seconds ahead of the server is out of window.")
-    capture_time_policy: str = _f(
+        300.0, "Gateway capture_time more than this many seconds ahead of the server is out of window.",
+        ge=0.0, le=365 * 86400.0)
+    capture_time_policy: Literal["refuse", "clamp"] = _f(
         "refuse", "Out-of-window capture_time: refuse (frame answered INVALID_ARGUMENT) or clamp (server time used).")
-    max_id_chars: int = _f(128, "Longest person id, watchlist name or camera id, in characters.")
-    max_name_chars: int = _f(256, "Longest person display name, in characters.")
-    max_text_chars: int = _f(1024, "Longest free text (watchlist description), in characters.")
-    max_metadata_keys: int = _f(32, "Most metadata entries on one person.")
-    max_metadata_key_chars: int = _f(64, "Longest metadata key, in characters.")
-    max_metadata_value_chars: int = _f(1024, "Longest metadata value, in characters.")
-    max_uri_chars: int = _f(2048, "Longest camera URI, in characters.")
+    max_id_chars: int = _f(128, "Longest person id, watchlist name or camera id, in characters.", ge=1, le=65536)
+    max_name_chars: int = _f(256, "Longest person display name, in characters.", ge=1, le=65536)
+    max_text_chars: int = _f(1024, "Longest free text (watchlist description), in characters.", ge=1, le=1_048_576)
+    max_metadata_keys: int = _f(32, "Most metadata entries on one person.", ge=0, le=65536)
+    max_metadata_key_chars: int = _f(64, "Longest metadata key, in characters.", ge=1, le=65536)
+    max_metadata_value_chars: int = _f(1024, "Longest metadata value, in characters.", ge=1, le=1_048_576)
+    max_uri_chars: int = _f(2048, "Longest camera URI, in characters.", ge=8, le=65536)
 
 
-@dataclass
-class CamerasConfig:
+class CamerasConfig(Section):
     allowed_schemes: list[str] = _f(
         ["rtsp", "rtsps", "http", "https"],
         "URI schemes a pull camera may use (the server connects to any host they name); others are refused.")
@@ -138,113 +167,157 @@ class CamerasConfig:
         [], "Folders whose video files may be pull cameras (absolute paths; symlinks resolved); empty = no files.")
 
 
-@dataclass
-class PipelineConfig:
-    queue_size: int = _f(8, "Frames buffered per camera; when full the oldest is dropped (newest wins).")
-    batch_size: int = _f(1, "Most frames detected in one batched call across cameras (CPU: 1; GPU: 8-16).")
-    batch_wait_ms: float = _f(0.0, "Longest wait to fill a detection batch, in milliseconds (GPU: ~5).")
-    workers: int = _f(2, "Inference worker threads sharing the model sessions (two keep two cores busy).")
+AUTO_BATCH = {"cpu": (1, 0.0), "gpu": (16, 5.0)}
+"""(pipeline.batch_size, batch_wait_ms) chosen when left to auto: on a CPU a batch only adds latency
+(benchmarks/README.md); on a GPU 16 frames and 5 ms doubled end-to-end fps (issue 13's H100 run)."""
+
+
+class PipelineConfig(Section):
+    queue_size: int = _f(8, "Frames buffered per camera; when full the oldest is dropped (newest wins).",
+                         ge=1, le=10000)
+    batch_size: int = _f(0, "Most frames detected in one batched call across cameras; 0 = auto from the provider "
+                         "(CPU 1, GPU 16). Not embedder.batch_size, which is faces.", ge=0, le=1024)
+    batch_wait_ms: float = _f(-1.0, "Longest wait to fill a detection batch, in milliseconds; negative = auto "
+                              "from the provider (CPU 0, GPU 5).", ge=-1.0, le=1000.0)
+    workers: int = _f(2, "Inference worker threads sharing the model sessions (two keep two cores busy).",
+                      ge=1, le=256)
     tracking: bool = _f(True, "Track faces across frames and recognise each track from its best shots.")
-    track_max_age_s: float = _f(1.0, "A track ends when its face is unseen for this many seconds.")
+    track_max_age_s: float = _f(1.0, "A track ends when its face is unseen for this many seconds.", gt=0.0, le=3600.0)
     min_face_size: int = _f(
-        28, "Faces whose shorter box side is below this (pixels) are tracked but never matched (faces of ~32 px "
-        "are boxed at 29-38 px; boxed at 28-32 px they were still recognised 88 % of the time on eval watchlist)."
-    )
+        28, "Video faces whose shorter box side is below this (pixels) are tracked but never matched (faces of "
+        "~32 px are boxed at 29-38 px; boxed at 28-32 px they were still recognised 88 % of the time on eval "
+        "watchlist; detector.min_face_size drops them from detection altogether).", ge=0, le=10000)
     min_quality: float = _f(
-        0.30, "Faces below this quality score (0..1) are never matched (calibrated: see engine/video/quality.py)."
-    )
-    reembed_margin: float = _f(0.1, "Re-embed a track only when quality improves by this much...")
-    reembed_interval_s: float = _f(2.0, "...or when this many seconds passed since its last embedding.")
+        0.30, "Faces below this quality score (0..1) are never matched (calibrated: see engine/video/quality.py).",
+        ge=0.0, le=1.0)
+    reembed_margin: float = _f(0.1, "Re-embed a track only when quality improves by this much...", ge=0.0, le=1.0)
+    reembed_interval_s: float = _f(2.0, "...or when this many seconds passed since its last embedding.",
+                                   ge=0.0, le=3600.0)
     fast_decode: bool = _f(True, "Decode large JPEG frames at half size for detection, full size for best shots.")
-    thumbnail_size: int = _f(112, "Side of the JPEG face thumbnail stored with match events.")
-    thumbnail_margin: float = _f(0.2, "Context kept around the face box in thumbnails, as a fraction of its size.")
-    thumbnail_jpeg_quality: int = _f(85, "JPEG quality (1-100) of event thumbnails.")
+    thumbnail_size: int = _f(112, "Side of the JPEG face thumbnail stored with match events.", ge=16, le=1024)
+    thumbnail_margin: float = _f(0.2, "Context kept around the face box in thumbnails, as a fraction of its size.",
+                                 ge=0.0, le=2.0)
+    thumbnail_jpeg_quality: int = _f(85, "JPEG quality (1-100) of event thumbnails.", ge=1, le=100)
     track_start_score: float = _f(
-        0.6, "Detector score a face needs to start or first-stage-continue a track (the detector threshold if higher)."
-    )
+        0.6, "Detector score a face needs to start or first-stage-continue a track (the detector threshold if higher).",
+        ge=0.0, le=1.0)
     identity_switch_similarity: float = _f(
         0.2, "A track's new embedding below this cosine similarity to its pooled one means the tracker swapped "
-        "faces: the track's best shots start afresh."
-    )
+        "faces: the track's best shots start afresh.", ge=-1.0, le=1.0)
 
 
-@dataclass
-class ServerConfig:
-    host: str = _f("0.0.0.0", "Address the gRPC server binds to.")
-    port: int = _f(50051, "gRPC port.")
-    metrics_port: int = _f(9108, "Prometheus metrics HTTP port (0 = off).")
-    max_workers: int = _f(64, "gRPC server thread pool size (each open stream holds one thread).")
+class ServerConfig(Section):
+    host: str = _f("0.0.0.0", "Address the gRPC server binds to.", min_length=1)
+    port: int = _f(50051, "gRPC port (0 = any free port).", ge=0, le=65535)
+    metrics_port: int = _f(9108, "Prometheus metrics HTTP port (0 = off).", ge=0, le=65535)
+    max_workers: int = _f(64, "gRPC server thread pool size (each open stream holds one thread).", ge=2, le=4096)
     max_streams: int = _f(
         48, "Most concurrent ingest streams (all streams stay reserved_workers below max_workers); beyond: "
-        "RESOURCE_EXHAUSTED.")
-    shutdown_grace_s: float = _f(5.0, "Seconds given to in-flight calls on shutdown.")
-    event_relay_s: float = _f(1.0, "Poll the store this often for events other processes wrote (0 = off).")
+        "RESOURCE_EXHAUSTED.", ge=1, le=4096)
+    shutdown_grace_s: float = _f(5.0, "Seconds given to in-flight calls on shutdown.", ge=0.0, le=3600.0)
+    event_relay_s: float = _f(1.0, "Poll the store this often for events other processes wrote (0 = off; "
+                              "PostgreSQL also pushes them at once with LISTEN/NOTIFY).",
+                              ge=0.0, le=3600.0)
     reserved_workers: int = _f(
-        8, "Threads never given to long-lived streams (ingest + subscriptions): kept for health and unary calls.")
-    max_subscriptions: int = _f(32, "Most concurrent SubscribeMatches streams in all; beyond: RESOURCE_EXHAUSTED.")
+        8, "Threads never given to long-lived streams (ingest + subscriptions): kept for health and unary calls.",
+        ge=1, le=4096)
+    max_subscriptions: int = _f(32, "Most concurrent SubscribeMatches streams in all; beyond: RESOURCE_EXHAUSTED.",
+                                ge=1, le=4096)
     max_subscriptions_per_token: int = _f(
-        8, "Most concurrent SubscribeMatches streams per API token; beyond: RESOURCE_EXHAUSTED.")
-    health_probe_s: float = _f(1.0, "While store writes fail (disk full), probe the store this often; health follows.")
+        8, "Most concurrent SubscribeMatches streams per API token; beyond: RESOURCE_EXHAUSTED.", ge=1, le=4096)
+    health_probe_s: float = _f(1.0, "While store writes fail (disk full), probe the store this often; health follows.",
+                               gt=0.0, le=3600.0)
 
 
-@dataclass
-class AuthConfig:
+class AuthConfig(Section):
     enabled: bool = _f(True, "Require an API token (authorization: Bearer ...); off only on a loopback host.")
     max_failures: int = _f(
-        100, "Failed authentications from one peer address within failure_window_s before it is throttled.")
+        100, "Failed authentications from one peer address within failure_window_s before it is throttled.",
+        ge=1, le=1_000_000)
     failure_window_s: float = _f(
-        60.0, "Window for max_failures; a throttled peer gets RESOURCE_EXHAUSTED until it ends.")
+        60.0, "Window for max_failures; a throttled peer gets RESOURCE_EXHAUSTED until it ends.", gt=0.0, le=86400.0)
     recheck_s: float = _f(
-        2.0, "Open streams re-check their token this often; a revoked token ends them (UNAUTHENTICATED).")
+        2.0, "Open streams re-check their token this often; a revoked token ends them (UNAUTHENTICATED).",
+        gt=0.0, le=3600.0)
 
 
-@dataclass
-class TLSConfig:
+class TLSConfig(Section):
     cert_file: str = _f("", "Server certificate chain (PEM); with key_file turns TLS on. Empty = plaintext.")
     key_file: str = _f("", "Server private key (PEM).")
     client_ca_file: str = _f("", "CA bundle (PEM) for client certificates; set = mutual TLS (certs required).")
 
 
-@dataclass
-class RetentionConfig:
-    events_days: float = _f(30.0, "Match events (and thumbnails) older than this many days are purged; 0 = keep.")
-    interval_s: float = _f(3600.0, "Seconds between background purges in the server (0 = no background purge).")
+class RetentionConfig(Section):
+    events_days: float = _f(30.0, "Match events (and thumbnails) older than this many days are purged; 0 = keep.",
+                            ge=0.0, le=36500.0)
+    interval_s: float = _f(3600.0, "Seconds between background purges in the server (0 = no background purge).",
+                           ge=0.0, le=31_536_000.0)
     erase_person_events: bool = _f(True, "RemovePerson also erases that person's past match events and thumbnails.")
 
 
-@dataclass
-class ClusterConfig:
+class ClusterConfig(Section):
     address: str = _f("", "Ray cluster to run camera workers on: '' = off (one process), 'local' = start a private "
                           "single-node Ray, 'auto' = join the Ray cluster on this machine, 'HOST:PORT' or "
                           "'ray://HOST:PORT' = a remote cluster.")
-    workers: int = _f(2, "Camera worker actors (each a process with its own models and its cameras' tracking state).")
-    cpus_per_worker: float = _f(1.0, "Ray num_cpus reserved per worker actor (its onnxruntime threads follow it).")
-    gpus_per_worker: float = _f(0.0, "Ray num_gpus reserved per worker actor (e.g. 0.25 = four workers share a GPU).")
-    frames_per_call: int = _f(8, "Most frames of one camera sent to a worker in one call (compressed as received).")
-    calls_per_worker: int = _f(2, "Calls in flight per worker, each for a different camera (keeps workers busy).")
-    call_timeout_s: float = _f(30.0, "A worker call that takes longer fails its frames with UNAVAILABLE.")
-    connect_timeout_s: float = _f(5.0, "Seconds to reach a remote Ray address before failing with a clear error.")
+    workers: int = _f(2, "Camera worker actors (each a process with its own models and its cameras' tracking state).",
+                      ge=1, le=1024)
+    cpus_per_worker: float = _f(1.0, "Ray num_cpus reserved per worker actor (its onnxruntime threads follow it).",
+                                ge=0.0, le=1024.0)
+    gpus_per_worker: float = _f(0.0, "Ray num_gpus reserved per worker actor (e.g. 0.25 = four workers share a GPU).",
+                                ge=0.0, le=64.0)
+    frames_per_call: int = _f(8, "Most frames of one camera sent to a worker in one call (compressed as received).",
+                              ge=1, le=1024)
+    calls_per_worker: int = _f(2, "Calls in flight per worker, each for a different camera (keeps workers busy).",
+                               ge=1, le=1024)
+    call_timeout_s: float = _f(30.0, "A worker call that takes longer fails its frames with UNAVAILABLE.",
+                               gt=0.0, le=3600.0)
+    connect_timeout_s: float = _f(5.0, "Seconds to reach a remote Ray address before failing with a clear error.",
+                                  gt=0.0, le=3600.0)
 
 
-@dataclass
-class Config:
-    models: ModelsConfig = field(default_factory=ModelsConfig, metadata={"doc": "Model files."})
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig, metadata={"doc": "onnxruntime."})
-    detector: DetectorConfig = field(default_factory=DetectorConfig, metadata={"doc": "Face detection."})
-    embedder: EmbedderConfig = field(default_factory=EmbedderConfig, metadata={"doc": "Face embedding."})
-    gallery: GalleryConfig = field(default_factory=GalleryConfig, metadata={"doc": "Watchlist search."})
-    store: StoreConfig = field(default_factory=StoreConfig, metadata={"doc": "Persistence."})
-    limits: LimitsConfig = field(default_factory=LimitsConfig, metadata={"doc": "Hostile-input limits."})
-    cameras: CamerasConfig = field(default_factory=CamerasConfig, metadata={"doc": "What pull cameras may reach."})
-    pipeline: PipelineConfig = field(default_factory=PipelineConfig, metadata={"doc": "Video pipeline."})
-    server: ServerConfig = field(default_factory=ServerConfig, metadata={"doc": "gRPC server."})
-    auth: AuthConfig = field(default_factory=AuthConfig, metadata={"doc": "API tokens and roles."})
-    tls: TLSConfig = field(default_factory=TLSConfig, metadata={"doc": "TLS and mutual TLS."})
-    retention: RetentionConfig = field(default_factory=RetentionConfig, metadata={"doc": "Data retention, erasure."})
-    cluster: ClusterConfig = field(default_factory=ClusterConfig, metadata={"doc": "Cluster mode (Ray workers)."})
+class ConsoleConfig(Section):
+    host: str = _f("127.0.0.1", "Interface the operator console (`faceengine console`) listens on.")
+    port: int = _f(8080, "HTTP(S) port of the console; HTTPS when tls.cert_file and tls.key_file are set.",
+                   ge=1, le=65535)
+    server: str = _f("127.0.0.1:50051", "gRPC address of the engine (or a cluster's front end) the console calls.")
+    ca_cert: str = _f("", "CA certificate (PEM) to verify a TLS gRPC server; empty = plaintext gRPC.")
+    client_cert: str = _f("", "Client certificate (PEM) for a mutual-TLS gRPC server.")
+    client_key: str = _f("", "Client private key (PEM) for a mutual-TLS gRPC server.")
+    secret_file: str = _f("", "File holding the session encryption key (Fernet); empty = a new key per start "
+                              "(everyone signs in again). Share it between console replicas.")
+    session_hours: float = _f(12.0, "A console sign-in expires after this many hours.", gt=0.0, le=24.0 * 365)
+    max_cards: int = _f(50, "Live alert cards kept on the page; older cards drop off.", ge=1, le=10_000)
+
+
+class Config(BaseModel):
+    """The whole configuration; `Config.load` reads file and environment, `update` applies overrides."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    models: ModelsConfig = Field(default_factory=ModelsConfig, description="Model files.")
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="onnxruntime.")
+    detector: DetectorConfig = Field(default_factory=DetectorConfig, description="Face detection.")
+    embedder: EmbedderConfig = Field(default_factory=EmbedderConfig, description="Face embedding.")
+    gallery: GalleryConfig = Field(default_factory=GalleryConfig, description="Watchlist search.")
+    store: StoreConfig = Field(default_factory=StoreConfig, description="Persistence.")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Hostile-input limits.")
+    cameras: CamerasConfig = Field(default_factory=CamerasConfig, description="What pull cameras may reach.")
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="Video pipeline.")
+    server: ServerConfig = Field(default_factory=ServerConfig, description="gRPC server.")
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="API tokens and roles.")
+    tls: TLSConfig = Field(default_factory=TLSConfig, description="TLS and mutual TLS.")
+    retention: RetentionConfig = Field(default_factory=RetentionConfig, description="Data retention, erasure.")
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="Cluster mode (Ray workers).")
+    console: ConsoleConfig = Field(default_factory=ConsoleConfig, description="Operator web console.")
+
+    _auto: dict[str, Any] = PrivateAttr(default_factory=dict)
+    """Fields left to auto -> the value auto wrote (re-chosen when the provider changes)."""
+
+    def model_post_init(self, context: Any, /) -> None:
+        self.resolve_auto()
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Config:
+    def load(cls, path: str | os.PathLike[str] | None = None, env: typing.Mapping[str, str] | None = None) -> Config:
         """Defaults, then the TOML file (if given), then FACEENGINE_<SECTION>_<FIELD> variables."""
         cfg = cls()
         if path:
@@ -255,51 +328,112 @@ class Config:
                 raise ConfigError(f"config file {path} not found") from exc
             except tomllib.TOMLDecodeError as exc:
                 raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-            cfg.update(data, source=str(path))
+            cfg.update(data, source=f"config file {path}")
         env = os.environ if env is None else env
-        for sec in dataclasses.fields(cfg):
-            section = getattr(cfg, sec.name)
-            for fld in dataclasses.fields(section):
-                key = f"FACEENGINE_{sec.name}_{fld.name}".upper()
+        for sec_name, section in cfg._sections():
+            for name in type(section).model_fields:
+                key = f"FACEENGINE_{sec_name}_{name}".upper()
                 if key in env:
-                    cfg.update({sec.name: {fld.name: env[key]}}, source=key)
+                    cfg.update({sec_name: {name: env[key]}}, source=f"environment variable {key}")
         return cfg
 
+    def _sections(self) -> list[tuple[str, Section]]:
+        return [(name, getattr(self, name)) for name in type(self).model_fields]
+
     def update(self, data: dict[str, Any], source: str = "override") -> None:
-        """Apply a nested dict of overrides, coercing and checking each value's type."""
+        """Apply a nested dict of overrides, validating each value; a bad one raises ConfigError
+        naming the source, the field and the value (and nothing of that call is half-applied)."""
+        staged: list[tuple[Section, str, Any]] = []
         for sec_name, values in data.items():
-            if not hasattr(self, sec_name) or sec_name.startswith("_"):
-                raise ConfigError(f"{source}: unknown config section [{sec_name}]")
+            if sec_name not in type(self).model_fields:
+                raise ConfigError(f"{source}: unknown config section [{sec_name}]; known: "
+                                  f"{', '.join(type(self).model_fields)}")
             section = getattr(self, sec_name)
             if not isinstance(values, dict):
-                raise ConfigError(f"{source}: [{sec_name}] must be a table")
-            hints = typing.get_type_hints(type(section))
-            names = {f.name for f in dataclasses.fields(section)}
+                raise ConfigError(f"{source}: [{sec_name}] must be a table, got {values!r}")
+            fields = type(section).model_fields
             for key, raw in values.items():
-                if key not in names:
-                    raise ConfigError(f"{source}: unknown field {sec_name}.{key}")
-                setattr(section, key, _coerce(raw, hints[key], f"{source}: {sec_name}.{key}"))
+                if key not in fields:
+                    raise ConfigError(f"{source}: unknown field {sec_name}.{key}; [{sec_name}] has "
+                                      f"{', '.join(fields)}")
+                value = raw
+                if typing.get_origin(fields[key].annotation) is list and isinstance(raw, str):
+                    value = [s.strip() for s in raw.split(",") if s.strip()]
+                try:
+                    checked = type(section).__pydantic_validator__.validate_assignment(
+                        section.model_copy(), key, value)
+                except ValidationError as exc:
+                    raise ConfigError(f"{source}: {sec_name}.{key} = {raw!r} is invalid: "
+                                      f"{_reason(exc)}") from exc
+                staged.append((section, key, getattr(checked, key)))
+        for section, key, value in staged:
+            setattr(section, key, value)
+        self.resolve_auto()
+
+    def with_overrides(self, data: dict[str, Any], source: str = "override") -> Config:
+        """A validated copy with `data` applied (this config is left as it is)."""
+        copy = self.model_copy(deep=True)
+        copy.update(data, source=source)
+        return copy
+
+    def resolve_auto(self) -> None:
+        """Fill fields left to auto (pipeline.batch_size = 0, batch_wait_ms < 0) from the provider.
+
+        Runs after construction and every `update`; a value set explicitly since is kept."""
+        gpu = gpu_provider(self.runtime.provider)
+        batch, wait = AUTO_BATCH["gpu" if gpu else "cpu"]
+        p = self.pipeline
+        for name, is_auto, value in (("pipeline.batch_size", p.batch_size == 0, batch),
+                                     ("pipeline.batch_wait_ms", p.batch_wait_ms < 0, wait)):
+            attr = name.split(".")[1]
+            if is_auto or (name in self._auto and getattr(p, attr) == self._auto[name]):
+                setattr(p, attr, value)
+                self._auto[name] = value
+            else:
+                self._auto.pop(name, None)
 
     def describe(self) -> list[tuple[str, Any, str]]:
         """(dotted name, value, description) for every field."""
         rows = []
-        for sec in dataclasses.fields(self):
-            section = getattr(self, sec.name)
-            for fld in dataclasses.fields(section):
-                rows.append((f"{sec.name}.{fld.name}", getattr(section, fld.name), fld.metadata.get("doc", "")))
+        for sec_name, section in self._sections():
+            for name, info in type(section).model_fields.items():
+                doc = info.description or ""
+                if f"{sec_name}.{name}" in self._auto:
+                    doc += " [auto]"
+                rows.append((f"{sec_name}.{name}", getattr(section, name), doc))
         return rows
 
     def to_toml(self) -> str:
-        """The configuration as a commented TOML document."""
+        """The configuration as a commented TOML document (auto fields written as auto, with the
+        value chosen now in the comment, so the file stays portable between CPU and GPU hosts)."""
         out: list[str] = []
-        for sec in dataclasses.fields(self):
-            out.append(f"[{sec.name}]  # {sec.metadata.get('doc', '')}")
-            section = getattr(self, sec.name)
-            for fld in dataclasses.fields(section):
-                out.append(f"# {fld.metadata.get('doc', '')}")
-                out.append(f"{fld.name} = {_toml_value(getattr(section, fld.name))}")
+        for sec_name, section in self._sections():
+            out.append(f"[{sec_name}]  # {type(self).model_fields[sec_name].description or ''}")
+            for name, info in type(section).model_fields.items():
+                value = getattr(section, name)
+                out.append(f"# {info.description or ''}")
+                dotted = f"{sec_name}.{name}"
+                if dotted in self._auto:
+                    sentinel = 0 if name == "batch_size" else -1.0
+                    out.append(f"{name} = {_toml_value(sentinel)}  # auto: {_toml_value(value)} now")
+                else:
+                    out.append(f"{name} = {_toml_value(value)}")
             out.append("")
         return "\n".join(out)
+
+
+def gpu_provider(provider: str) -> bool:
+    """Whether a provider name runs on a GPU; `auto` asks onnxruntime (imported only then)."""
+    if provider == "auto":
+        import onnxruntime as ort
+
+        return "CUDAExecutionProvider" in ort.get_available_providers()
+    return provider in ("cuda", "tensorrt")
+
+
+def _reason(exc: ValidationError) -> str:
+    """pydantic's messages without the field prefix (the caller names the field)."""
+    return "; ".join(str(e["msg"]) for e in exc.errors())
 
 
 def _toml_value(value: Any) -> str:
@@ -310,30 +444,3 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _coerce(raw: Any, hint: Any, where: str) -> Any:
-    try:
-        if hint is bool:
-            if isinstance(raw, str):
-                if raw.lower() in ("1", "true", "yes", "on"):
-                    return True
-                if raw.lower() in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError(raw)
-            return bool(raw)
-        if hint is int:
-            if isinstance(raw, float) and not raw.is_integer():
-                raise ValueError(raw)
-            return int(raw)
-        if hint is float:
-            return float(raw)
-        if hint is str:
-            return str(raw)
-        if typing.get_origin(hint) is list:
-            if isinstance(raw, str):
-                return [s.strip() for s in raw.split(",") if s.strip()]
-            return list(raw)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: cannot use {raw!r} as {getattr(hint, '__name__', hint)}") from exc
-    return raw

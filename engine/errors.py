@@ -88,3 +88,11 @@ class UnavailableError(FaceEngineError):
     """A part the call needs is down for now (a cluster worker restarting, the store unreachable): retry."""
 
     grpc_code = "UNAVAILABLE"
+
+
+class StoreUnavailableError(UnavailableError):
+    """The database cannot be reached (wrong URL, server down, credentials refused)."""
+
+
+class StoreSchemaError(ConfigError):
+    """The database holds a schema this engine does not know (written by a newer version)."""

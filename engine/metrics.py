@@ -3,6 +3,8 @@ so tests and several engines in one process never collide."""
 
 from __future__ import annotations
 
+from wsgiref.simple_server import WSGIServer
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 STAGE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -11,6 +13,7 @@ STAGE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1
 class EngineMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self._http: WSGIServer | None = None
         r = self.registry
         self.frames_in = Counter("faceengine_frames_in", "Frames received per camera", ["camera"], registry=r)
         self.frames_processed = Counter("faceengine_frames_processed", "Frames processed per camera", ["camera"],
@@ -35,5 +38,12 @@ class EngineMetrics:
                                   registry=r)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
-        """Expose /metrics over HTTP (prometheus-client's own server)."""
-        start_http_server(port, addr=addr, registry=self.registry)
+        """Expose /metrics over HTTP (prometheus-client's own server) until `close()`."""
+        self._http, _ = start_http_server(port, addr=addr, registry=self.registry)
+
+    def close(self) -> None:
+        """Stop the /metrics server and free its port (a restarted server in this process can bind it again)."""
+        http, self._http = self._http, None
+        if http is not None:
+            http.shutdown()
+            http.server_close()

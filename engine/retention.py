@@ -13,19 +13,18 @@ import threading
 import time
 
 from engine.config import RetentionConfig
-from engine.store.sqlite import SQLiteStore
+from engine.store.base import EventStore
 
 log = logging.getLogger(__name__)
 
 
-def purge_expired(store: SQLiteStore, events_days: float, now: float | None = None) -> int:
+def purge_expired(store: EventStore, events_days: float, now: float | None = None) -> int:
     """Delete events older than events_days (0 = keep everything); returns how many were deleted."""
     if events_days <= 0:
         return 0
     cutoff = (time.time() if now is None else now) - events_days * 86400.0
-    n = store.purge_events(cutoff)
+    n = store.purge_events(cutoff)  # the store leaves no copy of the erased thumbnails behind
     if n:
-        store.checkpoint()  # the erased thumbnails leave no copy in the WAL
         log.info("retention: purged %d events older than %.1f days", n, events_days)
     return n
 
@@ -33,7 +32,7 @@ def purge_expired(store: SQLiteStore, events_days: float, now: float | None = No
 class RetentionWorker:
     """Runs `purge_expired` at start and then every `interval_s` seconds until stopped."""
 
-    def __init__(self, store: SQLiteStore, cfg: RetentionConfig) -> None:
+    def __init__(self, store: EventStore, cfg: RetentionConfig) -> None:
         self.store = store
         self.cfg = cfg
         self.purged = 0

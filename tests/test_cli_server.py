@@ -3,41 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import IMAGES, ROOT
+from tests.procs import cli, cli_env, serve
+from tests.shared_data import IMAGES
 
 
 @pytest.fixture()
-def served(tmp_path: Path, model_dir: Path):  # noqa: ANN201
-    ready = tmp_path / "addr"
-    env = {**os.environ, "FACEENGINE_MODEL_DIR": str(model_dir), "FACEENGINE_AUTH_ENABLED": "false"}
-    proc = subprocess.Popen([sys.executable, "-m", "engine", "serve", "--host", "127.0.0.1", "--port", "0",
-                             "--metrics-port", "0", "--db", str(tmp_path / "srv.db"), "--ready-file", str(ready)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    end = time.monotonic() + 60
-    while not ready.exists():
-        if proc.poll() is not None or time.monotonic() > end:
-            proc.kill()
-            pytest.fail(f"server did not start: {proc.communicate()[1]}")
-        time.sleep(0.1)
-    yield ready.read_text(), env
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 0  # graceful shutdown on SIGTERM
-
-
-def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "engine", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=120)
+def served(tmp_path: Path, model_dir: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """A `faceengine serve` process (stopped with SIGTERM afterwards, which must exit 0)."""
+    env = cli_env(model_dir)
+    with serve(tmp_path, env, tmp_path / "srv.db") as srv:
+        yield srv.address, env
 
 
 def test_gateway_and_operator_commands(served: tuple[str, dict[str, str]], tmp_path: Path) -> None:

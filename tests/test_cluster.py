@@ -67,6 +67,16 @@ def _stream(c: Client, camera: str, jpg: bytes, n: int, gap: float = 0.05,
     return out
 
 
+def _wait_workers_see_gallery(srv: FaceEngineServer, templates: int) -> None:
+    """Block until every worker's gallery replica holds the enrolment (their tracks embed once early on)."""
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        if all(w.get("gallery_templates") == templates for w in srv.engine.worker_info()):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"workers never saw {templates} templates: {srv.engine.worker_info()}")
+
+
 def _matched(results: list[pb.FrameResult], person: str) -> list[pb.FrameResult]:
     return [r for r in results if any(f.match.person_id == person for f in r.faces)]
 
@@ -79,6 +89,7 @@ def test_cluster_serves_cameras_from_workers(cfg: Config, local_ray: None) -> No
         c.enroll("vip", "obama", [(IMAGES / "obama.jpg").read_bytes()], "Barack Obama")
         for cam in ("gate-1", "gate-2"):
             c.ensure_push_camera(cam)
+        _wait_workers_see_gallery(srv, 1)
         events: list[pb.MatchEvent] = []
         subscribed = threading.Event()
 
@@ -96,7 +107,6 @@ def test_cluster_serves_cameras_from_workers(cfg: Config, local_ray: None) -> No
         time.sleep(0.3)
         jpg = _scene()
         results: dict[str, list[pb.FrameResult]] = {}
-        # 2 s of frames: workers see the enrolment within their gallery poll (1 s in SQLite mode)
         threads = [threading.Thread(target=lambda cam=cam: results.__setitem__(cam, _stream(c, cam, jpg, 20, 0.1)))
                    for cam in ("gate-1", "gate-2")]
         for t in threads:
@@ -133,6 +143,7 @@ def test_worker_killed_mid_stream_cameras_move_and_no_event_is_lost(cfg: Config,
         c.ensure_watchlist("vip")
         c.enroll("vip", "obama", [(IMAGES / "obama.jpg").read_bytes()], "Barack Obama")
         c.ensure_push_camera("door")
+        _wait_workers_see_gallery(srv, 1)
         eng = srv.engine
         victim = eng.camera("door").worker
         killed = threading.Event()

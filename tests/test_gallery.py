@@ -9,6 +9,8 @@ import pytest
 
 from engine.errors import NotFoundError
 from engine.gallery.gallery import Gallery
+from engine.store import open_store
+from engine.store.base import Person
 from engine.store.sqlite import SQLiteStore
 from engine.vision.image import read_image
 from tests.conftest import IMAGES
@@ -87,13 +89,40 @@ def test_paging(tmp_path: Path) -> None:
     assert seen == [f"p{i:02d}" for i in range(25)]
 
 
-def test_two_workers_share_one_store(tmp_path: Path, faces: dict[str, np.ndarray]) -> None:
-    a = _gallery(tmp_path / "g.db")
-    b = _gallery(tmp_path / "g.db")
-    a.create_watchlist("w")
-    a.enroll("w", "obama", faces["obama"][None])
-    b.sync(force=True)
-    assert b.search(faces["obama2"], threshold=0.4)[0][0].person_id == "obama"
-    a.remove_person("w", "obama")
-    b.sync(force=True)
-    assert b.search(faces["obama2"], threshold=-1)[0] == []
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return str(tmp_path / "g.db") if request.param == "sqlite" else request.getfixturevalue("pg_url")
+
+
+def test_two_workers_share_one_store(store_url: str, faces: dict[str, np.ndarray]) -> None:
+    """Replicas follow each other's changes through the store's change log (deltas, no rebuild)."""
+    a = Gallery(open_store(store_url), 128, "mobilefacenet")
+    b = Gallery(open_store(store_url), 128, "mobilefacenet")
+    try:
+        a.create_watchlist("w")
+        a.enroll("w", "obama", faces["obama"][None], "Obama")
+        a.enroll("w", "biden", faces["biden"][None])
+        b.sync(force=True)
+        assert b.search(faces["obama2"], threshold=0.4)[0][0].person_id == "obama"
+        a.enroll("w", "obama", faces["obama2"][None], "Barack Obama", replace=True)  # new vector, new name
+        b.sync(force=True)
+        assert b.vector_ids() == a.vector_ids()
+        assert b.search(faces["obama"], threshold=0.4)[0][0].display_name == "Barack Obama"
+        a.remove_person("w", "obama")
+        b.sync(force=True)
+        assert [m.person_id for m in b.search(faces["obama2"], threshold=-1)[0]] == ["biden"]
+        a.delete_watchlist("w")
+        b.sync(force=True)
+        assert len(b) == 0 and b.vector_ids() == set()
+        assert (b.rebuilds, b.deltas) == (1, 4)  # built once at start, then four deltas
+        a.store.repair()  # nothing to repair: no version change, no rebuild
+        a.create_watchlist("w2")
+        a.enroll("w2", "x", faces["biden"][None])
+        b.store.upsert_person(Person("w2", "y"), faces["obama"][None], "mobilefacenet")  # b's store, not b
+        assert b.store.gallery_changes_since(0, "mobilefacenet") is not None  # the log reaches back to 0
+        b.sync(force=True)
+        assert {m.person_id for m in b.search(faces["obama"], threshold=-1)[0]} == {"x", "y"}
+        assert b.rebuilds == 1
+    finally:
+        a.store.close()  # type: ignore[attr-defined]
+        b.store.close()  # type: ignore[attr-defined]

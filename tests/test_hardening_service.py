@@ -354,9 +354,15 @@ def test_capture_time_config_is_validated(cfg: Config, analyzer) -> None:  # noq
     c = Config.load(env={})
     assert c.limits.capture_time_past_s == 86400 and c.limits.capture_time_future_s == 300
     assert c.limits.capture_time_policy == "refuse"
-    cfg.limits.capture_time_policy = "ignore"
-    with pytest.raises(ConfigError, match="capture_time_policy"):
-        FaceEngineServer(cfg, analyzer=analyzer)
+    # refused where it is set: on assignment, and on load naming the source, field and value
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="capture_time_policy"):
+        cfg.limits.capture_time_policy = "ignore"  # type: ignore[assignment]
+    with pytest.raises(ConfigError, match="CAPTURE_TIME_POLICY: limits.capture_time_policy = 'ignore'"):
+        Config.load(env={"FACEENGINE_LIMITS_CAPTURE_TIME_POLICY": "ignore"})
+    with pytest.raises(ConfigError, match="limits.capture_time_past_s = -1"):
+        Config.load(env={}).update({"limits": {"capture_time_past_s": -1}}, source="test")
 
 
 # ---- 9. disk full --------------------------------------------------------------------------------

@@ -228,7 +228,7 @@ def test_removed_person_raises_no_more_events(engine: Engine, analyzer: FaceAnal
     first = _run(engine, "cam", frames[:15])
     assert any(f.match is not None and f.match.person_id == "p1" for o in first for f in o.faces)
     engine.gallery.remove_person("wl", "p1")
-    engine.store.delete_person_events("wl", "p1")
+    engine.store.erase_person_events("wl", "p1")
     engine.forget_person("wl", "p1")
     state = engine.camera("cam")
     later = [engine.process([(state, _job("cam", 15 + i, f))])[0] for i, f in enumerate(frames[15:30])]

@@ -69,7 +69,7 @@ def test_embeddings_are_unit_length(analyzer) -> None:  # noqa: ANN001
 
 
 def test_batched_embedding_equals_single(analyzer) -> None:  # noqa: ANN001
-    assert analyzer.embedder.session.batched
+    assert analyzer.models["embedder"].batched
     img = read_image(IMAGES / "multiface.jpg")
     dets = analyzer.detector.detect(img)
     crops = analyzer.aligner.align_all(img, dets)
@@ -81,7 +81,7 @@ def test_batched_embedding_equals_single(analyzer) -> None:  # noqa: ANN001
 @pytest.mark.parametrize("fixture", ["analyzer", "scrfd_analyzer"])
 def test_batched_detection_equals_single(request: pytest.FixtureRequest, fixture: str) -> None:
     a = request.getfixturevalue(fixture)
-    assert a.detector.session.batched
+    assert a.models["detector"].batched
     imgs = [read_image(IMAGES / n) for n in ("multiface.jpg", "two_people.jpg", "obama_and_biden.jpg")]
     # same frame size -> one batched call; include a duplicate so the batch really has >1 image
     imgs = [cv2.resize(im, (960, 540)) for im in imgs] + [cv2.resize(imgs[0], (960, 540))]

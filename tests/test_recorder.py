@@ -145,7 +145,7 @@ def test_erased_person_events_are_not_written(parts, image: np.ndarray) -> None:
     stale = r.matches[0]
     assert rec.record(frame, r)[0] is not None
     gallery.remove_person("wl", "alice")
-    store.delete_person_events("wl", "alice")
+    store.erase_person_events("wl", "alice")
     rec.forget_person("wl", "alice")
     assert rec.events_of("cam") == []
     # a decision made before the erasure (a batch in flight) and a higher score: nothing is written
@@ -180,6 +180,6 @@ def test_relay_publishes_only_other_processes_events(parts, image: np.ndarray) -
     theirs = MatchEvent("x" * 32, "cam-b", 1.0, "wl", "bob", "Bob", 0.6, (0.0, 0.0, 1.0, 1.0))
     store.add_event(theirs)
     sub = bus.subscribe(MatchFilterSpec())
-    assert rec.relay(store.events_changed_since(0.0)) == 1
+    assert rec.relay(store.event_changes_since(0)[0]) == 1
     assert [(e.event_id, u) for e, u in [sub.queue.get_nowait()]] == [(theirs.event_id, False)]
     assert sub.queue.empty()

@@ -11,6 +11,7 @@ def test_network_side_follows_min_face_size_and_caps() -> None:
     assert network_side(1280, 720, cfg, 20.0) == 1280  # 720p: full resolution (a 20 px face stays 20 px)
     assert network_side(1920, 1080, cfg, 20.0) == 1280  # 1080p: capped at max_input_side
     assert network_side(250, 250, cfg, 20.0) == 640  # ID photo: letterboxed to input_size as before
+    assert network_side(1200, 630, cfg, 20.0) == 1184  # a multiple of 32, rounded down: never upscaled
     cfg.min_face_size = 40
     assert network_side(1280, 720, cfg, 20.0) == 640  # bigger faces only: the old cost
     cfg.min_face_size, cfg.max_input_side = 20, 1920

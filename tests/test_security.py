@@ -91,7 +91,7 @@ def test_access_table_lists_every_rpc_and_nothing_else() -> None:
     assert {n for n, r in METHOD_ROLES.items() if "gateway" in r} == {"/faceengine.v1.Ingest/StreamFrames"}
     # no RPC can edit or delete the audit log
     assert {m.name for m in pb.DESCRIPTOR.services_by_name["Admin"].methods} == {
-        "QueryAudit", "CreateToken", "ListTokens", "RevokeToken"}
+        "QueryAudit", "CreateToken", "ListTokens", "RevokeToken", "WhoAmI"}
 
 
 def test_role_matrix_over_grpc(secured) -> None:  # noqa: ANN001
@@ -382,22 +382,28 @@ def test_subscribe_is_audited_once(secured) -> None:  # noqa: ANN001
     srv, tokens = secured
     op = Client(srv.address, token=tokens["operator"])
     stream = op.matches.SubscribeMatches(pb.MatchFilter(watchlists=["vip"]), metadata=op.metadata)
-    got = threading.Event()
+    ended: list[grpc.StatusCode | BaseException] = []
 
     def follow() -> None:
         try:
             for _ in stream:
                 pass
-        except grpc.RpcError:
-            got.set()
+            ended.append(grpc.StatusCode.OK)
+        except grpc.RpcError as exc:
+            ended.append(exc.code())
+        except BaseException as exc:  # noqa: BLE001 - reported to the test thread
+            ended.append(exc)
 
     t = threading.Thread(target=follow, daemon=True)
     t.start()
     deadline = time.monotonic() + 10
-    while not srv.engine.bus._subs and time.monotonic() < deadline:
+    while not len(srv.engine.bus) and time.monotonic() < deadline:
         time.sleep(0.02)
+    assert len(srv.engine.bus), "the subscription never registered"
     stream.cancel()
     t.join(10)
+    # the operator's subscription was accepted and ran until our cancel (not refused by the role check)
+    assert not t.is_alive() and ended == [grpc.StatusCode.CANCELLED], ended
     deadline = time.monotonic() + 10
     while not srv.store.query_audit(action="SubscribeMatches") and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -62,26 +63,12 @@ def test_enroll_stream_subscribe_and_query_after_restart(cfg: Config, analyzer) 
         person = c.enroll("vip", "obama", [(IMAGES / "obama.jpg").read_bytes()], "Barack Obama", {"unit": "test"})
         assert person.template_count == 1
         c.ensure_push_camera("gate-1")
-        events: list[pb.MatchEvent] = []
-        subscribed = threading.Event()
-
-        def follow() -> None:
-            stream = c.matches.SubscribeMatches(pb.MatchFilter(camera_ids=["gate-1"]))
-            subscribed.set()
-            try:
-                for e in stream:
-                    events.append(e)
-                    if not e.update:
-                        stream.cancel()
-            except grpc.RpcError as exc:
-                assert exc.code() == grpc.StatusCode.CANCELLED
-
-        t = threading.Thread(target=follow, daemon=True)
-        t.start()
-        subscribed.wait(5)
+        stream = c.matches.SubscribeMatches(pb.MatchFilter(camera_ids=["gate-1"]))
+        events, ended, t = _follow(stream, lambda e: not e.update)  # cancel at the first new match
         assert _wait(lambda: len(srv.engine.bus) > 0, 10)  # the server has registered the subscription
         results = list(c.stream(_frames("gate-1", 8, _scene(), gap=0.04)))
         t.join(timeout=15)
+        assert not t.is_alive() and ended == [grpc.StatusCode.CANCELLED], ended  # ended by our cancel only
         assert len(results) == 8 and all(not r.HasField("error") for r in results)
         assert all(len(r.faces) == 3 for r in results)
         matched = {f.match.person_id for r in results for f in r.faces if f.HasField("match")}
@@ -202,6 +189,33 @@ def test_search_verify_and_person_lifecycle(server: FaceEngineServer) -> None:
     assert [p.person_id for p in persons] == ["biden"]
 
 
+def _follow(stream: grpc.Call, stop_at: Callable[[pb.MatchEvent], bool]) -> tuple[
+        list[pb.MatchEvent], list[grpc.StatusCode | BaseException], threading.Thread]:
+    """Read a SubscribeMatches stream in a thread until `stop_at(event)` says to cancel it.
+
+    Returns (events, how the stream ended, thread): the status code it ended with (CANCELLED after our own
+    cancel; OK if the server closed it) or the exception raised. Callers assert on these in the test thread,
+    where a failure fails the test (an assert inside a thread would only print a warning)."""
+    events: list[pb.MatchEvent] = []
+    ended: list[grpc.StatusCode | BaseException] = []
+
+    def run() -> None:
+        try:
+            for e in stream:
+                events.append(e)
+                if stop_at(e):
+                    stream.cancel()
+            ended.append(grpc.StatusCode.OK)
+        except grpc.RpcError as exc:
+            ended.append(exc.code())
+        except BaseException as exc:  # noqa: BLE001 - reported to the test thread
+            ended.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return events, ended, t
+
+
 def _wait(pred, timeout: float = 20.0) -> bool:  # noqa: ANN001
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -293,10 +307,16 @@ def test_unreachable_rtsp_camera_reports_and_retries(server: FaceEngineServer) -
     assert _health(server.address) == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_two_engine_processes_share_gallery_and_live_matches(cfg: Config, analyzer) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_two_engine_processes_share_gallery_and_live_matches(cfg: Config, analyzer, backend: str,  # noqa: ANN001
+                                                             request: pytest.FixtureRequest) -> None:
     """Scale-out: two servers on one store. A person enrolled through A is matched by B, and A's live
-    subscribers receive B's match (relayed from the shared event store)."""
+    subscribers receive B's match (relayed from the shared event store). On PostgreSQL both arrive by
+    LISTEN/NOTIFY: B's gallery has the person within 1 s and the relay's poll is switched off."""
     cfg = make_cfg(cfg)
+    if backend == "postgresql":
+        cfg.store.url = request.getfixturevalue("pg_url")
+        cfg.server.event_relay_s = 600.0  # polling would be far too late: only the notification can relay
     a = FaceEngineServer(cfg, analyzer=analyzer).start()
     b = FaceEngineServer(cfg, analyzer=analyzer).start()
     try:
@@ -304,25 +324,39 @@ def test_two_engine_processes_share_gallery_and_live_matches(cfg: Config, analyz
         ca.ensure_watchlist("vip")
         ca.enroll("vip", "obama", [(IMAGES / "obama.jpg").read_bytes()], "Barack Obama")
         cb.ensure_push_camera("b-cam")
-        got: list[pb.MatchEvent] = []
-
-        def follow() -> None:
-            stream = ca.matches.SubscribeMatches(pb.MatchFilter(camera_ids=["b-cam"]))
-            try:
-                for e in stream:
-                    got.append(e)
-                    stream.cancel()
-            except grpc.RpcError as exc:
-                assert exc.code() == grpc.StatusCode.CANCELLED
-
-        t = threading.Thread(target=follow, daemon=True)
-        t.start()
+        got, ended, t = _follow(ca.matches.SubscribeMatches(pb.MatchFilter(camera_ids=["b-cam"])), lambda e: True)
         assert _wait(lambda: len(a.engine.bus) > 0, 10)  # A has registered the subscription
-        time.sleep(1.2)  # B's gallery picks up A's enrolment (version check, at most every second)
+        if backend == "postgresql":
+            assert _wait(lambda: len(b.gallery) == 1, 1.0)  # pushed to B, not polled
+        else:  # B's gallery picks up A's enrolment at its next version check (at most every second)
+            photo = pb.SearchRequest(image=pb.Image(encoded=(IMAGES / "obama2.jpg").read_bytes()), top_k=1)
+            assert _wait(lambda: [h.person_id for h in cb.matches.SearchByImage(photo).hits] == ["obama"], 10)
         results = list(cb.stream(_frames("b-cam", 4, _scene(), gap=0.05)))
         assert {f.match.person_id for r in results for f in r.faces if f.HasField("match")} == {"obama"}
         t.join(timeout=10)
+        assert not t.is_alive() and ended == [grpc.StatusCode.CANCELLED], ended
         assert got and got[0].person_id == "obama" and got[0].camera_id == "b-cam"
     finally:
         b.stop(grace=1)
         a.stop(grace=1)
+
+
+def test_health_follows_a_postgres_restart(cfg: Config, analyzer, pg_server, pg_url: str) -> None:  # noqa: ANN001
+    """PostgreSQL restarted: health turns NOT_SERVING while it is down, SERVING once the engine has
+    reconnected, and calls work again."""
+    cfg = make_cfg(cfg)
+    cfg.store.url = pg_url
+    srv = FaceEngineServer(cfg, analyzer=analyzer).start()
+    try:
+        assert _health(srv.address) == health_pb2.HealthCheckResponse.SERVING
+        pg_server.checkpoint()  # quick crash recovery on a busy machine
+        pg_server.stop("immediate")
+        try:
+            assert _wait(lambda: _health(srv.address) == health_pb2.HealthCheckResponse.NOT_SERVING, 10)
+        finally:
+            pg_server.start_again()
+        assert _wait(lambda: _health(srv.address) == health_pb2.HealthCheckResponse.SERVING, 60)
+        Client(srv.address).ensure_watchlist("after-restart")
+        assert [w.name for w in srv.store.list_watchlists()] == ["after-restart"]
+    finally:
+        srv.stop(grace=1)

@@ -8,8 +8,6 @@ as a fixture; the project's own detector is tested elsewhere.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
@@ -24,11 +22,11 @@ from engine.video.quality import (
 )
 from engine.video.tracker import FaceTracker, TrackUpdate
 from engine.vision.detections import Detections, box_iou
+from tests.shared_data import IMAGES, MIRROR, VIDEOS
 
-SHARED = Path("/work/shared")
-VIDEO = SHARED / "testdata/videos/stage_360p.mp4"
-YUNET = SHARED / "models/face_detection_yunet_2023mar.onnx"
-OBAMA = SHARED / "testdata/images/obama.jpg"
+VIDEO = VIDEOS / "stage_360p.mp4"
+YUNET = MIRROR / "face_detection_yunet_2023mar.onnx"
+OBAMA = IMAGES / "obama.jpg"
 
 FIXTURE_SCORE_THRESHOLD = 0.3
 """YuNet threshold for the fixture: as low as the tracker's low_score, so the clip also yields
@@ -101,31 +99,38 @@ def run_tracker(tracker: FaceTracker, clip: list[tuple[float, Detections]]) -> l
 
 
 def test_track_ids_stable_across_frames(stage_clip: list[tuple[float, Detections]]) -> None:
+    """The same face in consecutive frames keeps one id, every confident face is tracked, and the clip's
+    faces make few tracks. Each assertion is on the tracker's output; the clip only supplies the pairs."""
     updates = run_tracker(FaceTracker(), stage_clip)
-    kept = changed = 0
-    for prev, cur in zip(updates, updates[1:], strict=False):
-        prev_ids = prev.dets.extra["track_id"]
-        cur_ids = cur.dets.extra["track_id"]
-        if len(prev.dets) == 0 or len(cur.dets) == 0:
+    pairs = kept = 0
+    for (_, prev_d), (_, cur_d), prev, cur in zip(stage_clip, stage_clip[1:], updates, updates[1:], strict=False):
+        if len(prev_d) == 0 or len(cur_d) == 0:
             continue
-        iou = box_iou(cur.dets.boxes, prev.dets.boxes)
-        for i in range(len(cur.dets)):
+        prev_ids, cur_ids = prev.dets.extra["track_id"], cur.dets.extra["track_id"]
+        iou = box_iou(cur_d.boxes, prev_d.boxes)
+        for i in range(len(cur_d)):
             j = int(np.argmax(iou[i]))
-            if iou[i, j] > 0.5 and prev_ids[j] >= 0 and cur_ids[i] >= 0:
-                kept += int(cur_ids[i] == prev_ids[j])
-                changed += int(cur_ids[i] != prev_ids[j])
-    # Observed: 784 of 784 overlapping pairs keep their id.
-    assert kept > 500
-    assert kept / (kept + changed) >= 0.98, (kept, changed)
+            # one face seen confidently in two consecutive frames (a fact about the clip)...
+            if iou[i, j] > 0.5 and cur_d.scores[i] >= 0.6 and prev_d.scores[j] >= 0.6:
+                pairs += 1
+                # ...must carry the same live id in both (a fact about the tracker; untracked counts as lost)
+                kept += int(cur_ids[i] == prev_ids[j] >= 0)
+    # Observed: 688 such pairs, all 688 keep their id.
+    assert pairs > 500  # the fixture still yields the clip's detections
+    assert kept >= 0.98 * pairs, (kept, pairs)
 
+    # min_hits=1: every confident detection gets an id in the frame it appears (observed: 726 of 726).
+    for (_, dets), up in zip(stage_clip, updates, strict=True):
+        ids = up.dets.extra["track_id"]
+        assert (ids[dets.scores >= 0.6] >= 0).all()
     all_ids = np.concatenate([u.dets.extra["track_id"] for u in updates])
     distinct = set(all_ids[all_ids >= 0].tolist())
-    max_high = max(int((d.scores >= 0.6).sum()) for _, d in stage_clip)
-    # Observed: max 7 high-score faces per frame and 19 distinct tracks over the clip's
-    # four shots (hard cuts at frames 20, 82 and 211), a few of them 1-4 frame flickers of
-    # dark background faces.
-    assert max_high == 7
-    assert len(distinct) <= 3 * max_high, (len(distinct), max_high)
+    most_live = max(int((u.dets.extra["track_id"] >= 0).sum()) for u in updates)
+    # Observed: 19 tracks over the clip's four shots (hard cuts at frames 20, 82 and 211), a few of them
+    # 1-4 frame flickers of dark background faces, at most 7 live at once. A tracker that fragments
+    # (a new id after a missed frame or a jittery box) makes many more.
+    assert most_live == 7
+    assert most_live <= len(distinct) <= 21, len(distinct)
     # Ids are 1, 2, 3... in order of appearance (min_hits=1: no gaps).
     assert sorted(distinct) == list(range(1, len(distinct) + 1))
 

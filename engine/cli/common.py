@@ -20,22 +20,25 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--embedder", help="embedder model name (mobilefacenet, sface, w600k_r50, ...)")
     g.add_argument("--provider", help="onnxruntime provider: cpu, cuda, tensorrt, auto")
     g.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
-    g.add_argument("--db", help="SQLite store file (watchlists, events, audit)")
+    g.add_argument("--db", help="store: a SQLite file, sqlite:///FILE or postgresql://... (sets store.url)")
     g.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
 
 
 def load_config(args: argparse.Namespace) -> Config:
     cfg = Config.load(getattr(args, "config", None))
-    over: dict[str, dict[str, Any]] = {}
     for attr, sec, key in (("model_dir", "models", "dir"), ("mirror", "models", "mirror"),
                            ("detector", "models", "detector"), ("embedder", "models", "embedder"),
                            ("provider", "runtime", "provider"), ("threads", "runtime", "intra_op_threads"),
-                           ("db", "store", "path")):
+                           ("db", "store", "url")):
         val = getattr(args, attr, None)
         if val is not None:
-            over.setdefault(sec, {})[key] = val
-    cfg.update(over, source="command line")
+            cfg.update({sec: {key: val}}, source=flag_source(attr))
     return cfg
+
+
+def flag_source(attr: str) -> str:
+    """How a config error names a command-line flag (argparse dest -> --flag-name)."""
+    return f"command-line flag --{attr.replace('_', '-')}"
 
 
 def setup_logging(verbosity: int) -> None:

@@ -61,7 +61,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     srv = FaceEngineServer(cfg).start()
     say(f"server on {srv.address} (store {cfg.store.path}, detector {cfg.models.detector}, "
-        f"embedder {cfg.models.embedder}, provider {srv.analyzer.embedder.session.providers[0]})")
+        f"embedder {cfg.models.embedder}, provider {srv.analyzer.provider})")
     try:
         with Client(srv.address) as c:
             cap = cv2.VideoCapture(str(video))

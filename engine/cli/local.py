@@ -68,9 +68,9 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 def _open_gallery(cfg, analyzer):  # noqa: ANN001, ANN202
     from engine.gallery.gallery import Gallery
-    from engine.store.sqlite import SQLiteStore
+    from engine.store import open_store
 
-    store = SQLiteStore(cfg.store.path)
+    store = open_store(cfg.store.target())
     return Gallery(store, analyzer.dim, analyzer.model_name, cfg.gallery.index)
 
 
@@ -122,9 +122,10 @@ def cmd_identify(args: argparse.Namespace) -> int:
 
     cfg = load_config(args)
     if args.gallery:
-        cfg.store.path = args.gallery
+        cfg.store.url = args.gallery
     analyzer = FaceAnalyzer.from_config(cfg, _registry(cfg))
-    gallery = _open_gallery(cfg, analyzer) if Path(cfg.store.path).exists() else None
+    target = cfg.store.target()
+    gallery = _open_gallery(cfg, analyzer) if "://" in target or Path(target).exists() else None
     path = Path(args.input)
     if not path.exists():
         raise InvalidImageError(f"{path}: no such file")

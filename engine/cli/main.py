@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("identify", help="detect and identify faces in an image or video (no server)")
     add_config_args(i)
     i.add_argument("input", help="image or video file")
-    i.add_argument("--gallery", help="SQLite gallery file (default: store.path)")
+    i.add_argument("--gallery", help="gallery store file or URL (default: store.url, else store.path)")
     i.add_argument("--json", action="store_true", help="one JSON object a line (a line per frame with faces)")
     i.add_argument("--every", type=int, default=1, help="process every Nth video frame")
     i.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_optional(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Server, client and benchmark commands live in their own modules."""
     for module in ("engine.cli.server_cmds", "engine.cli.client_cmds", "engine.cli.bench_cmds",
-                   "engine.cli.security_cmds", "engine.cli.demo_cmds", "engine.cli.store_cmds"):
+                   "engine.cli.security_cmds", "engine.cli.demo_cmds", "engine.cli.store_cmds",
+                   "engine.cli.console_cmds"):
         try:
             mod = __import__(module, fromlist=["register"])
         except ImportError as exc:  # pragma: no cover - only while a module is being written

@@ -50,9 +50,9 @@ def register(sub: Any, lazy: Callable[[str, str], Callable[[argparse.Namespace],
 
 
 def _store(args: argparse.Namespace):  # noqa: ANN202
-    from engine.store.sqlite import SQLiteStore
+    from engine.store import open_store
 
-    return SQLiteStore(load_config(args).store.path)
+    return open_store(load_config(args).store.target())
 
 
 def _time(ts: float) -> str:

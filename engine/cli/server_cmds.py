@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from engine.cli.common import add_config_args, load_config
+from engine.cli.common import add_config_args, flag_source, load_config
 
 
 def register(sub: Any, lazy: Callable[[str, str], Callable[[argparse.Namespace], int]]) -> None:
@@ -32,21 +32,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from engine.service.server import FaceEngineServer
 
     cfg = load_config(args)
-    over: dict[str, Any] = {}
-    for attr, key in (("host", "host"), ("port", "port"), ("metrics_port", "metrics_port")):
+    for attr in ("host", "port", "metrics_port"):
         if getattr(args, attr) is not None:
-            over[key] = getattr(args, attr)
+            cfg.update({"server": {attr: getattr(args, attr)}}, source=flag_source(attr))
     if args.dev:
-        over.setdefault("host", "127.0.0.1")
-        cfg.update({"auth": {"enabled": False}}, source="--dev")
-    cfg.update({"server": over}, source="command line")
-    cluster: dict[str, Any] = {}
+        if args.host is None:
+            cfg.update({"server": {"host": "127.0.0.1"}}, source="command-line flag --dev")
+        cfg.update({"auth": {"enabled": False}}, source="command-line flag --dev")
     if args.cluster:
-        cluster["address"] = args.cluster
+        cfg.update({"cluster": {"address": args.cluster}}, source="command-line flag --cluster")
     if args.workers is not None:
-        cluster["workers"] = args.workers
-    if cluster:
-        cfg.update({"cluster": cluster}, source="command line")
+        cfg.update({"cluster": {"workers": args.workers}}, source="command-line flag --workers")
     if not cfg.auth.enabled:
         print("faceengine: auth is OFF (development mode): any local process may call the API",
               file=sys.stderr, flush=True)

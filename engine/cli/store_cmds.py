@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sqlite3
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,14 @@ def check_store(path: str) -> tuple[list[str], dict[str, int]]:
 
 
 def cmd_store_check(args: argparse.Namespace) -> int:
-    path = load_config(args).store.path
+    from engine.store import redact, sqlite_path
+
+    target = load_config(args).store.target()
+    path = sqlite_path(target)
+    if path is None:
+        print(f"store check inspects SQLite files; {redact(target)} is not one (for PostgreSQL use its own tools: "
+              "amcheck, pg_dump)", file=sys.stderr)
+        return 2
     problems, counts = check_store(path)
     if args.json:
         jprint({"path": path, "ok": not problems, "problems": problems, "counts": counts})

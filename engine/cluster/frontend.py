@@ -33,31 +33,21 @@ from engine.errors import (
 from engine.metrics import EngineMetrics
 from engine.store.base import MatchEvent
 from engine.video.events import EventBus
+from engine.video.scheduler import RateMeter as SchedulerRateMeter
+from engine.video.scheduler import _Dropped
 
 log = logging.getLogger(__name__)
 
 
-class RateMeter:
-    """Events per second over a sliding window (for camera status)."""
+class RateMeter(SchedulerRateMeter):
+    """The scheduler's sliding-window rate, or the figure a worker reported (pull cameras run there)."""
 
-    def __init__(self, window_s: float = 5.0) -> None:
-        self.window = window_s
-        self.times: deque[float] = deque()
-        self.value: float | None = None  # set for cameras whose rate a worker reports
-
-    def tick(self, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        self.times.append(now)
-        while self.times and now - self.times[0] > self.window:
-            self.times.popleft()
+    def __init__(self) -> None:
+        super().__init__()
+        self.value: float | None = None
 
     def rate(self) -> float:
-        if self.value is not None:
-            return self.value
-        now = time.monotonic()
-        while self.times and now - self.times[0] > self.window:
-            self.times.popleft()
-        return len(self.times) / self.window if len(self.times) >= 2 else 0.0
+        return self.value if self.value is not None else super().rate()
 
 
 @dataclass
@@ -296,8 +286,6 @@ class ClusterEngine:
     # ---- ingest --------------------------------------------------------------------------------
     def submit_wire(self, frame: WireFrame, reply: Callable[[Any], None] | None) -> None:
         """Queue a frame for its camera's worker; a full queue drops its oldest frame (newest wins)."""
-        from engine.video.pipeline import _Dropped
-
         cam = self.camera(frame.camera_id)
         dropped: _Pending | None = None
         with self._cv:

@@ -51,7 +51,8 @@ def connect(address: str, connect_timeout_s: float = 5.0, num_cpus: float | None
                 return ray
             except (ConnectionError, RuntimeError, ValueError):
                 log.info("cluster: no running Ray cluster on this machine; starting a local one")
-        ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kw)
+        # address="local": always a new private instance, never another process's cluster on this machine
+        ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kw)
         log.info("cluster: started a local Ray (%s CPUs)", ray.cluster_resources().get("CPU"))
         return ray
     try:

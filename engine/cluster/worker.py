@@ -55,7 +55,7 @@ class CameraWorker:
     def __init__(self, cfg_data: dict[str, dict[str, Any]], worker_id: str = "worker") -> None:
         from engine.gallery.gallery import Gallery
         from engine.metrics import EngineMetrics
-        from engine.store.sqlite import SQLiteStore
+        from engine.store import open_store
         from engine.video.pipeline import Engine
         from engine.vision.analyzer import FaceAnalyzer
 
@@ -63,12 +63,16 @@ class CameraWorker:
         cfg.update({k: v for k, v in cfg_data.items() if k != "cluster"}, source=f"cluster worker {worker_id}")
         self.cfg = cfg
         self.worker_id = worker_id
-        self.store = SQLiteStore(cfg.store.path)
+        self.store = open_store(cfg.store.target())  # SQLite on one machine, PostgreSQL across machines
         self.analyzer = FaceAnalyzer.from_config(cfg)
         self.gallery = Gallery(self.store, self.analyzer.dim, self.analyzer.model_name, cfg.gallery.index)
         self.metrics = EngineMetrics()
         self.engine = Engine(cfg, self.analyzer, self.gallery, self.store, self.metrics)
         self.engine.start()
+        # PostgreSQL pushes gallery changes (LISTEN/NOTIFY): enrolments reach this worker's FAISS replica
+        # at once rather than at its next poll; SQLite never calls back and the poll stays
+        self._unsubscribe = self.store.subscribe_changes(
+            lambda what: self.gallery.sync(force=True) if what in ("gallery", "reconnect") else None)
         self.sources: dict[str, Any] = {}
         self._lock = threading.Lock()
         self.started = time.time()
@@ -175,9 +179,14 @@ class CameraWorker:
         except ImportError:  # plain use without Ray
             pass
         return {"node_id": node, "worker_id": self.worker_id, "pid": os.getpid(), "host": socket.gethostname(),
-                "rss": rss_bytes(),
+                "rss": rss_bytes(), "gallery_templates": self._gallery_size(),
                 "cameras": [c.camera_id for c in self.engine.cameras()], "provider": _provider(self.analyzer),
                 "uptime_s": time.time() - self.started}
+
+    def _gallery_size(self) -> int:
+        """Templates in this worker's gallery replica, after catching up with the store."""
+        self.gallery.sync(force=True)
+        return len(self.gallery)
 
     def ping(self) -> bool:
         return True
@@ -186,17 +195,14 @@ class CameraWorker:
         for cid in list(self.sources):
             self.stop_camera(cid)
         self.engine.stop(drain_s=2.0)
+        self._unsubscribe()
         self.store.close()
 
 
 def _provider(analyzer: Any) -> str:
+    """The provider the analyzer's models run on (the analyzer answers; its members are not asked)."""
     prov = getattr(analyzer, "provider", None)
-    if isinstance(prov, str):
-        return prov
-    try:
-        return str(analyzer.embedder.session.providers[0])
-    except Exception:  # noqa: BLE001 - informational only
-        return "unknown"
+    return prov if isinstance(prov, str) else "unknown"
 
 
 def ray_worker_class() -> Any:

@@ -1,9 +1,10 @@
 """Watchlists of persons with several templates each, searched with FAISS.
 
-The store (SQLite) is the source of truth; the FAISS index is a cache built from it on start and
-kept in step by every change made through this class. When another process changes the same
-store, `gallery_version` moves and the next search rebuilds the cache, so any number of stateless
-workers can share one gallery.
+The store (SQLite or PostgreSQL) is the source of truth; the FAISS index is a cache built from it on
+start and kept in step by every change made through this class. When another process changes the
+same store, `gallery_version` moves and the next search applies the store's change log (the changed
+persons' vectors are dropped and re-added), so any number of stateless workers can share one
+gallery; a full rebuild happens only at start or when the log no longer reaches back far enough.
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ import numpy as np
 
 from engine.errors import InvalidArgumentError
 from engine.gallery.faiss_index import VectorIndex
-from engine.store.base import Person, Watchlist
-from engine.store.sqlite import SQLiteStore
+from engine.store.base import GalleryDelta, GalleryStore, Person, Watchlist
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class Match:
 
 
 class Gallery:
-    def __init__(self, store: SQLiteStore, dim: int, model: str, index_spec: str = "Flat",
+    def __init__(self, store: GalleryStore, dim: int, model: str, index_spec: str = "Flat",
                  sync_interval_s: float = 1.0) -> None:
         self.store = store
         self.dim = dim
@@ -42,8 +42,11 @@ class Gallery:
         self.sync_interval_s = sync_interval_s
         self._lock = threading.RLock()
         self._labels: dict[int, tuple[str, str, str]] = {}
+        self._by_person: dict[tuple[str, str], set[int]] = {}  # template ids of each indexed person
         self._version = -1
         self._checked = 0.0
+        self.rebuilds = 0  # full rebuilds from the store (start-up, or a replica too far behind)
+        self.deltas = 0  # change-log deltas applied (other processes' changes)
         self.index = VectorIndex(dim, index_spec)
         self.rebuild()
         others = {m: n for m, n in store.template_models().items() if m != model}
@@ -62,19 +65,60 @@ class Gallery:
                     raise InvalidArgumentError(f"stored templates are {vecs.shape[1]}-d, embedder is {self.dim}-d")
                 index.add(ids, vecs)
             self.index = index
-            self._labels = {int(i): lab for i, lab in zip(ids.tolist(), labels, strict=True)}
+            self._labels = {}
+            self._by_person = {}
+            self._add_labels(ids.tolist(), labels)
             self._version = version
             self._checked = time.monotonic()
+            self.rebuilds += 1
             log.info("gallery: %d templates of %s indexed (%s)", len(ids), self.model, self.index_spec)
 
     def sync(self, force: bool = False) -> None:
-        """Rebuild if the store changed behind our back (checked at most every sync_interval_s)."""
+        """Catch up if the store changed behind our back (checked at most every sync_interval_s)."""
         now = time.monotonic()
         if not force and now - self._checked < self.sync_interval_s:
             return
         self._checked = now
         if self.store.gallery_version() != self._version:
-            self.rebuild()
+            self._catch_up()
+
+    def _catch_up(self) -> None:
+        """Apply the store's changes since our version, or rebuild when the log cannot say."""
+        with self._lock:
+            delta = self.store.gallery_changes_since(self._version, self.model)
+            if delta is None:
+                self.rebuild()
+            else:
+                self._apply(delta)
+
+    def _apply(self, delta: GalleryDelta) -> None:
+        """Drop every vector of the changed persons, then add their current templates (idempotent)."""
+        drop = [i for key in delta.persons for i in self._by_person.get(key, ())]
+        if drop:
+            self.index.remove(np.asarray(drop, np.int64))
+            self._drop_labels(drop)
+        if len(delta.ids):
+            if delta.vectors.shape[1] != self.dim:
+                raise InvalidArgumentError(f"stored templates are {delta.vectors.shape[1]}-d, embedder is {self.dim}-d")
+            self.index.add(delta.ids, delta.vectors)
+            self._add_labels(delta.ids.tolist(), delta.labels)
+        self._version = delta.version
+        self.deltas += 1
+
+    def _add_labels(self, ids: list[int], labels: list[tuple[str, str, str]]) -> None:
+        for i, lab in zip(ids, labels, strict=True):
+            self._labels[int(i)] = lab
+            self._by_person.setdefault((lab[0], lab[1]), set()).add(int(i))
+
+    def _drop_labels(self, ids: list[int]) -> None:
+        for i in ids:
+            lab = self._labels.pop(int(i), None)
+            if lab is not None:
+                held = self._by_person.get((lab[0], lab[1]))
+                if held is not None:
+                    held.discard(int(i))
+                    if not held:
+                        del self._by_person[(lab[0], lab[1])]
 
     def _note_own_change(self) -> None:
         # our change moved the version by one; if it moved by more, someone else wrote too
@@ -82,7 +126,7 @@ class Gallery:
         if version == self._version + 1:
             self._version = version
         else:
-            self.rebuild()
+            self._catch_up()
 
     # ---- watchlists ----------------------------------------------------------------------------
     def create_watchlist(self, name: str, description: str = "") -> Watchlist:
@@ -98,7 +142,7 @@ class Gallery:
     def delete_watchlist(self, name: str) -> int:
         with self._lock:
             n = self.store.delete_watchlist(name)
-            self.rebuild()
+            self._catch_up()
             return n
 
     def list_watchlists(self) -> list[Watchlist]:
@@ -117,15 +161,12 @@ class Gallery:
                                            emb, self.model, replace)
             if old:
                 self.index.remove(np.asarray(old, np.int64))
-                for i in old:
-                    self._labels.pop(i, None)
+                self._drop_labels(old)
             self.index.add(np.asarray(ids, np.int64), emb)
-            for i in ids:
-                self._labels[i] = (watchlist, person_id, display_name)
+            self._add_labels(ids, [(watchlist, person_id, display_name)] * len(ids))
             if display_name:  # older templates carry the new name too
-                for i, (w, p, _) in list(self._labels.items()):
-                    if w == watchlist and p == person_id:
-                        self._labels[i] = (w, p, display_name)
+                for i in self._by_person.get((watchlist, person_id), ()):
+                    self._labels[i] = (watchlist, person_id, display_name)
             self._note_own_change()
             return self.store.get_person(watchlist, person_id)
 
@@ -135,8 +176,7 @@ class Gallery:
             ids = self.store.remove_person(watchlist, person_id)
             if ids:
                 self.index.remove(np.asarray(ids, np.int64))
-            for i in ids:
-                self._labels.pop(i, None)
+            self._drop_labels(ids)
             self._note_own_change()
             return len(ids)
 

@@ -1,14 +1,17 @@
-"""onnxruntime session factory: providers, threads, and the batch-dimension rewrite.
+"""onnxruntime runner: providers, threads, and the batch-dimension rewrite.
 
-The shipped graphs fix the batch size at 1 (input dims and Reshape constants). `make_batchable`
-rewrites them to a symbolic batch at load time; `Session` then checks that a batch of two gives
-the same outputs as two single calls, and falls back to looping if it does not.
+The shipped graphs fix the batch size at 1 (input dims, Reshape constants, intermediate shape
+annotations). `make_batchable` rewrites them to a symbolic batch at load time; `OnnxRunner` keeps
+the rewritten graph only if the model's own check (decoded faces for detectors, cosine for
+embedders) finds it equivalent to single calls on this provider, and then holds that one session.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,21 +20,23 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from engine.config import RuntimeConfig
-from engine.errors import ModelError
+from engine.errors import ConfigError, ModelError
+from engine.models.runner import BatchCheck, BatchVerdict, InferenceRunner
 
 log = logging.getLogger(__name__)
 
-_PROVIDERS = {
-    "cpu": ["CPUExecutionProvider"],
-    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
-}
+GraphTransform = Callable[[onnx.ModelProto], onnx.ModelProto]
+"""A graph rewrite applied to a model (and its batched variant) before loading, e.g. pre-processing nodes."""
+
+CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
+_PROVIDERS = {"cpu": [CPU], "cuda": [CUDA, CPU], "tensorrt": [TRT, CUDA, CPU]}
 _OPT = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
+_TRT_LIBS = ("libnvinfer.so.10", "libnvinfer.so.8", "libnvinfer.so", "nvinfer_10.dll", "nvinfer.dll")
 
 
 def auto_intra_op_threads() -> int:
@@ -44,12 +49,26 @@ def auto_intra_op_threads() -> int:
     return max(1, (os.cpu_count() or 1) // 2)
 
 
+def tensorrt_libraries_present() -> bool:
+    """True when the TensorRT runtime library can be loaded (onnxruntime-gpu lists the TensorRT
+    provider even where TensorRT itself is not installed, then fails at session creation)."""
+    for name in _TRT_LIBS:
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    return False
+
+
 def resolve_providers(name: str) -> list[str]:
-    """Providers to request for a config name, limited to those this onnxruntime build has."""
+    """Providers to request for a config name, limited to those this onnxruntime build has.
+
+    `auto` picks CUDA when this onnxruntime has it (TensorRT only when asked for by name: it needs
+    its own libraries and minutes of engine building), else the CPU."""
     available = ort.get_available_providers()
     if name == "auto":
-        wanted = [p for p in _PROVIDERS["tensorrt"] if p in available]
-        return wanted or ["CPUExecutionProvider"]
+        return list(_PROVIDERS["cuda"]) if CUDA in available else [CPU]
     if name not in _PROVIDERS:
         raise ModelError(f"unknown provider {name!r}; use cpu, cuda, tensorrt or auto")
     wanted = _PROVIDERS[name]
@@ -58,13 +77,39 @@ def resolve_providers(name: str) -> list[str]:
             f"provider {name} asked for but this onnxruntime has only {available}; "
             "install onnxruntime-gpu (pip install 'faceengine[gpu]') or use provider=cpu"
         )
-    return wanted
+    if wanted[0] == TRT and not tensorrt_libraries_present():
+        raise ConfigError(
+            "runtime.provider = tensorrt, but the TensorRT libraries (libnvinfer) cannot be loaded; "
+            "install TensorRT (pip install tensorrt) so its libraries are on the loader path, "
+            "or use runtime.provider = cuda"
+        )
+    return list(wanted)
+
+
+def provider_options(runtime: RuntimeConfig) -> list[tuple[str, dict[str, str]]]:
+    """(provider, options) pairs for onnxruntime: device id for CUDA/TensorRT, TensorRT engine cache and fp16."""
+    out: list[tuple[str, dict[str, str]]] = []
+    for p in resolve_providers(runtime.provider):
+        opts: dict[str, str] = {}
+        if p in (CUDA, TRT):
+            opts["device_id"] = str(runtime.device_id)
+        if p == TRT:
+            opts["trt_fp16_enable"] = "1" if runtime.tensorrt_fp16 else "0"
+            if runtime.tensorrt_cache_dir:
+                Path(runtime.tensorrt_cache_dir).mkdir(parents=True, exist_ok=True)
+                opts["trt_engine_cache_enable"] = "1"
+                opts["trt_engine_cache_path"] = runtime.tensorrt_cache_dir
+        out.append((p, opts))
+    return out
 
 
 def make_batchable(model: onnx.ModelProto) -> onnx.ModelProto:
     """Rewrite a batch-1 graph so its batch dimension is symbolic.
 
-    - graph inputs/outputs: dim 0 -> 'N';
+    - real graph inputs (not initializers listed as inputs, as older exporters write them) and
+      outputs: dim 0 -> 'N';
+    - intermediate shape annotations (value_info) are dropped: they name batch 1, and onnxruntime
+      plans buffer reuse from them (SFace failed with "Shape mismatch attempting to re-use buffer");
     - Reshape with a constant shape starting with 1 -> 0 (copy the batch dim);
     - Reshape(-1, k) fed by a Transpose that moved the batch axis (SCRFD heads): the Transpose
       keeps batch first and the Reshape becomes (0, -1, k), i.e. one row block per image.
@@ -75,11 +120,13 @@ def make_batchable(model: onnx.ModelProto) -> onnx.ModelProto:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             consts[node.output[0]] = node.attribute[0].t
     producer = {out: node for node in graph.node for out in node.output}
-    for t in list(graph.input) + list(graph.output):
+    weights = {i.name for i in graph.initializer}
+    for t in [i for i in graph.input if i.name not in weights] + list(graph.output):
         dims = t.type.tensor_type.shape.dim
         if len(dims) > 0:
             dims[0].Clear()
             dims[0].dim_param = "N"
+    del graph.value_info[:]
     original = {name: numpy_helper.to_array(t).copy() for name, t in consts.items()}
     for node in graph.node:
         if node.op_type != "Reshape" or node.input[1] not in consts:
@@ -106,73 +153,110 @@ def make_batchable(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-class Session:
-    """A thread-safe onnxruntime session that accepts any batch size."""
+class OnnxRunner(InferenceRunner):
+    """An onnxruntime runner that accepts any batch size, holding ONE session once settled.
 
-    def __init__(self, path: Path, runtime: RuntimeConfig, batchable: bool = True,
-                 sample_shape: tuple[int, ...] | None = None, dynamic_hw: bool = False) -> None:
+    For a batch-1 graph it builds the rewritten batched session next to the original;
+    `verify_batching` judges the pair and keeps only the one that will be used, so a loaded model
+    never holds two copies of its weights (on a GPU: twice the memory)."""
+
+    def __init__(self, path: Path, runtime: RuntimeConfig, batchable: bool = True, dynamic_hw: bool = False,
+                 transform: GraphTransform | None = None) -> None:
         self.path = path
+        self.model = path.name
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = runtime.intra_op_threads or auto_intra_op_threads()
         opts.inter_op_num_threads = runtime.inter_op_threads
-        opts.graph_optimization_level = _OPT.get(runtime.graph_optimization, _OPT["all"])
+        opts.graph_optimization_level = _OPT[runtime.graph_optimization]
         opts.log_severity_level = 3
-        providers = resolve_providers(runtime.provider)
+        providers = provider_options(runtime)
         try:
             model = onnx.load(str(path))
         except Exception as exc:  # onnx raises DecodeError and friends for corrupt files
             raise ModelError(f"cannot parse ONNX model {path}: {exc}") from exc
-        self.input_name = model.graph.input[0].name
+        self._input_name = model.graph.input[0].name
         if dynamic_hw:  # fully convolutional detectors run at any size that is a multiple of 32
             dims = model.graph.input[0].type.tensor_type.shape.dim
             for i, label in ((2, "H"), (3, "W")):
                 if len(dims) == 4 and dims[i].HasField("dim_value"):
                     dims[i].Clear()
                     dims[i].dim_param = label
-        self.batched = False
-        raw = model.SerializeToString()
         fixed_batch = _input_batch_dim(model) == 1
-        self._single = self._make(raw, opts, providers)
-        self._batch = self._single
+        shape = transform or (lambda m: m)
+        self._session = self._make(shape(model).SerializeToString(), opts, providers)
+        self._input_name = self._session.get_inputs()[0].name
+        self._input_shape = tuple(self._session.get_inputs()[0].shape)
+        self._candidate: ort.InferenceSession | None = None
+        self._batched = not fixed_batch
+        self._verdict = "graph takes any batch" if self._batched else "batch rewrite off"
         if batchable and fixed_batch:
             try:
-                cand = self._make(make_batchable(model).SerializeToString(), opts, providers)
-                if sample_shape is None or self._equivalent(cand, sample_shape):
-                    self._batch = cand
-                    self.batched = True
-                else:
-                    log.warning("%s: batched rewrite changed outputs; running one image a call", path.name)
+                self._candidate = self._make(shape(make_batchable(model)).SerializeToString(), opts, providers)
+                self._verdict = "batch rewrite pending check"
             except Exception as exc:  # rewrite is an optimisation: never fail the load for it
-                log.warning("%s: batch rewrite failed (%s); running one image a call", path.name, exc)
-        elif not fixed_batch:
-            self.batched = True
-        self.providers = self._batch.get_providers()
-        log.info("loaded %s on %s (batched=%s)", path.name, self.providers[0], self.batched)
+                self._verdict = f"batch rewrite failed ({exc})"
+                log.warning("%s: batch rewrite failed (%s); running one image a call", self.model, exc)
 
     @staticmethod
-    def _make(raw: bytes, opts: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
+    def _make(raw: bytes, opts: ort.SessionOptions,
+              providers: list[tuple[str, dict[str, str]]]) -> ort.InferenceSession:
         try:
             return ort.InferenceSession(raw, opts, providers=providers)
         except Exception as exc:
             raise ModelError(f"onnxruntime cannot load the model: {exc}") from exc
 
-    def _equivalent(self, cand: ort.InferenceSession, sample_shape: tuple[int, ...]) -> bool:
-        rng = np.random.default_rng(0)
-        x = rng.uniform(0, 255, (2, *sample_shape)).astype(np.float32)
-        batched = cand.run(None, {self.input_name: x})
-        singles = [self._single.run(None, {self.input_name: x[i : i + 1]}) for i in range(2)]
-        for j, out in enumerate(batched):
-            ref = np.stack([s[j].reshape(-1) for s in singles])
-            if out.size != ref.size or not np.allclose(out.reshape(2, -1), ref, atol=1e-4, rtol=1e-3):
-                return False
-        return True
+    @property
+    def provider(self) -> str:
+        return str(self._session.get_providers()[0])
+
+    @property
+    def providers(self) -> list[str]:
+        """Every provider of the session, in priority order (the first one runs what it can)."""
+        return list(self._session.get_providers())
+
+    @property
+    def batched(self) -> bool:
+        return self._batched
+
+    @property
+    def input_name(self) -> str:
+        return self._input_name
+
+    @property
+    def input_shape(self) -> tuple[int | str | None, ...]:
+        return self._input_shape
+
+    @property
+    def batch_check(self) -> str:
+        return self._verdict
+
+    def verify_batching(self, check: BatchCheck) -> BatchVerdict:
+        """Keep the batched graph if `check` accepts it against single calls, else drop it."""
+        cand = self._candidate
+        if cand is None:
+            return BatchVerdict(self._batched, self._verdict)
+        try:
+            verdict = check(lambda x: list(cand.run(None, {self._input_name: x})), self._run_single)
+        except Exception as exc:  # a candidate that cannot run a batch is simply not used
+            verdict = BatchVerdict(False, f"batch check failed ({exc})")
+        self._candidate = None
+        if verdict.accepted:
+            self._session, self._batched = cand, True
+        self._verdict = verdict.detail
+        level = logging.INFO if verdict.accepted else logging.WARNING
+        log.log(level, "%s on %s: batched graph %s (%s)", self.model, self.provider,
+                "accepted" if verdict.accepted else "refused, one image a call", verdict.detail)
+        return verdict
+
+    def _run_single(self, batch: np.ndarray) -> list[np.ndarray]:
+        per = [self._session.run(None, {self._input_name: batch[i : i + 1]}) for i in range(batch.shape[0])]
+        return [np.stack([_drop_batch(p[j]) for p in per]) for j in range(len(per[0]))] if per else []
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
         """Run on (B, ...) input; every output has the batch as its first axis."""
-        if self.batched:
-            return list(self._batch.run(None, {self.input_name: batch}))
-        per = [self._single.run(None, {self.input_name: batch[i : i + 1]}) for i in range(batch.shape[0])]
-        return [np.stack([_drop_batch(p[j]) for p in per]) for j in range(len(per[0]))] if per else []
+        if self._batched:
+            return list(self._session.run(None, {self._input_name: batch}))
+        return self._run_single(batch)
 
 
 def _drop_batch(out: np.ndarray) -> np.ndarray:

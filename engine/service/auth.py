@@ -16,8 +16,9 @@ streams re-check their token every `auth.recheck_s` and end with UNAUTHENTICATED
 
 Roles:
   gateway   Ingest.StreamFrames only (camera gateways).
-  operator  live and historical matches, search, verify, and read-only views of cameras,
-            watchlists and persons (an operator must know what it is looking at).
+  operator  live and historical matches, acknowledging or dismissing alerts, search, verify, and
+            read-only views of cameras, watchlists, persons and their photos (an operator must know
+            what it is looking at); WhoAmI, the console's sign-in check.
   admin     everything: cameras, watchlists, enrolment and removal, tokens, the audit log.
 """
 
@@ -30,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -38,7 +39,7 @@ from engine.config import AuthConfig
 from engine.errors import AuditUnavailableError, FaceEngineError, InvalidArgumentError
 from engine.service.convert import unary
 from engine.service.proto import pb, rpc
-from engine.store.sqlite import SQLiteStore
+from engine.store.base import AuditStore, TokenStore
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +63,18 @@ METHOD_ROLES: dict[str, frozenset[str]] = {
     f"{_PKG}Watchlists/ListWatchlists": _OPERATOR,
     f"{_PKG}Watchlists/GetPerson": _OPERATOR,
     f"{_PKG}Watchlists/ListPersons": _OPERATOR,
+    f"{_PKG}Watchlists/GetPersonPhoto": _OPERATOR,
+    f"{_PKG}Watchlists/DetectFaces": _ADMIN,
     f"{_PKG}Matches/SubscribeMatches": _OPERATOR,
     f"{_PKG}Matches/QueryMatches": _OPERATOR,
     f"{_PKG}Matches/SearchByImage": _OPERATOR,
     f"{_PKG}Matches/Verify": _OPERATOR,
+    f"{_PKG}Matches/AcknowledgeMatch": _OPERATOR,
     f"{_PKG}Admin/QueryAudit": _ADMIN,
     f"{_PKG}Admin/CreateToken": _ADMIN,
     f"{_PKG}Admin/ListTokens": _ADMIN,
     f"{_PKG}Admin/RevokeToken": _ADMIN,
+    f"{_PKG}Admin/WhoAmI": _OPERATOR,  # gateway tokens are refused: they cannot sign in to the console
 }
 
 # Open to anyone (no token): liveness probes and API discovery.
@@ -100,6 +105,8 @@ AUDITED: dict[str, Callable[[Any], str]] = {
         [*(f"camera={c}" for c in r.camera_ids), *(f"watchlist={w}" for w in r.watchlists)]) or "*",
     f"{_PKG}Matches/SearchByImage": lambda r: ",".join(r.watchlists) or "*",
     f"{_PKG}Matches/Verify": lambda r: "",
+    f"{_PKG}Matches/AcknowledgeMatch": lambda r: r.event_id,
+    f"{_PKG}Watchlists/DetectFaces": lambda r: "",
     f"{_PKG}Admin/CreateToken": lambda r: r.name,
     f"{_PKG}Admin/RevokeToken": lambda r: r.name,
     f"{_PKG}Admin/QueryAudit": lambda r: r.action or "*",
@@ -109,7 +116,8 @@ AUDITED: dict[str, Callable[[Any], str]] = {
 # Methods that change state: their audit record is written first and the change is refused if it cannot be.
 MUTATIONS: frozenset[str] = frozenset(f"{_PKG}{m}" for m in (
     "Cameras/AddCamera", "Cameras/RemoveCamera", "Watchlists/CreateWatchlist", "Watchlists/DeleteWatchlist",
-    "Watchlists/EnrollPerson", "Watchlists/RemovePerson", "Admin/CreateToken", "Admin/RevokeToken"))
+    "Watchlists/EnrollPerson", "Watchlists/RemovePerson", "Admin/CreateToken", "Admin/RevokeToken",
+    "Matches/AcknowledgeMatch"))
 
 UNAUTHENTICATED_ACTOR = "(unauthenticated)"
 
@@ -120,7 +128,7 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_token(store: SQLiteStore, name: str, role: str) -> tuple[str, float]:
+def create_token(store: TokenStore, name: str, role: str) -> tuple[str, float]:
     """Make and store a new token; returns (the token, shown once, creation time)."""
     if role not in ROLES:
         raise InvalidArgumentError(f"role {role!r} unknown; use one of {', '.join(ROLES)}")
@@ -170,13 +178,17 @@ def add_audit_detail(text: str) -> None:
 
 
 # ---- interceptor -------------------------------------------------------------------------------
+class _AuthStore(AuditStore, TokenStore, Protocol):
+    """The two store roles the auth layer uses: tokens to check callers, audit to record calls."""
+
+
 class AuthInterceptor(grpc.ServerInterceptor):
     """Authenticates, authorises (METHOD_ROLES) and audits (AUDITED) every call.
 
     The checks run inside the wrapped handler, on the call's worker thread, so a slow store never
     stalls the server's dispatch loop (and health checks)."""
 
-    def __init__(self, store: SQLiteStore, cfg: AuthConfig | None = None, enabled: bool | None = None) -> None:
+    def __init__(self, store: _AuthStore, cfg: AuthConfig | None = None, enabled: bool | None = None) -> None:
         self.store = store
         self.cfg = cfg or AuthConfig()
         self.enabled = self.cfg.enabled if enabled is None else enabled
@@ -495,7 +507,7 @@ def _token_info(d: dict[str, Any]) -> pb.TokenInfo:
 class AdminServicer(rpc.AdminServicer):
     """Audit log queries and token management (role admin; see METHOD_ROLES)."""
 
-    def __init__(self, store: SQLiteStore) -> None:
+    def __init__(self, store: _AuthStore) -> None:
         self.store = store
 
     @unary
@@ -516,6 +528,12 @@ class AdminServicer(rpc.AdminServicer):
     @unary
     def ListTokens(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.ListTokensResponse:  # noqa: N802
         return pb.ListTokensResponse(tokens=[_token_info(t) for t in self.store.list_tokens()])
+
+    @unary
+    def WhoAmI(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.TokenInfo:  # noqa: N802
+        info = current()
+        p = info.principal if info is not None else ANONYMOUS
+        return pb.TokenInfo(name=p.name, role=p.role)
 
     @unary
     def RevokeToken(self, request: pb.RevokeTokenRequest, context: grpc.ServicerContext) -> pb.TokenInfo:  # noqa: N802

@@ -77,4 +77,5 @@ def event_msg(e: MatchEvent, update: bool = False, thumbnails: bool = True) -> p
     return pb.MatchEvent(event_id=e.event_id, camera_id=e.camera_id, timestamp=e.timestamp, watchlist=e.watchlist,
                          person_id=e.person_id, display_name=e.display_name, score=e.score, box=box(e.box),
                          thumbnail=e.thumbnail if thumbnails else b"", track_id=e.track_id,
-                         frame_sequence=e.frame_seq, update=update)
+                         frame_sequence=e.frame_seq, update=update, ack_action=e.ack_action, ack_note=e.ack_note,
+                         ack_by=e.ack_by, ack_time=e.ack_time)

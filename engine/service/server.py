@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-import time
+from collections.abc import Callable
 from concurrent import futures
 
 import faiss
@@ -30,7 +30,8 @@ from engine.service.servicers import (
     WatchlistsServicer,
 )
 from engine.service.tls import is_loopback, server_credentials
-from engine.store.sqlite import SQLiteStore, damaged
+from engine.store import open_store
+from engine.store.sqlite import damaged
 from engine.video.pipeline import CameraState, Engine
 from engine.video.sources import PullSource
 from engine.vision.analyzer import FaceAnalyzer
@@ -57,9 +58,9 @@ class FaceEngineServer:
 
             connect(cfg.cluster.address, cfg.cluster.connect_timeout_s)
         self.metrics = EngineMetrics()
-        self.store = SQLiteStore(cfg.store.path)  # a damaged file: StoreDamagedError saying what to do
+        self.store = open_store(cfg.store.target())  # a damaged SQLite file: StoreDamagedError saying what to do
         try:
-            fixed = self.store.repair()  # start-up consistency check; the index is then rebuilt from SQLite
+            fixed = self.store.repair()  # start-up consistency check; the index is then rebuilt from the store
             if any(fixed.values()):
                 log.warning("store consistency check repaired %s", fixed)
             self.retention = RetentionWorker(self.store, cfg.retention)
@@ -68,7 +69,7 @@ class FaceEngineServer:
             self.gallery = Gallery(self.store, self.analyzer.dim, self.analyzer.model_name, cfg.gallery.index)
         except sqlite3.DatabaseError as exc:  # pages damaged past the header: same advice, no traceback
             self.store.close()
-            raise damaged(cfg.store.path, exc) from exc
+            raise damaged(cfg.store.target(), exc) from exc
         self.slots = StreamSlots(cfg.server)
         if cfg.cluster.address:  # cameras served by Ray worker actors; this process is a front end
             from engine.cluster.frontend import ClusterEngine
@@ -79,6 +80,8 @@ class FaceEngineServer:
         self.sources: dict[str, PullSource] = {}
         self.running = False
         self._stopped = threading.Event()
+        self._relay_wake = threading.Event()
+        self._unsubscribe: Callable[[], None] | None = None
         lim = cfg.limits.max_message_bytes
         self.grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=cfg.server.max_workers, thread_name_prefix="grpc"),
@@ -157,32 +160,35 @@ class FaceEngineServer:
         if self.cfg.server.event_relay_s > 0:
             threading.Thread(target=self._relay_events, name="event-relay", daemon=True).start()
         threading.Thread(target=self._watch_storage, name="storage-health", daemon=True).start()
+        self._unsubscribe = self.store.subscribe_changes(self._on_store_change)  # PostgreSQL: pushed at once
         if self.cfg.server.metrics_port:
             try:
                 self.metrics.serve(self.cfg.server.metrics_port, self.cfg.server.host)
             except OSError as exc:
                 log.warning("metrics endpoint not started on port %s: %s", self.cfg.server.metrics_port, exc)
-        for s in ("", *[pb.DESCRIPTOR.services_by_name[n].full_name for n in SERVICES]):
-            self.health.set(s, health_pb2.HealthCheckResponse.SERVING)
+        self._set_health(True)
         log.info("faceengine serving on %s (detector=%s, embedder=%s, provider=%s, gallery=%d templates, "
                  "match threshold %.4f for FPIR %g at %d people)",
                  self.address, self.analyzer.detector.name, self.analyzer.embedder.name,
-                 self.analyzer.embedder.session.providers[0], len(self.gallery), self.cfg.gallery.match_threshold,
+                 self.analyzer.provider, len(self.gallery), self.cfg.gallery.match_threshold,
                  self.cfg.gallery.match_fpir, self.cfg.gallery.watchlist_size)
         return self
 
     def _relay_events(self) -> None:
         """Live subscribers of this process also see matches raised by other processes on the same
         store (several stateless engine processes behind one operator endpoint)."""
-        mark = time.time()
-        while not self._stopped.wait(self.cfg.server.event_relay_s) and self.running:
+        mark = self.store.event_change_head()  # keyed by the store's change sequence, not by clocks
+        while not self._stopped.is_set() and self.running:
+            self._relay_wake.wait(self.cfg.server.event_relay_s)  # a poll tick, or a store notification
+            self._relay_wake.clear()
+            if self._stopped.is_set() or not self.running:
+                break
             try:
-                events = self.store.events_changed_since(mark)
+                events, mark = self.store.event_changes_since(mark)
             except Exception:  # store closing or busy: try again next tick
                 log.debug("event relay: store read failed", exc_info=True)
                 continue
             if events:
-                mark = max(e.updated for e in events)
                 self.engine.relay(events)
 
     def _set_health(self, serving: bool) -> None:
@@ -191,21 +197,35 @@ class FaceEngineServer:
             self.health.set(s, status)
 
     def _watch_storage(self) -> None:
-        """Health follows the store: NOT_SERVING while its writes fail for lack of space (a write
-        probe, rolled back, tells when there is room again), SERVING again without a restart."""
+        """Health follows the store: NOT_SERVING while it cannot serve (SQLite: writes fail for lack of
+        space, a rolled-back write probe tells when there is room again; PostgreSQL: the server does not
+        answer), SERVING again without a restart once it can; then catch up on what was missed."""
         serving = True
         while not self._stopped.wait(self.cfg.server.health_probe_s) and self.running:
             try:
-                problem = self.store.probe_write() if self.store.storage_error else ""
+                problem = self.store.health()
             except Exception as exc:  # noqa: BLE001 - store closing or busy: report it, look again
-                problem = str(exc)
+                problem = str(exc) or type(exc).__name__
             if serving and problem:
-                log.error("store writes are failing, health NOT_SERVING: %s", problem)
+                log.error("store %s cannot serve, health NOT_SERVING: %s", self.store.url, problem)
             elif not serving and not problem:
-                log.warning("store writes work again, health SERVING")
+                log.warning("store %s works again, health SERVING", self.store.url)
             if serving != (not problem) and self.running:
                 serving = not problem
                 self._set_health(serving)
+                if serving:
+                    self._on_store_change("reconnect")  # changes made meanwhile were not announced
+
+    def _on_store_change(self, what: str) -> None:
+        """A store notification (another process changed the gallery or wrote events): act now
+        rather than at the next poll. "reconnect" means notifications may have been missed."""
+        if what in ("gallery", "reconnect"):
+            try:
+                self.gallery.sync(force=True)
+            except Exception:  # the next search or poll catches up
+                log.debug("gallery sync after a store notification failed", exc_info=True)
+        if what in ("events", "reconnect"):
+            self._relay_wake.set()
 
     def stop(self, grace: float | None = None) -> None:
         """Stop taking calls, finish queued frames, flush events, close the store."""
@@ -220,6 +240,10 @@ class FaceEngineServer:
         self.grpc.stop(grace).wait()
         self.retention.stop()
         self.auth.close()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        self._relay_wake.set()
+        self.metrics.close()
         self.store.close()
         self._stopped.set()
         log.info("faceengine stopped")

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+import cv2
 import grpc
 import numpy as np
 
@@ -278,6 +279,21 @@ class CamerasServicer(rpc.CamerasServicer):
         return pb.ListCamerasResponse(cameras=[camera_msg(c) for c in self.srv.engine.cameras()])
 
 
+def face_crop_jpeg(image: np.ndarray, b: np.ndarray, margin: float = 0.3, side: int = 160) -> bytes:
+    """The face box with a margin, at most `side` px tall, as JPEG: the person photo kept for operators."""
+    h, w = image.shape[:2]
+    x1, y1, x2, y2 = (float(v) for v in b[:4])
+    mx, my = (x2 - x1) * margin, (y2 - y1) * margin
+    crop = image[max(0, int(y1 - my)) : min(h, int(y2 + my)), max(0, int(x1 - mx)) : min(w, int(x2 + mx))]
+    if crop.size == 0:
+        return b""
+    if crop.shape[0] > side:
+        crop = cv2.resize(crop, (max(1, round(crop.shape[1] * side / crop.shape[0])), side),
+                          interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    return buf.tobytes() if ok else b""
+
+
 def camera_msg(c) -> pb.Camera:  # noqa: ANN001
     """A camera's status as clients see it: credentials in its URI masked, only known options."""
     options = {k: v for k, v in c.options.items() if k in SOURCE_OPTIONS}
@@ -314,21 +330,48 @@ class WatchlistsServicer(rpc.WatchlistsServicer):
             raise InvalidArgumentError(f"{len(request.images)} images: at most "
                                        f"{srv.cfg.limits.max_images_per_enrollment} per enrolment")
         validate.person(request.person_id, request.display_name, request.metadata, srv.cfg.limits)
-        srv.gallery.store.get_watchlist(request.watchlist)  # NOT_FOUND before any model work
-        embs, notes = [], []
+        srv.store.get_watchlist(request.watchlist)  # NOT_FOUND before any model work
+        embs, notes, photo = [], [], b""
         for i, img in enumerate(request.images):
             what = f"image {i + 1} of {len(request.images)}"
-            _, emb, note = srv.analyzer.enrol_face(image_from_proto(img, srv.cfg.limits, what), what, request.strict)
+            image = image_from_proto(img, srv.cfg.limits, what)
+            det, emb, note = srv.analyzer.enrol_face(image, what, request.strict)
             embs.append(emb)
             if note:
                 notes.append(note)
+            if i == 0:
+                photo = face_crop_jpeg(image, det.boxes[0])
         add_audit_detail(f"images={len(embs)} replace={str(request.replace).lower()}")
         person = srv.gallery.enroll(request.watchlist, request.person_id, np.stack(embs),
                                     request.display_name or request.person_id, dict(request.metadata),
                                     replace=request.replace)
+        if photo and (request.replace or person.template_count == len(embs)):  # new or replaced: newest photo
+            srv.store.set_person_photo(request.watchlist, request.person_id, photo)
         msg = person_msg(person)
         msg.notes.extend(notes)
         return msg
+
+    @unary
+    def GetPersonPhoto(self, request: pb.PersonRequest, context):  # noqa: ANN001, ANN201, N802
+        return pb.PersonPhoto(jpeg=self.srv.store.get_person_photo(request.watchlist, request.person_id))
+
+    @unary
+    def DetectFaces(self, request: pb.DetectFacesRequest, context):  # noqa: ANN001, ANN201, N802
+        """Enrolment preview: the same detection and checks EnrollPerson applies, without storing."""
+        srv = self.srv
+        image = image_from_proto(request.image, srv.cfg.limits)
+        res = srv.analyzer.analyze(image)
+        out = pb.DetectFacesResponse()
+        for b, sc in zip(res.detections.boxes, res.detections.scores, strict=True):
+            out.faces.add(box=box(b), score=float(sc), track_id=-1)
+        n = len(res.detections)
+        if n == 1:
+            out.crop = face_crop_jpeg(image, res.detections.boxes[0])
+        else:
+            out.problem = ("no face found (need one clear, frontal face)" if n == 0
+                           else f"{n} faces found; crop the image to one person")
+        add_audit_detail(f"faces={n}")
+        return out
 
     @unary
     def RemovePerson(self, request, context):  # noqa: ANN001, ANN201, N802
@@ -338,11 +381,10 @@ class WatchlistsServicer(rpc.WatchlistsServicer):
             n = srv.gallery.remove_person(request.watchlist, request.person_id)  # templates, person, vectors
         except NotFoundError:
             if erase:  # a retry after a crash between the two steps still erases the events
-                srv.store.delete_person_events(request.watchlist, request.person_id)
+                srv.store.erase_person_events(request.watchlist, request.person_id)
             raise
         srv.engine.forget_person(request.watchlist, request.person_id)
-        erased = srv.store.delete_person_events(request.watchlist, request.person_id) if erase else 0
-        srv.store.checkpoint()  # no copy of the erased rows stays behind in the WAL
+        erased = srv.store.erase_person_events(request.watchlist, request.person_id) if erase else 0
         add_audit_detail(f"templates={n} events_erased={erased}")
         return pb.RemovePersonResponse(templates_removed=n)
 
@@ -409,7 +451,7 @@ class MatchesServicer(rpc.MatchesServicer):
         if request.top_k > 100:
             raise InvalidArgumentError("top_k must be at most 100")
         for w in request.watchlists:
-            srv.gallery.store.get_watchlist(w)
+            srv.store.get_watchlist(w)
         det, emb = srv.analyzer.largest_face(image_from_proto(request.image, srv.cfg.limits))
         thr = srv.cfg.gallery.match_threshold
         hits = srv.gallery.search(emb, request.top_k or srv.cfg.gallery.top_k,
@@ -417,6 +459,14 @@ class MatchesServicer(rpc.MatchesServicer):
         return pb.SearchResponse(face=box(det.boxes[0]), threshold=thr, hits=[
             pb.SearchHit(watchlist=h.watchlist, person_id=h.person_id, display_name=h.display_name, score=h.score,
                          is_match=h.score >= thr) for h in hits])
+
+    @unary
+    def AcknowledgeMatch(self, request: pb.AcknowledgeRequest, context):  # noqa: ANN001, ANN201, N802
+        info = current()
+        actor = info.principal.name if info is not None else "anonymous"
+        ev = self.srv.store.acknowledge_event(request.event_id, request.action, request.note, actor)
+        add_audit_detail(f"action={request.action} note_chars={len(request.note)}")
+        return event_msg(ev, thumbnails=False)
 
     @unary
     def Verify(self, request: pb.VerifyRequest, context):  # noqa: ANN001, ANN201, N802

@@ -65,7 +65,9 @@ def camera(camera_id: str, uri: str, options: Mapping[str, str], cfg: Config) ->
     if len(uri) > cfg.limits.max_uri_chars:
         raise InvalidArgumentError(f"camera uri is {len(uri)} characters: more than limits.max_uri_chars "
                                    f"({cfg.limits.max_uri_chars})")
-    store = cfg.store.path
+    from engine.store import sqlite_path
+
+    store = sqlite_path(cfg.store.target()) or cfg.store.path  # the database file a camera may not read
     kind = check_uri(uri, cfg.cameras.allowed_schemes, cfg.cameras.file_roots,
                      (store, f"{store}-wal", f"{store}-shm", f"{store}-journal"))
     if kind == "push":

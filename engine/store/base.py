@@ -1,10 +1,17 @@
-"""Store interfaces and records. SQLite implements them now; PostgreSQL (or a vector database for
-templates) can replace them later without touching the gallery, pipeline or service code."""
+"""Store role interfaces and records.
+
+Above `engine/store/` only these protocols are used as types: `GalleryStore`, `EventStore`,
+`AuditStore`, `CameraStore`, `TokenStore`, and `Store` (all roles plus lifecycle). Every store
+method used from outside the package belongs to exactly one of them, and none has a
+database-specific meaning (journal checkpoints, vacuum and secure deletion happen inside the
+backend). `engine.store.open_store(url)` builds a backend: SQLite (embedded default) or PostgreSQL.
+The contract suite `tests/test_store_contract.py` runs every method on every backend."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -53,6 +60,10 @@ class MatchEvent:
     thumbnail: bytes = b""
     created: float = 0.0
     updated: float = 0.0
+    ack_action: str = ""  # "" (open), "ack" or "dismiss"
+    ack_note: str = ""
+    ack_by: str = ""  # token name of who decided
+    ack_time: float = 0.0
 
 
 @dataclass
@@ -67,27 +78,124 @@ class EventQuery:
     page_token: str = ""
 
 
+@dataclass
+class GalleryDelta:
+    """What changed in the gallery after a version: the persons touched (enrolled, re-enrolled,
+    renamed, removed, or in a deleted watchlist) and the current templates of those still present
+    (for one embedding model). A replica drops every vector it holds of `persons`, then adds `ids`."""
+
+    version: int
+    persons: list[tuple[str, str]]
+    ids: np.ndarray
+    vectors: np.ndarray
+    labels: list[tuple[str, str, str]]
+
+
 class GalleryStore(Protocol):
+    """Watchlists, persons and their templates; `gallery_version` moves on every change."""
+
     def gallery_version(self) -> int: ...
-    def create_watchlist(self, name: str, description: str) -> Watchlist: ...
+    def gallery_changes_since(self, version: int, model: str) -> GalleryDelta | None:
+        """Delta from `version` to now, or None when the change log no longer reaches back that
+        far (or the version is unknown): the caller then rebuilds from `templates`."""
+        ...
+    def create_watchlist(self, name: str, description: str = "") -> Watchlist: ...
     def delete_watchlist(self, name: str) -> int: ...
     def get_watchlist(self, name: str) -> Watchlist: ...
     def list_watchlists(self) -> list[Watchlist]: ...
-    def upsert_person(self, person: Person, embeddings: np.ndarray, model: str, replace: bool) -> list[int]: ...
-    def remove_person(self, watchlist: str, person_id: str) -> list[int]: ...
+    def upsert_person(self, person: Person, embeddings: np.ndarray, model: str,
+                      replace: bool = False) -> list[int]: ...
+    def remove_person(self, watchlist: str, person_id: str) -> list[int]:
+        """Delete a person and their templates; the erased rows leave no copy in the journal."""
+        ...
     def get_person(self, watchlist: str, person_id: str) -> Person: ...
-    def list_persons(self, watchlist: str, limit: int, after: str) -> list[Person]: ...
+    def list_persons(self, watchlist: str, limit: int = 100, after: str = "") -> list[Person]: ...
+    def template_ids(self, watchlist: str, person_id: str) -> list[int]: ...
     def templates(self, model: str) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str, str]]]: ...
+    def template_models(self) -> dict[str, int]: ...
+    def set_person_photo(self, watchlist: str, person_id: str, jpeg: bytes) -> None:
+        """Keep one face photo of an enrolled person for operators (erased with the person)."""
+        ...
+    def get_person_photo(self, watchlist: str, person_id: str) -> bytes:
+        """The person's photo, b'' when none was kept; NotFoundError for an unknown person."""
+        ...
 
 
 class EventStore(Protocol):
+    """Match events with thumbnails, and a change feed keyed by a store-wide sequence (not clocks)."""
+
     def add_event(self, event: MatchEvent) -> None: ...
     def update_event(self, event: MatchEvent) -> None: ...
     def get_event(self, event_id: str) -> MatchEvent: ...
     def query_events(self, q: EventQuery) -> tuple[list[MatchEvent], str]: ...
-    def purge_events(self, before: float) -> int: ...
+    def event_change_head(self) -> int:
+        """The change sequence now: pass it to `event_changes_since` to see only later changes."""
+        ...
+    def event_changes_since(self, after_seq: int, limit: int = 500) -> tuple[list[MatchEvent], int]:
+        """Events inserted or updated after change `after_seq` (any process), in change order, and the
+        sequence to ask from next time. Commit order equals sequence order, so nothing is skipped."""
+        ...
+    def purge_events(self, before: float) -> int:
+        """Erase events older than `before` (and their thumbnails, leaving no copy in the journal)."""
+        ...
+    def erase_person_events(self, watchlist: str, person_id: str) -> int:
+        """Erase every event of one person (right to erasure), leaving no copy in the journal."""
+        ...
+    def acknowledge_event(self, event_id: str, action: str, note: str, actor: str) -> MatchEvent:
+        """Record an operator's ack or dismiss (with a note) on an event; does not move its change
+        sequence, so relays do not re-send it. NotFoundError for an unknown event."""
+        ...
 
 
 class AuditStore(Protocol):
+    """Append-only audit log: the backend refuses updates and deletes."""
+
     def audit(self, actor: str, role: str, action: str, target: str, result: str, detail: str = "") -> None: ...
-    def query_audit(self, since: float, limit: int, after_id: int) -> list[dict[str, Any]]: ...
+    def query_audit(self, since: float = 0.0, limit: int = 100, after_id: int = 0,
+                    action: str = "") -> list[dict[str, Any]]: ...
+
+
+class CameraStore(Protocol):
+    """Pull-camera definitions, so cameras survive restarts."""
+
+    def save_camera(self, camera_id: str, uri: str, options: dict[str, str]) -> None: ...
+    def delete_camera(self, camera_id: str) -> None: ...
+    def list_camera_defs(self) -> list[tuple[str, str, dict[str, str]]]: ...
+
+
+class TokenStore(Protocol):
+    """API tokens; only SHA-256 hashes are stored."""
+
+    def create_token(self, name: str, role: str, token_hash: str) -> float: ...
+    def token_by_hash(self, token_hash: str) -> tuple[str, str] | None: ...
+    def list_tokens(self) -> list[dict[str, Any]]: ...
+    def revoke_token(self, name: str) -> dict[str, Any]: ...
+
+
+ChangeCallback = Callable[[str], None]
+"""Called with "gallery" or "events" when another process (or this one) changed that part."""
+
+
+class StoreLifecycle(Protocol):
+    """Opening is `open_store(url)`; these hooks keep the store healthy while it runs."""
+
+    url: str
+    """Where the store lives, with any password redacted (for logs and error messages)."""
+
+    def close(self) -> None: ...
+    def health(self) -> str:
+        """'' while the store can serve; otherwise why not, for a person (disk full, server down).
+        Health checks turn NOT_SERVING on a reason and back to SERVING when it clears."""
+        ...
+    def repair(self) -> dict[str, int]:
+        """Start-up consistency check; returns counts of what was fixed."""
+        ...
+    def subscribe_changes(self, callback: ChangeCallback) -> Callable[[], None]:
+        """Push notification of changes where the backend has it (PostgreSQL LISTEN/NOTIFY); a
+        backend without it never calls back (callers keep polling). Returns an unsubscribe function."""
+        ...
+
+
+@runtime_checkable
+class Store(GalleryStore, EventStore, AuditStore, CameraStore, TokenStore, StoreLifecycle, Protocol):
+    """Everything one backend provides: all roles plus lifecycle."""

@@ -1,9 +1,12 @@
-"""SQLite implementation of the gallery, event and audit stores.
+"""SQLite implementation of every store role (the embedded default, no configuration).
 
 One file, WAL journal and synchronous=FULL: a write is on disk when the call returns, and a
 crash never leaves a half-written person or event (each change is one transaction). Several
-processes may open the same file; `gallery_version` lets each rebuild its FAISS cache when
-another process changed the gallery.
+processes on one machine may open the same file; `gallery_version` and the gallery change log let
+each keep its FAISS cache in step, and the event change sequence feeds live subscribers of every
+process. Erasures (person removal, event purge) checkpoint the WAL themselves, and secure_delete
+zeroes freed pages, so no copy of erased rows stays in any file. The schema is versioned with
+`PRAGMA user_version`; a file from a newer engine is refused, never rewritten.
 """
 
 from __future__ import annotations
@@ -13,18 +16,26 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from engine.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, StorageFullError, StoreDamagedError
-from engine.store.base import EventQuery, MatchEvent, Person, Watchlist
-from engine.store.integrity import template_problem
+from engine.errors import (
+    AlreadyExistsError,
+    InvalidArgumentError,
+    NotFoundError,
+    StorageFullError,
+    StoreDamagedError,
+    StoreSchemaError,
+)
+from engine.store.base import ChangeCallback, EventQuery, GalleryDelta, MatchEvent, Person, Watchlist
+from engine.store.integrity import templates_from_rows as _templates
 
 log = logging.getLogger(__name__)
 
-SCHEMA = """
+SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS watchlists (
     name TEXT PRIMARY KEY, description TEXT NOT NULL DEFAULT '', created REAL NOT NULL);
@@ -60,12 +71,41 @@ CREATE TABLE IF NOT EXISTS tokens (
 CREATE UNIQUE INDEX IF NOT EXISTS tokens_active_name ON tokens(name) WHERE revoked IS NULL;
 """
 
+# version 2: event change sequence (relay keyed by sequence, not clocks) and the gallery change log
+SCHEMA_V2 = """
+ALTER TABLE events ADD COLUMN change_seq INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX IF NOT EXISTS events_change ON events(change_seq);
+CREATE TABLE IF NOT EXISTS gallery_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, version INTEGER NOT NULL, watchlist TEXT NOT NULL,
+    person_id TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS gallery_log_version ON gallery_log(version);
+INSERT OR IGNORE INTO meta VALUES ('event_change_seq', '0');
+INSERT OR IGNORE INTO meta VALUES ('gallery_version', '0');
+INSERT OR IGNORE INTO meta SELECT 'gallery_log_floor', value FROM meta WHERE key='gallery_version';
+"""
+# version 3: operators' acknowledgements of alerts, and one face photo per enrolled person
+SCHEMA_V3 = """
+ALTER TABLE events ADD COLUMN ack_action TEXT NOT NULL DEFAULT '';
+ALTER TABLE events ADD COLUMN ack_note TEXT NOT NULL DEFAULT '';
+ALTER TABLE events ADD COLUMN ack_by TEXT NOT NULL DEFAULT '';
+ALTER TABLE events ADD COLUMN ack_time REAL NOT NULL DEFAULT 0;
+CREATE TABLE IF NOT EXISTS person_photos (
+    watchlist TEXT NOT NULL, person_id TEXT NOT NULL, jpeg BLOB NOT NULL, created REAL NOT NULL,
+    PRIMARY KEY (watchlist, person_id),
+    FOREIGN KEY (watchlist, person_id) REFERENCES persons(watchlist, person_id) ON DELETE CASCADE);
+"""
+MIGRATIONS = {1: SCHEMA_V1, 2: SCHEMA_V2, 3: SCHEMA_V3}
+SCHEMA_VERSION = max(MIGRATIONS)
+GALLERY_LOG_KEEP = 10_000  # gallery versions of change log kept; a replica further behind rebuilds
+ACK_ACTIONS = ("ack", "dismiss")
+
 
 class SQLiteStore:
-    """Gallery + events + audit + camera definitions in one SQLite file (thread-safe)."""
+    """Every store role in one SQLite file (thread-safe; several processes on one machine)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
+        self.url = f"sqlite:///{self.path}"
         if self.path != ":memory:":
             Path(self.path).expanduser().parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
@@ -76,9 +116,7 @@ class SQLiteStore:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.execute("PRAGMA secure_delete=ON")  # deleted templates/thumbnails are overwritten with zeros
-            with self._lock:
-                self._db.executescript(SCHEMA)
-                self._db.execute("INSERT OR IGNORE INTO meta VALUES ('gallery_version', '0')")
+            self._migrate()
         except sqlite3.DatabaseError as exc:
             self._db.close()
             if _is_full(exc):
@@ -104,9 +142,42 @@ class SQLiteStore:
             return str(exc)
         return self.storage_error
 
+    def _migrate(self) -> None:
+        """Apply the schema versions this file lacks, in one transaction (other processes wait)."""
+        with self._tx() as db:
+            have = int(db.execute("PRAGMA user_version").fetchone()[0])
+            if have > SCHEMA_VERSION:
+                raise StoreSchemaError(
+                    f"{self.path}: schema version {have} was written by a newer faceengine (this one knows "
+                    f"{SCHEMA_VERSION}); upgrade faceengine or point store.path at another file")
+            if have == 0 and db.execute("SELECT 1 FROM sqlite_master WHERE name='events'").fetchone():
+                cols = {r[1] for r in db.execute("PRAGMA table_info(events)")}
+                have = 2 if "change_seq" in cols else 1  # a file from before versioning
+            for version in range(have + 1, SCHEMA_VERSION + 1):
+                for stmt in MIGRATIONS[version].split(";\n"):
+                    if stmt.strip():
+                        db.execute(stmt)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def health(self) -> str:
+        if self.storage_error:  # a rolled-back write probe tells when there is room again
+            return self.probe_write()
+        try:
+            self._q("SELECT 1")
+            return ""
+        except sqlite3.Error as exc:
+            return f"store {self.path} does not answer: {exc}"
+
+    def subscribe_changes(self, callback: ChangeCallback) -> Callable[[], None]:
+        """SQLite has no push notification: callers keep polling, so this never calls back."""
+        return lambda: None
+
+    def _read(self) -> _Tx:
+        return _Tx(self, "BEGIN")
 
     def _tx(self) -> _Tx:
         return _Tx(self)
@@ -119,8 +190,33 @@ class SQLiteStore:
     def gallery_version(self) -> int:
         return int(self._q("SELECT value FROM meta WHERE key='gallery_version'")[0][0])
 
-    def _bump(self, db: sqlite3.Connection) -> None:
+    def _bump(self, db: sqlite3.Connection, persons: list[tuple[str, str]] | None = None) -> int:
+        """Move the gallery version by one and log the persons this change touched."""
         db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key='gallery_version'")
+        version = int(db.execute("SELECT value FROM meta WHERE key='gallery_version'").fetchone()[0])
+        db.executemany("INSERT INTO gallery_log (version, watchlist, person_id) VALUES (?, ?, ?)",
+                       [(version, w, p) for w, p in persons or []])
+        if version % 1000 == 0 and version > GALLERY_LOG_KEEP:
+            floor = version - GALLERY_LOG_KEEP
+            db.execute("DELETE FROM gallery_log WHERE version <= ?", (floor,))
+            db.execute("UPDATE meta SET value=? WHERE key='gallery_log_floor'", (str(floor),))
+        return version
+
+    def gallery_changes_since(self, version: int, model: str) -> GalleryDelta | None:
+        with self._read() as db:
+            now = int(db.execute("SELECT value FROM meta WHERE key='gallery_version'").fetchone()[0])
+            floor = int(db.execute("SELECT value FROM meta WHERE key='gallery_log_floor'").fetchone()[0])
+            if version < floor or version > now:
+                return None
+            persons = db.execute("SELECT DISTINCT watchlist, person_id FROM gallery_log WHERE version > ? "
+                                 "ORDER BY watchlist, person_id", (version,)).fetchall()
+            rows = db.execute(
+                "SELECT t.id, t.embedding, t.dim, t.watchlist, t.person_id, p.display_name FROM templates t "
+                "JOIN persons p ON p.watchlist=t.watchlist AND p.person_id=t.person_id WHERE t.model=? AND "
+                "(t.watchlist, t.person_id) IN (SELECT watchlist, person_id FROM gallery_log WHERE version > ?) "
+                "ORDER BY t.id", (model, version)).fetchall()
+        ids, vecs, labels = _templates(rows)
+        return GalleryDelta(now, [(w, p) for w, p in persons], ids, vecs, labels)
 
     def create_watchlist(self, name: str, description: str = "") -> Watchlist:
         if not name or len(name) > 128:
@@ -139,12 +235,13 @@ class SQLiteStore:
         with self._tx() as db:
             if not db.execute("SELECT 1 FROM watchlists WHERE name=?", (name,)).fetchone():
                 raise NotFoundError(f"watchlist {name!r} not found")
-            n = db.execute("SELECT COUNT(*) FROM persons WHERE watchlist=?", (name,)).fetchone()[0]
+            persons = [(name, r[0]) for r in db.execute("SELECT person_id FROM persons WHERE watchlist=?", (name,))]
             db.execute("DELETE FROM templates WHERE watchlist=?", (name,))
             db.execute("DELETE FROM persons WHERE watchlist=?", (name,))
             db.execute("DELETE FROM watchlists WHERE name=?", (name,))
-            self._bump(db)
-        return int(n)
+            self._bump(db, persons)
+        self._checkpoint()
+        return len(persons)
 
     def get_watchlist(self, name: str) -> Watchlist:
         rows = self._q(
@@ -190,8 +287,24 @@ class SQLiteStore:
                     "INSERT INTO templates (watchlist, person_id, model, dim, embedding, created) VALUES (?,?,?,?,?,?)",
                     (person.watchlist, person.person_id, model, emb.shape[1], vec.tobytes(), now))
                 ids.append(int(cur.lastrowid or 0))
-            self._bump(db)
+            self._bump(db, [(person.watchlist, person.person_id)])
+        if replace:
+            self._checkpoint()
         return ids
+
+    def set_person_photo(self, watchlist: str, person_id: str, jpeg: bytes) -> None:
+        """Store the face photo shown next to live thumbnails; erased with the person (cascade)."""
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO person_photos VALUES (?, ?, ?, ?)",
+                       (watchlist, person_id, jpeg, time.time()))
+
+    def get_person_photo(self, watchlist: str, person_id: str) -> bytes:
+        rows = self._q("SELECT jpeg FROM person_photos WHERE watchlist=? AND person_id=?", (watchlist, person_id))
+        if not rows:
+            self.get_person(watchlist, person_id)  # NOT_FOUND names the person when they do not exist
+            raise NotFoundError(f"person {person_id!r} in watchlist {watchlist!r} has no photo "
+                                "(enrolled before photos were kept; re-enrol with replace to add one)")
+        return bytes(rows[0][0])
 
     def template_ids(self, watchlist: str, person_id: str) -> list[int]:
         return [r[0] for r in self._q("SELECT id FROM templates WHERE watchlist=? AND person_id=?",
@@ -207,7 +320,8 @@ class SQLiteStore:
                                             (watchlist, person_id))]
             db.execute("DELETE FROM templates WHERE watchlist=? AND person_id=?", (watchlist, person_id))
             db.execute("DELETE FROM persons WHERE watchlist=? AND person_id=?", (watchlist, person_id))
-            self._bump(db)
+            self._bump(db, [(watchlist, person_id)])
+        self._checkpoint()
         return ids
 
     def get_person(self, watchlist: str, person_id: str) -> Person:
@@ -234,46 +348,44 @@ class SQLiteStore:
             "SELECT t.id, t.embedding, t.dim, t.watchlist, t.person_id, p.display_name FROM templates t "
             "JOIN persons p ON p.watchlist=t.watchlist AND p.person_id=t.person_id WHERE t.model=? ORDER BY t.id",
             (model,))
-        if not rows:
-            return np.zeros((0,), np.int64), np.zeros((0, 0), np.float32), []
-        good = []
-        for r in rows:  # a damaged template is named and skipped, never indexed as a zero/NaN vector
-            problem = template_problem(r[1], r[2])
-            if problem:
-                log.warning("template %d of %s/%s skipped: %s; re-enrol this person (`faceengine store check` "
-                            "lists every damaged template)", r[0], r[3], r[4], problem)
-            else:
-                good.append(r)
-        if not good:
-            return np.zeros((0,), np.int64), np.zeros((0, 0), np.float32), []
-        ids = np.array([r[0] for r in good], np.int64)
-        vecs = np.stack([np.frombuffer(r[1], np.float32, count=r[2]) for r in good])
-        return ids, vecs, [(r[3], r[4], r[5]) for r in good]
+        return _templates(rows)
 
     def template_models(self) -> dict[str, int]:
         return {m: n for m, n in self._q("SELECT model, COUNT(*) FROM templates GROUP BY model")}
 
     # ---- events --------------------------------------------------------------------------------
-    def add_event(self, e: MatchEvent) -> None:
+    @staticmethod
+    def _next_change(db: sqlite3.Connection) -> int:
+        db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key='event_change_seq'")
+        return int(db.execute("SELECT value FROM meta WHERE key='event_change_seq'").fetchone()[0])
+
+    def add_event(self, event: MatchEvent) -> None:
+        e = event
         now = time.time()
         e.created = e.created or now
         e.updated = now
         with self._tx() as db:
-            db.execute(
-                "INSERT INTO events (event_id, camera_id, ts, watchlist, person_id, display_name, score, box, "
-                "track_id, frame_seq, thumbnail, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (e.event_id, e.camera_id, e.timestamp, e.watchlist, e.person_id, e.display_name, e.score,
-                 json.dumps([float(v) for v in e.box]), e.track_id, e.frame_seq, e.thumbnail, e.created, e.updated))
+            try:
+                db.execute(
+                    "INSERT INTO events (event_id, camera_id, ts, watchlist, person_id, display_name, score, box, "
+                    "track_id, frame_seq, thumbnail, created, updated, change_seq) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (e.event_id, e.camera_id, e.timestamp, e.watchlist, e.person_id, e.display_name, e.score,
+                     json.dumps([float(v) for v in e.box]), e.track_id, e.frame_seq, e.thumbnail, e.created,
+                     e.updated, self._next_change(db)))
+            except sqlite3.IntegrityError as exc:
+                raise AlreadyExistsError(f"event {e.event_id} already exists") from exc
 
-    def update_event(self, e: MatchEvent) -> None:
+    def update_event(self, event: MatchEvent) -> None:
+        e = event
         e.updated = time.time()
         with self._tx() as db:
-            cur = db.execute("UPDATE events SET score=?, box=?, thumbnail=?, ts=?, frame_seq=?, updated=? "
-                             "WHERE event_id=?",
-                             (e.score, json.dumps([float(v) for v in e.box]), e.thumbnail, e.timestamp,
-                              e.frame_seq, e.updated, e.event_id))
-            if cur.rowcount == 0:
+            if not db.execute("SELECT 1 FROM events WHERE event_id=?", (e.event_id,)).fetchone():
                 raise NotFoundError(f"event {e.event_id} not found")
+            db.execute("UPDATE events SET score=?, box=?, thumbnail=?, ts=?, frame_seq=?, updated=?, change_seq=? "
+                       "WHERE event_id=?",
+                       (e.score, json.dumps([float(v) for v in e.box]), e.thumbnail, e.timestamp,
+                        e.frame_seq, e.updated, self._next_change(db), e.event_id))
 
     def get_event(self, event_id: str) -> MatchEvent:
         rows = self._q(f"SELECT {_EVENT_COLS} FROM events WHERE event_id=?", (event_id,))
@@ -310,20 +422,40 @@ class SQLiteStore:
         rows = rows[:size]
         return [_event(r[:-1]) for r in rows], (str(rows[-1][-1]) if more and rows else "")
 
-    def events_changed_since(self, updated_after: float, limit: int = 500) -> list[MatchEvent]:
-        """Events created or updated after a time (any process), oldest change first, thumbnails included."""
-        rows = self._q(f"SELECT {_EVENT_COLS} FROM events WHERE updated>? ORDER BY updated LIMIT ?",
-                       (updated_after, limit))
-        return [_event(r) for r in rows]
+    def acknowledge_event(self, event_id: str, action: str, note: str, actor: str) -> MatchEvent:
+        """Record an operator's decision on an alert (the latest decision wins; each is audited by
+        the service). `updated` is left alone: an acknowledgement is not a new or better match."""
+        if action not in ACK_ACTIONS:
+            raise InvalidArgumentError(f"action {action!r} unknown; use ack or dismiss")
+        if len(note) > 1000:
+            raise InvalidArgumentError(f"note is {len(note)} characters; at most 1000")
+        with self._tx() as db:
+            cur = db.execute("UPDATE events SET ack_action=?, ack_note=?, ack_by=?, ack_time=? WHERE event_id=?",
+                             (action, note, actor, time.time(), event_id))
+            if cur.rowcount == 0:
+                raise NotFoundError(f"event {event_id!r} not found (purged, erased or never stored)")
+        return self.get_event(event_id)
+
+    def event_change_head(self) -> int:
+        return int(self._q("SELECT value FROM meta WHERE key='event_change_seq'")[0][0])
+
+    def event_changes_since(self, after_seq: int, limit: int = 500) -> tuple[list[MatchEvent], int]:
+        rows = self._q(f"SELECT {_EVENT_COLS}, change_seq FROM events WHERE change_seq>? ORDER BY change_seq "
+                       "LIMIT ?", (after_seq, max(1, limit)))
+        return [_event(r[:-1]) for r in rows], (int(rows[-1][-1]) if rows else after_seq)
 
     def purge_events(self, before: float) -> int:
         with self._tx() as db:
-            return db.execute("DELETE FROM events WHERE ts<?", (before,)).rowcount
+            n = db.execute("DELETE FROM events WHERE ts<?", (before,)).rowcount
+        if n:
+            self._checkpoint()
+        return n
 
-    def delete_person_events(self, watchlist: str, person_id: str) -> int:
+    def erase_person_events(self, watchlist: str, person_id: str) -> int:
         with self._tx() as db:
-            return db.execute("DELETE FROM events WHERE watchlist=? AND person_id=?",
-                              (watchlist, person_id)).rowcount
+            n = db.execute("DELETE FROM events WHERE watchlist=? AND person_id=?", (watchlist, person_id)).rowcount
+        self._checkpoint()
+        return n
 
     # ---- audit ---------------------------------------------------------------------------------
     def audit(self, actor: str, role: str, action: str, target: str, result: str, detail: str = "") -> None:
@@ -390,11 +522,12 @@ class SQLiteStore:
                 "t.watchlist=persons.watchlist AND t.person_id=persons.person_id)").rowcount
             lost = db.execute("DELETE FROM persons WHERE NOT EXISTS (SELECT 1 FROM watchlists w "
                               "WHERE w.name=persons.watchlist)").rowcount
-            if orphans or empty or lost:
-                self._bump(db)
+            if orphans or empty or lost:  # which persons changed is not logged: replicas rebuild
+                version = self._bump(db)
+                db.execute("UPDATE meta SET value=? WHERE key='gallery_log_floor'", (str(version),))
         return {"orphan_templates": orphans, "empty_persons": empty, "persons_without_watchlist": lost}
 
-    def checkpoint(self) -> None:
+    def _checkpoint(self) -> None:
         """Copy the WAL into the database and truncate it, so erased rows leave no copy in the WAL."""
         with self._lock:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
@@ -414,12 +547,12 @@ class SQLiteStore:
 
 
 _EVENT_COLS = ("event_id, camera_id, ts, watchlist, person_id, display_name, score, box, track_id, frame_seq, "
-               "thumbnail, created, updated")
+               "thumbnail, created, updated, ack_action, ack_note, ack_by, ack_time")
 
 
 def _event(r: tuple[Any, ...]) -> MatchEvent:
     return MatchEvent(r[0], r[1], r[2], r[3], r[4], r[5], r[6], tuple(json.loads(r[7])), r[8], r[9],
-                      r[10] or b"", r[11], r[12])
+                      r[10] or b"", r[11], r[12], r[13], r[14], r[15], r[16])
 
 
 def _person(r: tuple[Any, ...]) -> Person:
@@ -427,14 +560,20 @@ def _person(r: tuple[Any, ...]) -> Person:
 
 
 class _Tx:
-    """`with store._tx() as db:` runs the block in one IMMEDIATE transaction under the store lock."""
+    """`with store._tx() as db:` runs the block in one IMMEDIATE transaction under the store lock
+    (`_read()`: a deferred one, a consistent snapshot for several reads)."""
 
-    def __init__(self, store: SQLiteStore) -> None:
+    def __init__(self, store: SQLiteStore, begin: str = "BEGIN IMMEDIATE") -> None:
         self.store = store
+        self.begin = begin
 
     def __enter__(self) -> sqlite3.Connection:
         self.store._lock.acquire()
-        self.store._db.execute("BEGIN IMMEDIATE")
+        try:
+            self.store._db.execute(self.begin)
+        except BaseException:
+            self.store._lock.release()
+            raise
         return self.store._db
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:

@@ -13,6 +13,7 @@ from engine.config import Config
 from engine.errors import MultipleFacesError, NoFaceError
 from engine.gallery.calibration import resolve_match_threshold
 from engine.models.registry import ModelRegistry
+from engine.models.runner import RunnerInfo
 from engine.vision.align import Aligner
 from engine.vision.detections import Detections
 from engine.vision.detectors import FaceDetector, load_detector
@@ -43,9 +44,20 @@ class FaceAnalyzer:
         det = load_detector(registry, cfg.models.detector, cfg.detector, cfg.runtime)
         emb = load_embedder(registry, cfg.models.embedder, cfg.embedder, cfg.runtime)
         resolve_match_threshold(cfg, emb.spec)  # match_threshold 0 = from gallery.match_fpir
-        log.info("analyzer: detector=%s embedder=%s (dim %d), match threshold %.4f", det.name, emb.name, emb.dim,
-                 cfg.gallery.match_threshold)
+        log.info("analyzer: detector=%s embedder=%s (dim %d) on %s, match threshold %.4f", det.name, emb.name,
+                 emb.dim, emb.runner.provider, cfg.gallery.match_threshold)
         return cls(det, emb)
+
+    @property
+    def provider(self) -> str:
+        """The execution provider the embedder runs on (the detector's is in `models`); callers
+        ask the analyzer, never its members' runners."""
+        return self.embedder.runner.provider
+
+    @property
+    def models(self) -> dict[str, RunnerInfo]:
+        """Per model role ("detector", "embedder"): model file, provider, batched flag, batch verdict."""
+        return {"detector": self.detector.runner.info(), "embedder": self.embedder.runner.info()}
 
     @property
     def model_name(self) -> str:

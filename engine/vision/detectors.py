@@ -15,10 +15,13 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from engine.config import DetectorConfig, RuntimeConfig
+from engine.config import DetectorConfig, RuntimeConfig, gpu_provider
+from engine.models.factory import build_runner
 from engine.models.registry import ModelRegistry, ModelSpec
-from engine.models.session import Session
+from engine.models.runner import BatchVerdict, InferenceRunner, RunFn
+from engine.vision.batchcheck import compare_detections, sample_images
 from engine.vision.detections import Detections
+from engine.vision.graph_preprocess import letterbox_for, prepend_letterbox
 from engine.vision.image import check_array
 from engine.vision.scale import DEFAULT_MIN_FACE_PX, input_size, network_side
 
@@ -38,6 +41,7 @@ class FaceDetector(ABC):
     """Detect faces in BGR images. `detect_batch` runs several frames in one model call."""
 
     name: str
+    runner: InferenceRunner
 
     def detect(self, image: np.ndarray) -> Detections:
         return self.detect_batch([image])[0]
@@ -47,12 +51,18 @@ class FaceDetector(ABC):
 
 
 class OnnxFaceDetector(FaceDetector):
-    """Shared letterbox, batching and post-processing; subclasses decode their heads."""
+    """Shared letterbox, batching and post-processing; subclasses decode their heads.
 
-    def __init__(self, spec: ModelSpec, session: Session, cfg: DetectorConfig) -> None:
+    The model runs in an injected `InferenceRunner` (built by `engine.models.factory.build_runner`)."""
+
+    def __init__(self, spec: ModelSpec, runner: InferenceRunner, cfg: DetectorConfig,
+                 graph_letterbox: bool = False) -> None:
         self.spec = spec
         self.name = spec.name
-        self.session = session
+        self.runner = runner
+        self.graph_letterbox = graph_letterbox
+        """True when the runner's graph starts with the pre-processing nodes (`prepend_letterbox`):
+        it then takes uint8 BGR frames (N, H, W, 3) and letterboxes them itself."""
         self.cfg = cfg
         self._anchor_cache: dict[tuple[int, int, int], np.ndarray] = {}
         self._local = threading.local()
@@ -60,8 +70,17 @@ class OnnxFaceDetector(FaceDetector):
     def target_size(self, w: int, h: int) -> tuple[int, int]:
         """Network input (width, height): long side from `scale.network_side` (faces of
         detector.min_face_size stay findable), each side padded to a multiple of 32."""
-        min_px = float(self.spec.extra.get("min_face_px", DEFAULT_MIN_FACE_PX))  # type: ignore[arg-type]
-        return input_size(w, h, network_side(w, h, self.cfg, min_px))
+        return input_size(w, h, self.network_side(w, h))
+
+    def network_side(self, w: int, h: int) -> int:
+        """Long side of the network input for a w x h image (`scale.network_side`; the graph
+        letterbox computes the same in ONNX nodes)."""
+        return network_side(w, h, self.cfg, self.min_face_px)
+
+    @property
+    def min_face_px(self) -> float:
+        """Smallest face (network pixels) this model finds reliably (manifest `min_face_px`)."""
+        return float(self.spec.extra.get("min_face_px", DEFAULT_MIN_FACE_PX))  # type: ignore[arg-type]
 
     def preprocess(self, image: np.ndarray, size: tuple[int, int], out: np.ndarray) -> Letterbox:
         """Letterbox `image` into the float32 buffer `out`, shaped 3xHxW (what the network eats, so no
@@ -106,6 +125,8 @@ class OnnxFaceDetector(FaceDetector):
 
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[Detections]:
         images = [check_array(im) for im in images]
+        if self.graph_letterbox:
+            return self._detect_frames(images)
         results: list[Detections | None] = [None] * len(images)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, im in enumerate(images):
@@ -114,15 +135,49 @@ class OnnxFaceDetector(FaceDetector):
             tw, th = size
             buf = self._input_buffer(len(idx), th, tw)
             boxes = [self.preprocess(images[i], size, buf[k]) for k, i in enumerate(idx)]
-            outs = self.session.run(buf)
+            outs = self.runner.run(buf)
             for k, i in enumerate(idx):
                 raw_boxes, kps, scores = self.decode([o[k] for o in outs], tw, th)
                 results[i] = self.postprocess(raw_boxes, kps, scores, boxes[k], images[i].shape)
         return [r if r is not None else Detections.empty() for r in results]
 
+    def _detect_frames(self, images: list[np.ndarray]) -> list[Detections]:
+        """Graph pre-processing: frames of one size go to the runner as one uint8 batch."""
+        results: list[Detections | None] = [None] * len(images)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, im in enumerate(images):
+            groups.setdefault(im.shape, []).append(i)
+        for shape, idx in groups.items():
+            scale, tw, th = letterbox_for(shape[0], shape[1], self.network_side(shape[1], shape[0]))
+            outs = self.runner.run(np.stack([images[i] for i in idx]))
+            for k, i in enumerate(idx):
+                raw_boxes, kps, scores = self.decode([o[k] for o in outs], tw, th)
+                results[i] = self.postprocess(raw_boxes, kps, scores, Letterbox(scale, tw, th), shape)
+        return [r if r is not None else Detections.empty() for r in results]
+
     @abstractmethod
-    def decode(self, outs: list[np.ndarray], w: int, h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Network outputs of one image -> (boxes Mx4 xyxy, kps Mx5x2, scores M) in input pixels."""
+    def decode(self, outs: list[np.ndarray], w: int, h: int,
+               threshold: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Network outputs of one image -> (boxes Mx4 xyxy, kps Mx5x2, scores M) in input pixels,
+        candidates scoring below `threshold` (default: the configured score threshold) left out."""
+
+    def batch_check(self, run_batched: RunFn, run_single: RunFn, side: int = 320) -> BatchVerdict:
+        """Decode every candidate (no threshold) of two sample images (drawn faces on a random
+        background) through the batched graph and through single calls, and compare boxes, scores
+        and landmarks of the candidates that could become faces (`compare_detections`)."""
+        imgs = sample_images(2, side, side)
+        buf: np.ndarray = imgs
+        if not self.graph_letterbox:
+            buf = np.empty((2, 3, side, side), np.float32)
+            for k in range(2):
+                self.preprocess(imgs[k], (side, side), buf[k])
+        _, tw, th = (letterbox_for(side, side, self.network_side(side, side)) if self.graph_letterbox
+                     else (1.0, side, side))
+        got, ref = run_batched(buf), run_single(buf)
+        decode = [(self.decode([o[k] for o in ref], tw, th, -np.inf),
+                   self.decode([o[k] for o in got], tw, th, -np.inf))
+                  for k in range(2)]
+        return compare_detections([r for r, _ in decode], [c for _, c in decode])
 
     def postprocess(self, boxes: np.ndarray, kps: np.ndarray, scores: np.ndarray, lb: Letterbox,
                     shape: tuple[int, ...]) -> Detections:
@@ -161,13 +216,15 @@ class OnnxFaceDetector(FaceDetector):
 class YuNetDetector(OnnxFaceDetector):
     """YuNet (libfacedetection / OpenCV Zoo 2023mar): cls, obj, bbox, kps heads at strides 8/16/32."""
 
-    def decode(self, outs: list[np.ndarray], w: int, h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def decode(self, outs: list[np.ndarray], w: int, h: int,
+               threshold: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        thr = self.cfg.score_threshold if threshold is None else threshold
         all_b, all_k, all_s = [], [], []
         for i, stride in enumerate(STRIDES):
             cls, obj = outs[i].reshape(-1), outs[3 + i].reshape(-1)
             bbox, kps = outs[6 + i].reshape(-1, 4), outs[9 + i].reshape(-1, 10)
             score = np.sqrt(np.clip(cls, 0, 1) * np.clip(obj, 0, 1))
-            sel = np.nonzero(score >= self.cfg.score_threshold)[0]
+            sel = np.nonzero(score >= thr)[0]
             if sel.size == 0:
                 continue
             grid = self._grid(w, h, stride, 1)[sel]
@@ -183,13 +240,15 @@ class YuNetDetector(OnnxFaceDetector):
 class ScrfdDetector(OnnxFaceDetector):
     """SCRFD (InsightFace): scores, distance boxes and keypoints at strides 8/16/32, 2 anchors a cell."""
 
-    def decode(self, outs: list[np.ndarray], w: int, h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def decode(self, outs: list[np.ndarray], w: int, h: int,
+               threshold: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        thr = self.cfg.score_threshold if threshold is None else threshold
         all_b, all_k, all_s = [], [], []
         n = len(outs) // 3
         anchors = 2 if n == 3 else 1
         for i, stride in enumerate(STRIDES[:n]):
             scores = outs[i].reshape(-1)
-            sel = np.nonzero(scores >= self.cfg.score_threshold)[0]
+            sel = np.nonzero(scores >= thr)[0]
             if sel.size == 0:
                 continue
             centers = self._grid(w, h, stride, anchors)[sel] * stride
@@ -211,11 +270,20 @@ _FAMILIES: dict[str, type[OnnxFaceDetector]] = {"yunet": YuNetDetector, "scrfd":
 
 
 def load_detector(registry: ModelRegistry, name: str, cfg: DetectorConfig, runtime: RuntimeConfig) -> FaceDetector:
-    """Build the detector for a manifest name (family picks the decoder)."""
+    """Build the detector for a manifest name (family picks the decoder) on a runner from the
+    factory, then settle the batch rewrite with the detector's own check (decoded faces)."""
     spec = registry.spec(name)
     if spec.task != "detector" or spec.family not in _FAMILIES:
         raise ValueError(f"model {name} is not a supported detector (task={spec.task}, family={spec.family})")
     if cfg.score_threshold <= 0:  # 0 = the model's own calibrated threshold (scores differ per family)
         cfg.score_threshold = float(spec.extra.get("score_threshold", 0.6))  # type: ignore[arg-type]
-    session = Session(registry.path(name), runtime, sample_shape=(3, 160, 160), dynamic_hw=True)
-    return _FAMILIES[spec.family](spec, session, cfg)
+    graph = runtime.graph_preprocess == "on" or (runtime.graph_preprocess == "auto" and gpu_provider(runtime.provider))
+    auto = None
+    if cfg.auto_scale and cfg.min_face_size > 0:
+        auto = (float(spec.extra.get("min_face_px", DEFAULT_MIN_FACE_PX)), cfg.min_face_size,  # type: ignore[arg-type]
+                cfg.max_input_side)
+    transform = (lambda m: prepend_letterbox(m, spec, cfg.input_size, auto)) if graph else None
+    runner = build_runner(registry.path(name), runtime, dynamic_hw=True, transform=transform)
+    det = _FAMILIES[spec.family](spec, runner, cfg, graph_letterbox=graph)
+    runner.verify_batching(det.batch_check)
+    return det

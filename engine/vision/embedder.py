@@ -5,19 +5,23 @@ from __future__ import annotations
 import numpy as np
 
 from engine.config import EmbedderConfig, RuntimeConfig
+from engine.models.factory import build_runner
 from engine.models.registry import ModelRegistry, ModelSpec
-from engine.models.session import Session
+from engine.models.runner import BatchVerdict, InferenceRunner, RunFn
+from engine.vision.batchcheck import compare_embeddings, sample_images
 
 
 class FaceEmbedder:
-    """Embeds aligned 112x112 BGR crops in batches; outputs are L2-normalised float32 (N, dim)."""
+    """Embeds aligned 112x112 BGR crops in batches; outputs are L2-normalised float32 (N, dim).
 
-    def __init__(self, spec: ModelSpec, session: Session, cfg: EmbedderConfig) -> None:
+    The model runs in an injected `InferenceRunner` (built by `engine.models.factory.build_runner`)."""
+
+    def __init__(self, spec: ModelSpec, runner: InferenceRunner, cfg: EmbedderConfig) -> None:
         self.spec = spec
         self.name = spec.name
-        self.session = session
+        self.runner = runner
         self.cfg = cfg
-        probe = session.run(np.zeros((1, 3, 112, 112), np.float32))[0]
+        probe = runner.run(np.zeros((1, 3, 112, 112), np.float32))[0]
         self.dim = int(probe.reshape(1, -1).shape[1])
         if spec.dim and spec.dim != self.dim:
             raise ValueError(f"{spec.name}: manifest says dim {spec.dim}, model outputs {self.dim}")
@@ -29,6 +33,12 @@ class FaceEmbedder:
             x = (x - self.spec.mean) / self.spec.std
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
+    def batch_check(self, run_batched: RunFn, run_single: RunFn) -> BatchVerdict:
+        """Embed four sample crops through the batched graph and through single calls; every
+        pair must agree to cosine >= MIN_COSINE (`compare_embeddings`)."""
+        blob = self._blob(sample_images(4, 112, 112, seed=1))
+        return compare_embeddings(run_single(blob)[0], run_batched(blob)[0])
+
     def embed(self, crops: np.ndarray) -> np.ndarray:
         """(N, 112, 112, 3) uint8 BGR aligned crops -> (N, dim) unit vectors."""
         if crops.ndim != 4 or crops.shape[1:] != (112, 112, 3):
@@ -38,9 +48,9 @@ class FaceEmbedder:
         bs = max(1, self.cfg.batch_size)
         for start in range(0, n, bs):
             chunk = crops[start : start + bs]
-            feats = self.session.run(self._blob(chunk))[0].reshape(len(chunk), -1)
+            feats = self.runner.run(self._blob(chunk))[0].reshape(len(chunk), -1)
             if self.cfg.flip_augment:
-                feats = feats + self.session.run(self._blob(chunk[:, :, ::-1]))[0].reshape(len(chunk), -1)
+                feats = feats + self.runner.run(self._blob(chunk[:, :, ::-1]))[0].reshape(len(chunk), -1)
             out[start : start + len(chunk)] = feats
         return l2_normalize(out)
 
@@ -54,5 +64,7 @@ def load_embedder(registry: ModelRegistry, name: str, cfg: EmbedderConfig, runti
     spec = registry.spec(name)
     if spec.task != "embedder":
         raise ValueError(f"model {name} is not an embedder (task={spec.task})")
-    session = Session(registry.path(name), runtime, sample_shape=(3, 112, 112))
-    return FaceEmbedder(spec, session, cfg)
+    runner = build_runner(registry.path(name), runtime)
+    emb = FaceEmbedder(spec, runner, cfg)
+    runner.verify_batching(emb.batch_check)
+    return emb

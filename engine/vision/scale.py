@@ -27,7 +27,9 @@ def network_side(w: int, h: int, cfg: DetectorConfig, min_face_px: float = DEFAU
         return base
     need = math.ceil(long_side * min_face_px / cfg.min_face_size)
     cap = min(long_side, max(base, cfg.max_input_side))
-    return int(min(max(need, base), cap))
+    # a multiple of 32 (down: never upscaling), so the padded network size has the frame's aspect and the
+    # letterbox scale is side / long side exactly (the graph letterbox computes the same)
+    return int(max(base, min(need, cap) // 32 * 32))
 
 
 def input_size(w: int, h: int, side: int) -> tuple[int, int]:
