@@ -23,6 +23,7 @@ LFW = TESTDATA / "lfw-dev"
 REQUIRED: dict[Path, str] = {
     MIRROR / "face_detection_yunet_2023mar.onnx": "YuNet detector (model mirror)",
     MIRROR / "mobilefacenet.onnx": "MobileFaceNet embedder (model mirror)",
+    MIRROR / "face_recognition_sface_2021dec.onnx": "SFace embedder, the default (model mirror)",
     MIRROR / "scrfd_2.5g.onnx": "SCRFD-2.5G detector (model mirror)",
     IMAGES / "obama.jpg": "test photos",
     IMAGES / "obama_and_biden.jpg": "test photos",

@@ -131,7 +131,9 @@ def test_demo_command(tmp_path: Path, env: dict[str, str]) -> None:
               timeout=240)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "demo ok" in out.stderr
-    assert (models / "face_detection_yunet_2023mar.onnx").is_file() and (models / "mobilefacenet.onnx").is_file()
+    # the default models: YuNet and SFace
+    assert (models / "face_detection_yunet_2023mar.onnx").is_file()
+    assert (models / "face_recognition_sface_2021dec.onnx").is_file()
     lines = out.stdout.splitlines()
     assert any("live: NEW MATCH" in ln and "Person seen in frame 100" in ln for ln in lines), out.stdout
     history = next(ln for ln in lines if "history:" in ln)

@@ -50,7 +50,8 @@ def test_wrong_hash_model_refuses_to_load(tmp_path: Path) -> None:
         reg.path("mobilefacenet")
     assert reg.status("mobilefacenet") == "bad-hash"
     shutil.copy(MIRROR / "face_detection_yunet_2023mar.onnx", d)
-    out = run_cli("identify", str(IMAGES / "obama.jpg"), "--model-dir", str(d), "--db", str(tmp_path / "x.db"))
+    out = run_cli("identify", str(IMAGES / "obama.jpg"), "--model-dir", str(d), "--db", str(tmp_path / "x.db"),
+                  "--embedder", "mobilefacenet")  # the corrupted file (the default embedder is SFace)
     assert out.returncode == 1
     assert "sha256" in out.stderr and "Traceback" not in out.stderr
 
