@@ -58,7 +58,7 @@ class ModelsConfig(Section):
     mirror: str = _f("", "Local mirror folder to copy missing models from (air-gapped sites); empty = none.")
     detector: str = _f("yunet", "Detector manifest name: yunet, scrfd_500m, scrfd_2.5g, det_10g.", min_length=1)
     embedder: str = _f("sface", "Embedder manifest name: sface (default, accurate: Apache-2.0), mobilefacenet "
-                       "(the fast profile: ~8x cheaper a face, misses blurred and small faces), w600k_mbf, w600k_r50...",
+                       "(the fast profile: ~8x cheaper a face, misses blurred and small faces), w600k_mbf, w600k_r50.",
                        min_length=1)
     verify_hash: bool = _f(True, "Check each model's SHA-256 against the manifest before loading.")
     allow_unverified_local: bool = _f(
