@@ -42,6 +42,7 @@ from engine.metrics import EngineMetrics  # noqa: E402
 from engine.video.pipeline import Engine, FrameJob  # noqa: E402
 from engine.vision.analyzer import FaceAnalyzer  # noqa: E402
 from engine.vision.image import decode_for_detection  # noqa: E402
+from engine.vision.scale import reduced_decode_min_side  # noqa: E402
 
 TARGET_2CORE = 0.85  # cluster with 2 workers vs the single-process engine, on 2 cores
 TARGET_8_WORKERS = 6.0  # 8 workers vs 1 worker on a 16-core machine
@@ -100,8 +101,8 @@ def single_process_pass(cfg: Config, analyzer: FaceAnalyzer, payloads: Sequence[
     lim = cfg.limits
 
     def submit(cam: str, seq: int, ts: float, payload: bytes, reply: Any) -> None:
-        image, scale, loader = decode_for_detection(payload, 2 * cfg.detector.input_size, lim.max_image_side,
-                                                    lim.max_image_pixels)
+        image, scale, loader = decode_for_detection(payload, reduced_decode_min_side(cfg.detector),
+                                                    lim.max_image_side, lim.max_image_pixels)
         eng.submit(FrameJob(cam, seq, ts, image, reply, scale=scale, loader=loader))
 
     eng.start()
