@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -261,7 +262,8 @@ def machine() -> dict[str, Any]:
     versions = {m: _version(m) for m in ("onnxruntime", "faiss", "numpy", "cv2", "grpc", "insightface")}
     versions["opencv"] = versions.pop("cv2")
     versions["grpcio"] = versions.pop("grpc")
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": _gpu(), "os": f"{platform.system()} {platform.release()}",
+    return {"measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "cpu": cpu, "cores": os.cpu_count(), "gpu": _gpu(), "os": f"{platform.system()} {platform.release()}",
             "python": platform.python_version(), "versions": versions, "loadavg_at_start": loadavg()}
 
 
