@@ -241,6 +241,18 @@ def _gpu() -> str:
     return ", ".join(out.stdout.split("\n")).strip(", ") or "none"
 
 
+def git_commit() -> str:
+    """The source tree's commit (with '+dirty' when it has uncommitted changes), or 'unknown'."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (rev + ("+dirty" if dirty else "")) if rev else "unknown"
+
+
 def loadavg() -> list[float]:
     try:
         return [round(v, 2) for v in os.getloadavg()]
@@ -264,7 +276,8 @@ def machine() -> dict[str, Any]:
     versions["grpcio"] = versions.pop("grpc")
     return {"measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "cpu": cpu, "cores": os.cpu_count(), "gpu": _gpu(), "os": f"{platform.system()} {platform.release()}",
-            "python": platform.python_version(), "versions": versions, "loadavg_at_start": loadavg()}
+            "python": platform.python_version(), "versions": versions, "git_commit": git_commit(),
+            "loadavg_at_start": loadavg()}
 
 
 def write_results(summary: dict[str, Any], out: str | os.PathLike[str], plot: Any) -> tuple[Path, Path]:
