@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import threading
 import time
@@ -30,11 +31,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     DEFAULT_VIDEO,
     bench_config,
-    enroll_from_frames,
+    enroll_distractors,
+    enroll_heldout,
     load_frames,
     machine,
     open_gallery,
     rss_bytes,
+    split_clip,
 )
 
 from engine.config import Config  # noqa: E402
@@ -88,6 +91,20 @@ def _feed(submit: Any, cameras: int, payloads: Sequence[bytes], window: int) -> 
             "fps": cameras * len(payloads) / seconds if seconds > 0 else 0.0,
             "identities": sorted(per_person), "events_per_identity": dict(sorted(per_person.items())),
             "errors": dict(errors)}
+
+
+def _payloads_and_gallery(cfg: Config, analyzer: FaceAnalyzer, video: str,
+                          max_frames: int) -> tuple[list[bytes], list[str]]:
+    """JPEG payloads of the timed frames, and a gallery of the clip's people enrolled from held-out frames
+    (never timed) plus LFW distractors, as in bench_pipeline."""
+    frames, _fps = load_frames(video)
+    timed, held_out = split_clip(frames, max_frames)
+    payloads = [cv2.imencode(".jpg", frames[i], [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes() for i in timed]
+    store, gallery = open_gallery(cfg, analyzer)
+    persons = sorted(enroll_heldout(analyzer, gallery, cfg, frames, held_out))
+    enroll_distractors(analyzer, gallery)
+    store.close()
+    return payloads, persons
 
 
 def single_process_pass(cfg: Config, analyzer: FaceAnalyzer, payloads: Sequence[bytes], cameras: int,
@@ -146,11 +163,7 @@ def run(video: str, workers: list[int], cameras: int, max_frames: int, window: i
     cfg = bench_config()
     cfg.runtime.intra_op_threads = 1  # one thread per worker process / per engine worker thread
     analyzer = FaceAnalyzer.from_config(cfg)
-    frames, _fps = load_frames(video, max_frames)
-    payloads = [cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes() for f in frames]
-    store, gallery = open_gallery(cfg, analyzer)
-    persons = enroll_from_frames(analyzer, gallery, cfg, frames)
-    store.close()
+    payloads, persons = _payloads_and_gallery(cfg, analyzer, video, max_frames)
     log(f"{len(payloads)} frames x {cameras} cameras, {len(persons)} persons enrolled, workers {workers}")
     cores = os.cpu_count() or 1
     connect("local", num_cpus=max(cores, max(workers)))
@@ -183,11 +196,7 @@ def soak(video: str, workers: int, cameras: int, fps: float, seconds: float, max
     cfg = bench_config()
     cfg.runtime.intra_op_threads = 1
     analyzer = FaceAnalyzer.from_config(cfg)
-    frames, _ = load_frames(video, max_frames)
-    payloads = [cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes() for f in frames]
-    store, gallery = open_gallery(cfg, analyzer)
-    enroll_from_frames(analyzer, gallery, cfg, frames)
-    store.close()
+    payloads, _persons = _payloads_and_gallery(cfg, analyzer, video, max_frames)
     connect("local", num_cpus=max(os.cpu_count() or 1, workers))
     cfg.cluster.workers = workers
     eng = ClusterEngine(cfg)
@@ -261,8 +270,7 @@ def soak(video: str, workers: int, cameras: int, fps: float, seconds: float, max
 
 def summarise(passes: list[dict[str, Any]], workers: list[int], cores: int, persons: list[str]) -> dict[str, Any]:
     def med(vals: list[float]) -> float:
-        vals = sorted(vals)
-        return vals[len(vals) // 2] if vals else 0.0
+        return float(statistics.median(vals)) if vals else 0.0
 
     single = med([p["fps"] for p in passes if p["mode"] == "single-process"])
     by_w = {w: med([p["fps"] for p in passes if p["mode"] == "cluster" and p["workers"] == w]) for w in workers}
@@ -273,6 +281,9 @@ def summarise(passes: list[dict[str, Any]], workers: list[int], cores: int, pers
                      "speedup_vs_1_worker": by_w[w] / one if one else None,
                      "efficiency": by_w[w] / (w * one) if one else None})
     ids = {tuple(p["identities"]) for p in passes}
+    for p in passes:  # each pass against the clip's people: who it missed, whom it matched falsely
+        p["missed"] = sorted(set(persons) - set(p["identities"]))
+        p["false_identities"] = sorted(set(p["identities"]) - set(persons))
     verdicts = {}
     if cores <= 2 and 2 in by_w:
         v = by_w[2] / single if single else 0.0
@@ -293,7 +304,12 @@ def print_table(s: dict[str, Any], log: Any = print) -> None:
         sp = f"{r['speedup_vs_1_worker']:.2f}x" if r["speedup_vs_1_worker"] else "-"
         ef = f"{r['efficiency']:.2f}" if r["efficiency"] else "-"
         log(f"{r['workers']:>7} | {r['fps']:.1f} | {r['vs_single_process']:.2f} | {sp} | {ef}")
-    log(f"same identities in every pass: {s['same_identities_every_pass']} ({s['identities']})")
+    log(f"same identities in every pass: {s['same_identities_every_pass']} ({s['identities']}); enrolled "
+        f"clip people {s['enrolled']}")
+    for p in s["passes"]:
+        if p["missed"] or p["false_identities"]:
+            log(f"  {p['mode']} {p['workers']} workers round {p['round']}: missed {p['missed']}, "
+                f"false {p['false_identities']}")
     for name, v in s["verdicts"].items():
         log(f"{name}: {v['value']:.2f} (target {v['target']}): {'met' if v['met'] else 'MISSED'}")
 

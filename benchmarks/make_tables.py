@@ -238,8 +238,10 @@ def detail_tables(res: dict[str, Any]) -> str:
             for k, v in c.get("verdicts", {}).items():
                 out.append(f"\n{k}: {v['value']:.3f} (target {v['target']}): **{'met' if v['met'] else 'MISSED'}**")
         elif "slope_mb_per_min" in c:
-            out.append(f"Soak {c['seconds']:g} s, {c['workers']} workers: slopes "
-                       f"{ {k: round(v, 3) for k, v in c['slope_mb_per_min'].items()} } MB/min: **{c['verdict']}**")
+            half = c.get("slope_mb_per_min_second_half", {})
+            out.append(f"Soak {c['seconds']:g} s, {c['workers']} workers: RSS slopes after warm-up "
+                       f"{ {k: round(v, 3) for k, v in c['slope_mb_per_min'].items()} } MB/min, second half "
+                       f"{ {k: round(v, 3) for k, v in half.items()} } MB/min: **{c['verdict']}**")
         out.append("")
     return "\n".join(out).rstrip("\n") + "\n"
 
