@@ -1,6 +1,18 @@
 #!/usr/bin/env python
 """1:N face search benchmark of the engine's FAISS index layer: exact vs IVF vs HNSW.
 
+Two parts, each labelled in the output and the JSON:
+
+REAL (`results_real`): the engine's own embeddings (its aligner + embedder, on the dataset's 5
+landmarks) of the LFW dev faces. Gallery: one image enrolled per identity that has at least two
+images; queries: every other image of those identities. Distractors: the LFW identities with a
+single image (real faces, never queried) plus, to reach larger galleries, SYNTHETIC random unit
+vectors (labelled `synthetic_distractors`). Metrics: recall@1 against identity (the top-1 is the
+query's own person), true/false accepts at the engine's match threshold, recall@1 against exact
+search, and per-query latency, for exact and the engine's IVF.
+
+SYNTHETIC (`results`): random vectors only, as below.
+
 What one face lookup costs: every query is timed on its own (`time.perf_counter` around one
 single-query search call), reported as p50/p99 per query, with recall@1 against exact search.
 
@@ -46,6 +58,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import bench_config, embed_lfw, lfw_faces, loadavg, machine  # noqa: E402
 
 from engine.gallery.faiss_index import (  # noqa: E402
     DEFAULT_NPROBE_FRACTION,
@@ -222,6 +238,86 @@ def bench_one(x: np.ndarray, q: np.ndarray, src: np.ndarray, *, threads: int, se
     return rows
 
 
+def real_embeddings(model_dir: str | None = None, limit: int = 0) -> tuple[np.ndarray, list[str], str]:
+    """The engine's embeddings of the LFW dev faces: (vectors, identity per vector, model name)."""
+    from engine.vision.analyzer import FaceAnalyzer
+
+    cfg = bench_config(model_dir)
+    analyzer = FaceAnalyzer.from_config(cfg)
+    faces = lfw_faces(limit)
+    t0 = time.perf_counter()
+    x = embed_lfw(analyzer, faces)
+    print(f"REAL: embedded {len(faces)} LFW faces with {analyzer.model_name} ({analyzer.dim}-d) in "
+          f"{time.perf_counter() - t0:.1f} s", flush=True)
+    return np.ascontiguousarray(x, np.float32), [f[0] for f in faces], analyzer.model_name
+
+
+def bench_real(x: np.ndarray, names: Sequence[str], threshold: float, totals: Sequence[int], *,
+               threads: int, search_threads: int, budget_s: float) -> list[dict[str, Any]]:
+    """Identity recall of exact and IVF search on real LFW embeddings, padded with synthetic distractors."""
+    by_id: dict[str, list[int]] = {}
+    for i, n in enumerate(names):
+        by_id.setdefault(n, []).append(i)
+    enrolled = [v[0] for v in by_id.values() if len(v) >= 2]
+    queries = [i for v in by_id.values() if len(v) >= 2 for i in v[1:]]
+    real_distractors = [v[0] for v in by_id.values() if len(v) == 1]
+    gallery_rows = enrolled + real_distractors
+    owner = {names[g]: k for k, g in enumerate(enrolled)}  # identity -> its gallery id
+    q = np.ascontiguousarray(x[queries])
+    want = np.array([owner[names[i]] for i in queries], np.int64)
+    dim = x.shape[1]
+    rows: list[dict[str, Any]] = []
+    base = len(gallery_rows)
+    print(f"REAL: {len(enrolled)} identities enrolled (1 image each), {len(real_distractors)} real LFW "
+          f"distractors, {len(queries)} queries (other images of the enrolled identities)", flush=True)
+    for total in sorted({max(base, t) for t in totals}):
+        n_syn = total - base
+        g = x[gallery_rows]
+        if n_syn:
+            g = np.concatenate([g, _gallery(n_syn, dim, SEED + 7)])
+        ids = np.arange(len(g), dtype=np.int64)
+        faiss.omp_set_num_threads(threads)
+        exact = VectorIndex(dim, "Flat")
+        exact.add(ids, g)
+        s_gt, gt = exact.search(q, 1)
+        for method in ("exact", "ivf"):
+            faiss.omp_set_num_threads(threads)
+            t0 = time.perf_counter()
+            idx = exact if method == "exact" else VectorIndex(dim, "IVF")
+            if method == "ivf":
+                idx.add(ids, g)
+            build = time.perf_counter() - t0
+            sc, top = idx.search(q, 1)
+            sc, top = sc[:, 0], top[:, 0]
+            faiss.omp_set_num_threads(search_threads)
+            wall, _cpu = _latencies_ms(partial(idx.search, k=1), q, budget_s)
+            right = top == want
+            accepted = sc >= threshold
+            config = "Flat" if method == "exact" else (
+                f"IVF{idx.nlist},PQ{pq_subquantizers(dim)}x4fs nprobe={idx.effective_nprobe}" if idx.approximate
+                else "IVF (below train size: exact)")
+            row = {"method": method, "config": config, "size": len(g), "enrolled_identities": len(enrolled),
+                   "real_distractors": len(real_distractors), "synthetic_distractors": n_syn,
+                   "queries": len(queries), "dim": dim, "build_s": round(build, 2),
+                   "recall_at_1_identity": round(float(right.mean()), 4),
+                   "true_accept_rate": round(float((right & accepted).mean()), 4),
+                   "false_accept_rate": round(float((~right & accepted).mean()), 4),
+                   "recall_at_1_vs_exact": round(float((top == gt[:, 0]).mean()), 4),
+                   "p50_ms": round(float(np.percentile(wall, 50)), 3),
+                   "p99_ms": round(float(np.percentile(wall, 99)), 3), "timed_queries": int(len(wall)),
+                   "loadavg_1m": round(_load(), 2)}
+            rows.append(row)
+            print(f"REAL {method:<5} size {len(g):>9,} ({n_syn:,} synthetic distractors) recall@1 identity "
+                  f"{row['recall_at_1_identity']:.4f}  TAR@{threshold} {row['true_accept_rate']:.4f}  "
+                  f"FAR@{threshold} {row['false_accept_rate']:.4f}  vs exact {row['recall_at_1_vs_exact']:.4f}  "
+                  f"p50 {row['p50_ms']:.2f} p99 {row['p99_ms']:.2f} ms", flush=True)
+            if method == "ivf":
+                del idx
+        del exact, g
+        gc.collect()
+    return rows
+
+
 def _plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -240,9 +336,9 @@ def _plot(results: dict[str, Any], path: Path) -> None:
             axes[1][j].plot(sizes, [r["recall_at_1"] for r in sel], marker="o", label=label)
         axes[0][j].axhline(TARGET_P99_MS, color="red", linestyle="--", linewidth=1, label="5 ms target")
         axes[1][j].axhline(TARGET_RECALL, color="red", linestyle="--", linewidth=1, label="0.99 target")
-        axes[0][j].set(xscale="log", yscale="log", title=f"{dim}-d: p99 latency per single query",
+        axes[0][j].set(xscale="log", yscale="log", title=f"SYNTHETIC {dim}-d: p99 latency per single query",
                        xlabel="gallery size", ylabel="ms")
-        axes[1][j].set(xscale="log", title=f"{dim}-d: recall@1 vs exact", xlabel="gallery size",
+        axes[1][j].set(xscale="log", title=f"SYNTHETIC {dim}-d: recall@1 vs exact", xlabel="gallery size",
                        ylabel="recall@1")
         for ax in (axes[0][j], axes[1][j]):
             ax.grid(True, which="both", alpha=0.3)
@@ -257,9 +353,34 @@ def _plot(results: dict[str, Any], path: Path) -> None:
 def run(sizes: Sequence[int] = DEFAULT_SIZES, dims: Sequence[int] = DEFAULT_DIMS, queries: int = 1000,
         out: str | os.PathLike[str] | None = "bench-results/faiss", *, threads: int | None = None,
         search_threads: int = 1, latency_budget_s: float = 10.0, ivf_nprobes: Sequence[str] = ("default", "0.5"),
-        hnsw_m: int = 32, hnsw_efs: Sequence[int] = (128, 512), hnsw_budget: float = 1.5e8) -> dict[str, Any]:
+        hnsw_m: int = 32, hnsw_efs: Sequence[int] = (128, 512), hnsw_budget: float = 1.5e8,
+        real: bool = True, synthetic: bool = True, real_sizes: Sequence[int] = (0, 100_000, 1_000_000),
+        model_dir: str | None = None, lfw_limit: int = 0) -> dict[str, Any]:
     """Run the benchmark; writes `<out>.json` and `<out>.png` unless `out` is None. Returns the results."""
     threads = threads or os.cpu_count() or 1
+    mach = machine()
+    real_rows: list[dict[str, Any]] = []
+    real_meta: dict[str, Any] = {}
+    if real:
+        faiss.omp_set_num_threads(threads)
+        xr, names, model_name = real_embeddings(model_dir, lfw_limit)
+        thr = bench_config(model_dir).gallery.match_threshold
+        real_meta = {"embedder": model_name, "faces": len(names), "match_threshold": thr,
+                     "what": "LFW dev faces embedded by the engine (aligned on landmarks_5pt.txt); gallery = first "
+                             "image of each identity with >= 2 images + single-image identities as real "
+                             "distractors + SYNTHETIC random unit vectors up to the size; queries = the other "
+                             "images of the enrolled identities; recall@1 identity = top-1 is the query's person"}
+        real_rows = bench_real(xr, names, thr, real_sizes, threads=threads, search_threads=search_threads,
+                               budget_s=latency_budget_s)
+    if not synthetic:
+        results = {"meta": {**real_meta, "machine": mach}, "real": real_meta, "results_real": real_rows,
+                   "results": [], "target": {"status": "not measured"}}
+        if out is not None:
+            base = Path(out)
+            base.parent.mkdir(parents=True, exist_ok=True)
+            mach["loadavg_at_end"] = loadavg()
+            base.with_name(base.name + ".json").write_text(json.dumps(results, indent=2) + "\n")
+        return results
     sizes, dims = sorted(set(sizes)), sorted(set(dims))
     model = (f"gallery = N random unit vectors (identities); query = a stored vector + Gaussian noise, "
              f"renormalised, cosine to its source ~{TARGET_COSINE}; recall@1 = same top-1 id as exact search")
@@ -273,7 +394,9 @@ def run(sizes: Sequence[int] = DEFAULT_SIZES, dims: Sequence[int] = DEFAULT_DIMS
                                 DEFAULT_NPROBE_FRACTION, "codes": "PQ<M>x4fs, M = largest even divisor of dim <= 64",
                                 "refine_k": DEFAULT_REFINE_K},
     }
-    print(f"query model: {model}")
+    meta["machine"] = mach
+    meta["synthetic"] = True
+    print(f"SYNTHETIC query model: {model}")
     print(f"threads: build/ground truth {threads}, single-query timing {search_threads} "
           "(faiss.omp_set_num_threads)")
     print("latency: wall ms per single-query call (perf_counter); cpu_p99 = the same calls in thread CPU "
@@ -315,12 +438,13 @@ def run(sizes: Sequence[int] = DEFAULT_SIZES, dims: Sequence[int] = DEFAULT_DIMS
     if "note" in check:
         print(f"  note: {check['note']}")
     print(f"total {meta['total_s']} s")
-    results = {"meta": meta, "target": check, "results": rows}
+    results = {"meta": meta, "target": check, "results": rows, "real": real_meta, "results_real": real_rows}
+    mach["loadavg_at_end"] = loadavg()
     if out is not None:
         base = Path(out)
         base.parent.mkdir(parents=True, exist_ok=True)
         json_path, png_path = base.with_name(base.name + ".json"), base.with_name(base.name + ".png")
-        json_path.write_text(json.dumps(results, indent=2))
+        json_path.write_text(json.dumps(results, indent=2) + "\n")
         _plot(results, png_path)
         print(f"wrote {json_path} and {png_path}")
     return results
@@ -343,6 +467,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--latency-budget", type=float, default=10.0, help="max seconds of timing per config")
     p.add_argument("--ivf-nprobe", default="default,0.5",
                    help="comma list: 'default' (engine), a fraction of nlist (0.5) or a list count (64)")
+    p.add_argument("--no-real", action="store_true", help="skip the real LFW-embedding part")
+    p.add_argument("--no-synthetic", action="store_true", help="skip the synthetic random-vector part")
+    p.add_argument("--real-sizes", type=_ints, default=[0, 100_000, 1_000_000],
+                   help="real part: gallery sizes, padded with synthetic distractors (0 = real faces only)")
+    p.add_argument("--lfw-limit", type=int, default=0, help="real part: embed only the first N LFW faces")
+    p.add_argument("--model-dir", help="model folder for the real part")
     p.add_argument("--hnsw-m", type=int, default=32)
     p.add_argument("--hnsw-ef", type=_ints, default=[128, 512], help="HNSW efSearch values")
     p.add_argument("--hnsw-budget", type=float, default=1.5e8,
@@ -351,7 +481,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = list(QUICK_SIZES) if a.quick else a.sizes
     res = run(sizes, a.dims, a.queries, a.out, threads=a.threads, search_threads=a.search_threads,
               latency_budget_s=a.latency_budget, ivf_nprobes=[v.strip() for v in a.ivf_nprobe.split(",")],
-              hnsw_m=a.hnsw_m, hnsw_efs=a.hnsw_ef, hnsw_budget=a.hnsw_budget)
+              hnsw_m=a.hnsw_m, hnsw_efs=a.hnsw_ef, hnsw_budget=a.hnsw_budget, real=not a.no_real,
+              synthetic=not a.no_synthetic, real_sizes=[0, 100_000] if a.quick else a.real_sizes,
+              model_dir=a.model_dir, lfw_limit=a.lfw_limit)
     return 1 if res["target"]["status"] == "FAIL" else 0
 
 

@@ -1,180 +1,217 @@
 #!/usr/bin/env python
-"""Memory soak: 4 looping cameras through the engine for a while; does the process's RSS grow?
+"""Memory soak of the server: does `faceengine serve`'s RSS grow under steady gRPC ingest?
 
-The engine runs in-process with its default (tuned) configuration. Each camera is a pull source
-on the video file (looping, paced at the file's frame rate like a live camera, decoded by the
-source's own thread), persons enrolled from the clip so match events are raised and stored, and
-one live subscriber drains the event bus (as SubscribeMatches does). After a warm-up (allocator
-pools, onnxruntime arenas, track state reaching steady state) RSS is sampled from
-/proc/self/statm every few seconds.
+A real `faceengine serve --dev` process (its own store, persons of the clip enrolled from held-out
+frames plus photo and LFW distractors, so match events are raised and stored) is fed by camera
+gateways in another process (gateway_worker.py) over loopback gRPC, JPEG frames of the video.
 
-growth % = (median of the last 5 samples - median of the first 5 samples) / the first, in %
-(target < 10 %); also the least-squares slope in MB per minute.
+Paced so that nothing is dropped: a short saturating calibration measures the server's capacity,
+then the cameras are paced at `--load` (default 50 %) of it. A soak with dropped frames measures
+queue fill rather than leaks, so drops make the verdict INVALID.
+
+RSS of the server process is read from /proc/<pid>/statm every `--interval` seconds; after the
+warm-up the slope is the least-squares fit in MB per minute. Verdict: PASS when the slope is below
+`TARGET_SLOPE_MB_PER_MIN` and nothing was dropped.
 
 Usage:
-  python benchmarks/bench_memory.py [--duration 600] [--warmup 60] [--interval 5] [--cameras 4]
-                                    [--video FILE] [--out bench-results/memory]
+  python benchmarks/bench_memory.py [--seconds 600] [--warmup 60] [--interval 5] [--cameras 4]
+                                    [--load 0.5] [--video FILE] [--out bench-results/memory]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import pickle
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
     DEFAULT_VIDEO,
+    ROOT,
     bench_config,
-    enroll_from_frames,
+    enroll_distractors,
+    enroll_heldout,
     load_frames,
     machine,
     open_gallery,
     pyplot,
-    rss_bytes,
+    split_clip,
+    write_results,
 )
 
-from engine.config import Config  # noqa: E402
-from engine.metrics import EngineMetrics  # noqa: E402
-from engine.video.events import MatchFilterSpec  # noqa: E402
-from engine.video.pipeline import Engine  # noqa: E402
-from engine.video.sources import PullSource  # noqa: E402
+from engine.client import Client  # noqa: E402
 from engine.vision.analyzer import FaceAnalyzer  # noqa: E402
 
-TARGET_GROWTH_PCT = 10.0
+TARGET_SLOPE_MB_PER_MIN = 1.0
+CALIBRATION_S = 20.0
 
 
-def run(video: str | Path = DEFAULT_VIDEO, cameras: int = 4, duration_s: float = 600.0, warmup_s: float = 60.0,
-        interval_s: float = 5.0, out: str | Path | None = "bench-results/memory", model_dir: str | None = None,
-        base_cfg: Config | None = None) -> dict[str, Any]:
-    """Soak the engine; writes `<out>.json` and `<out>.png` unless `out` is None. Returns the summary."""
-    db = str(Path(tempfile.mkdtemp(prefix="fe-mem-")) / "bench.db")
-    cfg = (base_cfg.with_overrides({"store": {"path": db}}, source="bench_memory")
-           if base_cfg is not None else bench_config(model_dir, db))
+def rss_mb(pid: int) -> float:
+    """Resident set size of process `pid` in MB, from /proc/<pid>/statm."""
+    with open(f"/proc/{pid}/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _gateways(address: str, cameras: int, payloads: list[bytes], fps: float, rate: float, seconds: float,
+              window: int) -> subprocess.Popen[str]:
+    """Start gateway_worker.py (its own process) streaming `payloads` on `cameras` push cameras."""
+    cams = [f"soak{i}" for i in range(cameras)]
+    n = len(payloads)
+    job = {"address": address, "cameras": cams, "fps": fps, "window": window, "payloads": payloads, "raws": None,
+           "rate": rate, "seconds": seconds, "order": [[(i * n // cameras + j) % n for j in range(n)]
+                                                       for i in range(cameras)]}
+    fd, path = tempfile.mkstemp(prefix="fe-soak-", suffix=".pkl")
+    with os.fdopen(fd, "wb") as fh:
+        pickle.dump(job, fh)
+    return subprocess.Popen([sys.executable, str(Path(__file__).with_name("gateway_worker.py")), path],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
+    out, err = proc.communicate(timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"gateway process failed: {err[-2000:]}")
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def run(video: str | Path = DEFAULT_VIDEO, cameras: int = 4, seconds: float = 600.0, warmup_s: float = 60.0,
+        interval_s: float = 5.0, load: float = 0.5, out: str | Path | None = "bench-results/memory",
+        model_dir: str | None = None, lfw_distractors: int = 200) -> dict[str, Any]:
+    """Soak a `faceengine serve` process; writes `<out>.json` and `<out>.png` unless `out` is None."""
+    mach = machine()
+    work = Path(tempfile.mkdtemp(prefix="fe-soak-"))
+    cfg = bench_config(model_dir, str(work / "soak.db"))
+    clip, fps = load_frames(video)
+    timed_idx, held_idx = split_clip(clip)
     analyzer = FaceAnalyzer.from_config(cfg)
     store, gallery = open_gallery(cfg, analyzer)
-    enroll_frames, _ = load_frames(video, 120)
-    persons = enroll_from_frames(analyzer, gallery, cfg, enroll_frames)
-    del enroll_frames
-    metrics = EngineMetrics()
-    eng = Engine(cfg, analyzer, gallery, store, metrics)
-    sources = []
-    for i in range(cameras):
-        cam = eng.add_camera(f"cam{i}", str(video), {"loop": "true", "realtime": "true"})
-        src = PullSource(eng, cam)
-        cam.source = src
-        sources.append(src)
-    sub = eng.bus.subscribe(MatchFilterSpec())
-    stop = threading.Event()
-    received = [0]
-
-    def drain() -> None:  # a live operator console
-        while not stop.is_set():
-            try:
-                item = sub.queue.get(timeout=0.5)
-            except Exception:  # queue.Empty
-                continue
-            if item is None:
-                return
-            received[0] += 1
-
-    drainer = threading.Thread(target=drain, name="subscriber", daemon=True)
-    eng.start()
-    for s in sources:
-        s.start()
-    drainer.start()
-    t0 = time.monotonic()
-    print(f"{cameras} cameras on {Path(video).name}, {len(persons)} persons enrolled; warm-up {warmup_s:g} s, "
-          f"then {duration_s - warmup_s:g} s sampled every {interval_s:g} s", flush=True)
-    samples: list[tuple[float, float, int, float]] = []  # (s since start, RSS MB, frames processed, queued MB)
-    next_t = t0 + warmup_s
-    while True:
-        now = time.monotonic()
-        if now - t0 >= duration_s:
-            break
-        time.sleep(max(0.0, min(next_t, t0 + duration_s) - now))
-        if time.monotonic() >= next_t:
-            cams_now = eng.cameras()
-            processed = sum(c.frames_processed for c in cams_now)
-            queued = sum(j.image.nbytes for c in cams_now for j in list(c.queue)) / 2**20
-            samples.append((time.monotonic() - t0, rss_bytes() / 2**20, processed, queued))
-            print(f"t={samples[-1][0]:6.0f} s  rss {samples[-1][1]:7.1f} MB  queued frames {queued:6.1f} MB  "
-                  f"frames {processed}", flush=True)
-            next_t += interval_s
-    stop.set()
-    for s in sources:
-        s.stop()
-    eng.stop(drain_s=2.0)
-    cams = eng.cameras()
+    persons = enroll_heldout(analyzer, gallery, cfg, clip, held_idx)
+    n_clip = len(persons)
+    persons.update(enroll_distractors(analyzer, gallery, lfw_distractors))
     store.close()
-    summary = _summarise(samples, cams, received[0], len(persons), metrics)
-    summary["meta"] = {"video": str(video), "cameras": cameras, "duration_s": duration_s, "warmup_s": warmup_s,
-                       "interval_s": interval_s, "machine": machine(),
-                       "pipeline": cfg.pipeline.model_dump()}
-    print(f"RSS {summary['rss_first_mb']:.1f} -> {summary['rss_last_mb']:.1f} MB after warm-up: growth "
-          f"{summary['growth_pct']:+.2f} % (target < {TARGET_GROWTH_PCT} %), slope {summary['slope_mb_per_min']:+.3f} "
-          f"MB/min (without queued frames {summary['growth_excl_queued_pct']:+.2f} %, "
-          f"{summary['slope_excl_queued_mb_per_min']:+.3f} MB/min); {summary['frames_processed']} frames "
-          f"processed, {summary['frames_dropped']} dropped, {summary['events']} bus events", flush=True)
+    payloads = [cv2.imencode(".jpg", clip[i], [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes() for i in timed_idx]
+    del clip, analyzer, gallery
+    ready = work / "ready"
+    cmd = [sys.executable, "-m", "engine.cli.main", "serve", "--dev", "--port", "0", "--metrics-port", "0",
+           "--ready-file", str(ready), "--db", cfg.store.path, "--model-dir", cfg.models.dir]
+    if cfg.models.mirror:
+        cmd += ["--mirror", cfg.models.mirror]
+    log_file = (work / "server.log").open("w")
+    server = subprocess.Popen(cmd, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT)
+    samples: list[tuple[float, float]] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"faceengine serve did not start: {(work / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.2)
+        address = ready.read_text().strip()
+        with Client(address, token="") as client:
+            client.wait_ready(30)
+            for i in range(cameras):
+                client.ensure_push_camera(f"soak{i}")
+        print(f"faceengine serve pid {server.pid} on {address}; {n_clip} clip persons (held-out frames) + "
+              f"{len(persons) - n_clip} distractors enrolled", flush=True)
+        # capacity: saturating gateways for a short while (this also warms the server up)
+        cal = _finish(_gateways(address, cameras, payloads, fps, 0.0, CALIBRATION_S, 4), CALIBRATION_S + 180)
+        if cal["errors"] and cal["errors"] == cal["frames"]:
+            raise RuntimeError(f"every calibration frame failed ({cal['errors']} errors); see the server log")
+        capacity = (cal["frames"] - cal["errors"]) / max(1e-9, cal["last_recv"] - cal["first_send"])
+        rate = load * capacity / cameras
+        print(f"capacity {capacity:.1f} fps (saturated, {cal['frames']} frames); soak at {load:.0%}: "
+              f"{cameras} cameras x {rate:.2f} fps for {seconds:g} s, warm-up {warmup_s:g} s", flush=True)
+        gw = _gateways(address, cameras, payloads, fps, rate, seconds, 64)
+        t0 = time.monotonic()
+        next_t = t0
+        while gw.poll() is None and time.monotonic() - t0 < seconds:
+            now = time.monotonic()
+            if now >= next_t:
+                samples.append((now - t0, rss_mb(server.pid)))
+                if len(samples) % 12 == 1:
+                    print(f"t={samples[-1][0]:6.0f} s  server RSS {samples[-1][1]:7.1f} MB", flush=True)
+                next_t += interval_s
+            time.sleep(max(0.0, min(next_t, t0 + seconds) - time.monotonic()))
+        soak = _finish(gw, 180)
+    finally:
+        server.terminate()
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log_file.close()
+    summary = _summarise(samples, warmup_s, soak)
+    summary.update(capacity_fps=capacity, load=load, fps_per_camera=rate, offered_fps=rate * cameras,
+                   calibration={"seconds": CALIBRATION_S, "frames": cal["frames"], "dropped": cal["dropped"],
+                                "errors": cal["errors"]})
+    summary["meta"] = {"video": Path(video).name, "cameras": cameras, "seconds": seconds, "warmup_s": warmup_s,
+                       "interval_s": interval_s, "default_seconds": 600.0, "shortened": seconds < 600.0,
+                       "process": "faceengine serve --dev (its own process), gateways in another process, JPEG q85",
+                       "persons": {"clip": n_clip, "distractors": len(persons) - n_clip}, "machine": mach}
+    print(f"server RSS after warm-up {summary['rss_first_mb']:.1f} -> {summary['rss_last_mb']:.1f} MB, slope "
+          f"{summary['slope_mb_per_min']:+.3f} MB/min (target < {TARGET_SLOPE_MB_PER_MIN}); "
+          f"{soak['frames']} results, {soak['dropped']} dropped, {soak['errors']} errors: {summary['verdict']}",
+          flush=True)
     if out is not None:
-        base = Path(out)
-        base.parent.mkdir(parents=True, exist_ok=True)
-        jp, pp = base.with_name(base.name + ".json"), base.with_name(base.name + ".png")
-        jp.write_text(json.dumps(summary, indent=2))
-        _plot(summary, pp)
+        jp, pp = write_results(summary, out, _plot)
         print(f"wrote {jp} and {pp}")
     return summary
 
 
-def _growth(t: np.ndarray, rss: np.ndarray) -> tuple[float, float, float, float]:
-    """(first, last, growth %, slope MB/min): medians of the first and last 5 samples, least squares."""
-    k = min(5, len(rss))
-    if not k:
-        return float("nan"), float("nan"), float("nan"), float("nan")
-    first, last = float(np.median(rss[:k])), float(np.median(rss[-k:]))
-    slope = float(np.polyfit(t / 60, rss, 1)[0]) if len(rss) >= 2 else float("nan")
-    return first, last, (last - first) / first * 100 if first > 0 else float("nan"), slope
-
-
-def _summarise(samples: list[tuple[float, float, int, float]], cams: list[Any], events: int, persons: int,
-               metrics: EngineMetrics) -> dict[str, Any]:
+def _summarise(samples: list[tuple[float, float]], warmup_s: float, soak: dict[str, Any]) -> dict[str, Any]:
     t = np.array([s[0] for s in samples])
     rss = np.array([s[1] for s in samples])
-    # frames waiting in the camera queues (bounded by queue_size) swing RSS with the machine's load
-    base = rss - np.array([s[3] for s in samples])
-    _, _, base_growth, base_slope = _growth(t, base)
-    first, last, growth, slope = _growth(t, rss)
-    return {"growth_pct": growth, "target_growth_pct": TARGET_GROWTH_PCT, "pass": bool(growth < TARGET_GROWTH_PCT),
-            "rss_first_mb": first, "rss_last_mb": last, "rss_max_mb": float(rss.max()) if len(rss) else float("nan"),
-            "slope_mb_per_min": slope, "growth_excl_queued_pct": base_growth,
-            "slope_excl_queued_mb_per_min": base_slope, "frames_processed": sum(c.frames_processed for c in cams),
-            "frames_dropped": sum(c.frames_dropped for c in cams), "events": events, "persons": persons,
-            "embeddings": metrics.registry.get_sample_value("faceengine_embeddings_total") or 0.0,
-            "samples": [{"t_s": round(a, 1), "rss_mb": round(b, 2), "frames": c, "queued_mb": round(q, 2)}
-                        for a, b, c, q in samples]}
+    keep = t >= warmup_s
+    tk, rk = t[keep], rss[keep]
+    slope = float(np.polyfit(tk / 60, rk, 1)[0]) if len(tk) >= 3 else float("nan")
+    k = min(5, len(rk))
+    first = float(np.median(rk[:k])) if k else float("nan")
+    last = float(np.median(rk[-k:])) if k else float("nan")
+    lat = np.asarray(soak["latencies_ms"], np.float64)
+    if soak["dropped"] or soak["errors"]:
+        verdict = f"INVALID ({soak['dropped']} dropped, {soak['errors']} errors: lower --load)"
+    elif slope != slope:
+        verdict = "INVALID (too few samples after warm-up)"
+    else:
+        verdict = "PASS" if slope < TARGET_SLOPE_MB_PER_MIN else "GROWING"
+    return {"verdict": verdict, "slope_mb_per_min": slope, "target_slope_mb_per_min": TARGET_SLOPE_MB_PER_MIN,
+            "rss_first_mb": first, "rss_last_mb": last,
+            "rss_min_mb": float(rk.min()) if len(rk) else float("nan"),
+            "rss_max_mb": float(rk.max()) if len(rk) else float("nan"),
+            "frames": soak["frames"], "dropped": soak["dropped"], "errors": soak["errors"],
+            "p50_latency_ms": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
+            "p99_latency_ms": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
+            "events_by_person": soak["tracks"],
+            "samples": [{"t_s": round(a, 1), "rss_mb": round(b, 2)} for a, b in samples]}
 
 
 def _plot(s: dict[str, Any], path: Path) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
-    t = [p["t_s"] for p in s["samples"]]
-    ax.plot(t, [p["rss_mb"] for p in s["samples"]], marker=".", lw=1, label="RSS")
-    ax.plot(t, [p["rss_mb"] - p["queued_mb"] for p in s["samples"]], lw=1, label="RSS - frames queued")
-    ax.axvspan(0, s["meta"]["warmup_s"], color="#ddd", label="warm-up (not sampled)")
-    ax.set_xlim(0, s["meta"]["duration_s"])
+    t = np.array([p["t_s"] for p in s["samples"]])
+    rss = np.array([p["rss_mb"] for p in s["samples"]])
+    ax.plot(t, rss, marker=".", lw=1, label="faceengine serve RSS")
+    w = s["meta"]["warmup_s"]
+    ax.axvspan(0, w, color="#ddd", label="warm-up (not in the fit)")
+    keep = t >= w
+    if keep.sum() >= 3:
+        a, b = np.polyfit(t[keep] / 60, rss[keep], 1)
+        ax.plot(t[keep], a * t[keep] / 60 + b, "r--", lw=1, label=f"fit {a:+.2f} MB/min")
     ax.set_xlabel("seconds")
     ax.set_ylabel("RSS MB")
-    ax.set_title(f"{s['meta']['cameras']} looping cameras: RSS growth {s['growth_pct']:+.2f} % "
-                 f"({s['slope_mb_per_min']:+.2f} MB/min)")
+    ax.set_title(f"server soak, {s['meta']['cameras']} cameras at {s['load']:.0%} of capacity, "
+                 f"{s['meta']['seconds']:g} s: {s['verdict']}")
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -183,16 +220,18 @@ def _plot(s: dict[str, Any], path: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--video", default=str(DEFAULT_VIDEO), help="video file each camera loops")
-    p.add_argument("--cameras", type=int, default=4)
-    p.add_argument("--duration", type=float, default=600.0, help="total seconds, warm-up included (default 600)")
-    p.add_argument("--warmup", type=float, default=60.0, help="seconds before sampling starts (default 60)")
+    p.add_argument("--video", default=str(DEFAULT_VIDEO), help="video whose frames the gateways send (as JPEG)")
+    p.add_argument("--cameras", type=int, default=4, help="gateway streams (default 4)")
+    p.add_argument("--seconds", type=float, default=600.0, help="soak seconds after calibration (default 600)")
+    p.add_argument("--warmup", type=float, default=60.0, help="seconds left out of the fit (default 60)")
     p.add_argument("--interval", type=float, default=5.0, help="seconds between RSS samples (default 5)")
+    p.add_argument("--load", type=float, default=0.5, help="share of the measured capacity to send (default 0.5)")
+    p.add_argument("--lfw-distractors", type=int, default=200, help="LFW identities enrolled as distractors")
     p.add_argument("--model-dir", help="model folder")
     p.add_argument("--out", default="bench-results/memory", help="output prefix for .json and .png")
     a = p.parse_args(argv)
-    s = run(a.video, a.cameras, a.duration, a.warmup, a.interval, a.out, a.model_dir)
-    return 0 if s["pass"] else 1
+    s = run(a.video, a.cameras, a.seconds, a.warmup, a.interval, a.load, a.out, a.model_dir, a.lfw_distractors)
+    return 0 if s["verdict"] == "PASS" else 1
 
 
 if __name__ == "__main__":

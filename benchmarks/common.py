@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import json
 import os
 import platform
+import shutil
+import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +33,15 @@ from engine.vision.analyzer import FaceAnalyzer  # noqa: E402
 SHARED = Path(os.environ.get("FACEENGINE_SHARED", ROOT.parent / "shared"))
 VIDEOS = SHARED / "testdata" / "videos"
 DEFAULT_VIDEO = VIDEOS / "multiface_1080p.mp4"
+IMAGES = SHARED / "testdata" / "images"
+LFW = SHARED / "testdata" / "lfw-dev"
+RESULTS = ROOT / "benchmarks" / "results"
 WATCHLIST = "bench"
+# which frames of a clip are enrolled and which are timed: the enrolment frames are held out,
+# never fed to a timed pass, and a gap of 10 % of the clip separates them from the last timed frame.
+# (The last 20 % of stage_360p is a group shot with no face clear enough to enrol.)
+TIMED_FRACTION = 0.55  # frames [0, 55 %) are timed
+HOLDOUT = (0.65, 0.8)  # frames [65 %, 80 %) are enrolled from
 
 
 def bench_config(model_dir: str | None = None, db: str | None = None, config_file: str | None = None) -> Config:
@@ -64,6 +78,9 @@ def enroll_from_frames(analyzer: FaceAnalyzer, gallery: Gallery, cfg: Config, fr
                        picks: int = 3) -> list[str]:
     """Enrol the clear faces of `picks` frames spread over the clip as persons (one template each).
 
+    These frames are part of the clip that gets timed: bench_pipeline and bench_memory enrol from
+    held-out frames instead (`split_clip` + `enroll_heldout`).
+
     A face is enrolled only if it is big and good enough for the engine to match at all (pipeline
     min_face_size / min_quality) and matches no person enrolled before it, so each person is one
     identity. Returns the person ids."""
@@ -90,6 +107,110 @@ def enroll_from_frames(analyzer: FaceAnalyzer, gallery: Gallery, cfg: Config, fr
     return persons
 
 
+def split_clip(frames: Sequence[np.ndarray], max_frames: int = 0) -> tuple[list[int], list[int]]:
+    """(timed frame indices, held-out enrolment frame indices) of a clip, disjoint with a gap between."""
+    n = len(frames)
+    timed = list(range(int(n * TIMED_FRACTION)))
+    if max_frames:
+        timed = timed[:max_frames]
+    return timed, list(range(int(n * HOLDOUT[0]), int(n * HOLDOUT[1])))
+
+
+def enroll_heldout(analyzer: FaceAnalyzer, gallery: Gallery, cfg: Config, frames: Sequence[np.ndarray],
+                   indices: Sequence[int], step: int = 5) -> dict[str, str]:
+    """Enrol the clear faces of every `step`-th held-out frame (never timed) as persons `clip-NN`.
+
+    Only faces big and sharp enough for the engine to embed, and each only if it matches nobody
+    enrolled before it (one person, one identity). Returns person id -> where it came from."""
+    gallery.ensure_watchlist(WATCHLIST)
+    p = cfg.pipeline
+    out: dict[str, str] = {}
+    for i in indices[::step]:
+        res = analyzer.analyze(frames[i])
+        if not len(res.detections):
+            continue
+        quality = face_quality(frames[i], res.detections, float(p.min_face_size))
+        for k in range(len(res.detections)):
+            if res.detections.sizes[k] < p.min_face_size or quality[k] < p.min_quality:
+                continue
+            emb = res.embeddings[k]
+            if gallery.search(emb[None], top_k=1, threshold=cfg.gallery.match_threshold)[0]:
+                continue
+            pid = f"clip-{len(out):02d}"
+            gallery.enroll(WATCHLIST, pid, emb[None], display_name=f"held-out frame {i} face {k}")
+            out[pid] = f"held-out frame {i} (not timed)"
+    return out
+
+
+def lfw_faces(limit: int = 0, per_identity: int = 0) -> list[tuple[str, str, np.ndarray]]:
+    """(identity, image path, 5 landmarks) of LFW dev images, from landmarks_5pt.txt (sorted, stable)."""
+    rows: list[tuple[str, str, np.ndarray]] = []
+    seen: dict[str, int] = {}
+    lm_file = LFW / "landmarks_5pt.txt"
+    if not lm_file.is_file():
+        raise FileNotFoundError(f"{lm_file} not found (LFW dev set under ../shared/testdata/lfw-dev)")
+    for line in sorted(lm_file.read_text().splitlines()):
+        parts = line.split()
+        if len(parts) != 11:
+            continue
+        ident = parts[0].split("/")[0]
+        if per_identity and seen.get(ident, 0) >= per_identity:
+            continue
+        seen[ident] = seen.get(ident, 0) + 1
+        rows.append((ident, str(LFW / "images" / parts[0]), np.array(parts[1:], np.float32).reshape(5, 2)))
+        if limit and len(rows) >= limit:
+            break
+    return rows
+
+
+def embed_lfw(analyzer: FaceAnalyzer, faces: Sequence[tuple[str, str, np.ndarray]]) -> np.ndarray:
+    """The engine's embeddings of LFW faces: aligned on the dataset's 5 landmarks, embedded in batches."""
+    out: list[np.ndarray] = []
+    for s in range(0, len(faces), 32):
+        crops = [analyzer.aligner.align(cv2.imread(path), lm) for _, path, lm in faces[s:s + 32]]
+        out.append(analyzer.embedder.embed(np.stack(crops)))
+    return np.concatenate(out) if out else np.empty((0, analyzer.dim), np.float32)
+
+
+def enroll_distractors(analyzer: FaceAnalyzer, gallery: Gallery, lfw_count: int = 200) -> dict[str, str]:
+    """Enrol people who are not in the clips, so a false match shows up as one of them.
+
+    Every face of the photos in testdata/images (`photo-<file>-<k>`) and one image each of
+    `lfw_count` LFW identities (`lfw-<Name>`). Returns person id -> where it came from."""
+    gallery.ensure_watchlist(WATCHLIST)
+    out: dict[str, str] = {}
+    for path in sorted(IMAGES.glob("*.jpg")):
+        res = analyzer.analyze(cv2.imread(str(path)))
+        for k in range(len(res.detections)):
+            pid = f"photo-{path.stem}-{k}"
+            gallery.enroll(WATCHLIST, pid, res.embeddings[k][None], display_name=f"{path.name} face {k}")
+            out[pid] = f"photo {path.name} (distractor)"
+    if lfw_count and (LFW / "landmarks_5pt.txt").is_file():
+        faces = lfw_faces(lfw_count, per_identity=1)
+        embs = embed_lfw(analyzer, faces)
+        for (ident, path, _), emb in zip(faces, embs, strict=True):
+            gallery.enroll(WATCHLIST, f"lfw-{ident}", emb[None], display_name=Path(path).name)
+            out[f"lfw-{ident}"] = "LFW (distractor)"
+    return out
+
+
+def cfg_copy(cfg: Config, **sections: dict[str, Any]) -> Config:
+    """A validated copy of the config with some fields changed: {section: {field: value}}."""
+    if hasattr(cfg, "with_overrides"):
+        return cfg.with_overrides(dict(sections), source="benchmark")
+    new = copy.deepcopy(cfg)
+    if sections:
+        new.update(sections, source="benchmark")
+    return new
+
+
+def section_dict(section: Any) -> dict[str, Any]:
+    """One config section as a plain dict (pydantic model or dataclass)."""
+    if hasattr(section, "model_dump"):
+        return dict(section.model_dump())
+    return dataclasses.asdict(section)
+
+
 def open_gallery(cfg: Config, analyzer: FaceAnalyzer) -> tuple[Store, Gallery]:
     store = open_store(cfg.store.target())
     return store, Gallery(store, analyzer.dim, analyzer.model_name, cfg.gallery.index)
@@ -99,8 +220,49 @@ def percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, np.float64), q)) if len(values) else float("nan")
 
 
+def _version(module: str) -> str | None:
+    try:
+        mod = __import__(module)
+    except Exception:  # noqa: BLE001 - an optional package that is missing or broken
+        return None
+    return str(getattr(mod, "__version__", "unknown"))
+
+
+def _gpu() -> str:
+    """GPU model(s) from nvidia-smi, or 'none' (the benchmarks here run on CPU unless configured)."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return "none (no nvidia-smi)"
+    try:
+        out = subprocess.run([exe, "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True,
+                             timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "none (nvidia-smi failed)"
+    return ", ".join(out.stdout.split("\n")).strip(", ") or "none"
+
+
+def git_commit() -> str:
+    """The source tree's commit (with '+dirty' when it has uncommitted changes), or 'unknown'."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (rev + ("+dirty" if dirty else "")) if rev else "unknown"
+
+
+def loadavg() -> list[float]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return [float("nan")] * 3
+
+
 def machine() -> dict[str, Any]:
-    """What the numbers were measured on (they only compare within one run)."""
+    """What the numbers were measured on (they only compare within one run): CPU, cores, GPU,
+    package versions and the load average (the project's VMs are shared: load from other jobs)."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -109,12 +271,34 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    try:
-        load = os.getloadavg()
-    except OSError:
-        load = (float("nan"),) * 3
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "loadavg_at_start": [round(v, 2) for v in load]}
+    versions = {m: _version(m) for m in ("onnxruntime", "faiss", "numpy", "cv2", "grpc", "insightface")}
+    versions["opencv"] = versions.pop("cv2")
+    versions["grpcio"] = versions.pop("grpc")
+    return {"measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "cpu": cpu, "cores": os.cpu_count(), "gpu": _gpu(), "os": f"{platform.system()} {platform.release()}",
+            "python": platform.python_version(), "versions": versions, "git_commit": git_commit(),
+            "loadavg_at_start": loadavg()}
+
+
+def write_results(summary: dict[str, Any], out: str | os.PathLike[str], plot: Any) -> tuple[Path, Path]:
+    """Write `<out>.json` (with the load average at the end added to meta.machine) and `<out>.png`."""
+    base = Path(out)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    summary.setdefault("meta", {}).setdefault("machine", machine())["loadavg_at_end"] = loadavg()
+    jp, pp = base.with_name(base.name + ".json"), base.with_name(base.name + ".png")
+    jp.write_text(json.dumps(summary, indent=2, default=jsonable) + "\n")
+    plot(summary, pp)
+    return jp, pp
+
+
+def jsonable(o: Any) -> Any:
+    if isinstance(o, set):
+        return sorted(o)
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(type(o).__name__)
 
 
 def rss_bytes() -> int:

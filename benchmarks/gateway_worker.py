@@ -1,8 +1,12 @@
-"""Camera gateways for bench_pipeline's gRPC pass, run as their own process (as real gateways are:
-other machines or at least other processes), so their Python work does not share the server's GIL.
+"""Camera gateways for the gRPC passes of bench_pipeline and bench_memory, run as their own process
+(as real gateways are: other machines or at least other processes), so their Python work does not
+share the server's GIL.
 
-Reads a pickle {address, cameras, payloads (JPEG bytes or None), raw frames, fps, window, order}
-from argv[1]; prints one JSON line {first_send, last_recv, latencies_ms, ids, errors}."""
+Reads a pickle {address, cameras, payloads (JPEG bytes or None), raws, window, order,
+rate (frames/s per camera; 0 = as fast as the window allows), seconds (0 = each order once)}
+from argv[1]; prints one JSON line {first_send, last_recv, latencies_ms, tracks, frames, errors,
+dropped}. `tracks` maps each matched person id to the number of distinct (camera, track) pairs
+matched to it: one per match event."""
 
 from __future__ import annotations
 
@@ -26,39 +30,59 @@ def main() -> None:
     client.wait_ready(30)
     lock = threading.Lock()
     lat: list[float] = []
-    ids: set[str] = set()
-    errors = [0]
+    tracks: dict[str, set[tuple[str, int]]] = {}
+    errors, dropped, frames = [0], [0], [0]
     first, last = [float("inf")], [0.0]
-    payloads, raws, fps, window = job["payloads"], job["raws"], job["fps"], job["window"]
+    payloads, raws, window = job["payloads"], job["raws"], job["window"]
+    rate, seconds = float(job.get("rate", 0.0)), float(job.get("seconds", 0.0))
     go = threading.Event()
 
     def gateway(i: int, cam: str) -> None:
         sem = threading.Semaphore(window)
         sent: dict[int, float] = {}
+        order = job["order"][i]
 
         def gen() -> Iterator[pb.Frame]:
             go.wait()
-            for j, fi in enumerate(job["order"][i]):
+            start = time.monotonic() + (i / rate / len(job["cameras"]) if rate else 0.0)  # stagger cameras
+            j = 0
+            while True:
+                if seconds:
+                    if time.monotonic() - start >= seconds:
+                        return
+                elif j >= len(order):
+                    return
+                fi = order[j % len(order)]
+                if rate:
+                    ahead = start + j / rate - time.monotonic()
+                    if ahead > 0:
+                        time.sleep(ahead)
                 sem.acquire()
                 now = time.monotonic()
                 sent[j] = now
                 with lock:
                     first[0] = min(first[0], now)
                 if payloads is not None:
-                    yield pb.Frame(camera_id=cam, sequence=j, capture_time=1.0 + j / fps, encoded=payloads[fi])
+                    yield pb.Frame(camera_id=cam, sequence=j, capture_time=time.time(), encoded=payloads[fi])
                 else:
                     w, h, data = raws[fi]
-                    yield pb.Frame(camera_id=cam, sequence=j, capture_time=1.0 + j / fps,
+                    yield pb.Frame(camera_id=cam, sequence=j, capture_time=time.time(),
                                    raw=pb.RawImage(width=w, height=h, format="BGR8", data=data))
+                j += 1
 
         for res in client.stream(gen()):
             now = time.monotonic()
             with lock:
+                frames[0] += 1
                 if res.HasField("error"):
                     errors[0] += 1
+                    dropped[0] += len(res.dropped_sequences)
+                    sent.pop(res.sequence, None)
                 else:
                     lat.append((now - sent.pop(res.sequence, now)) * 1000)
-                    ids.update(f.match.person_id for f in res.faces if f.HasField("match"))
+                    for f in res.faces:
+                        if f.HasField("match"):
+                            tracks.setdefault(f.match.person_id, set()).add((cam, f.track_id))
                 last[0] = max(last[0], now)
             sem.release()
 
@@ -67,10 +91,11 @@ def main() -> None:
         t.start()
     go.set()
     for t in threads:
-        t.join(timeout=600)
+        t.join(timeout=(seconds or 600) + 120)
     client.close()
-    print(json.dumps({"first_send": first[0], "last_recv": last[0], "latencies_ms": lat, "ids": sorted(ids),
-                      "errors": errors[0]}))
+    print(json.dumps({"first_send": first[0], "last_recv": last[0], "latencies_ms": lat,
+                      "tracks": {k: len(v) for k, v in sorted(tracks.items())}, "frames": frames[0],
+                      "errors": errors[0], "dropped": dropped[0]}))
 
 
 if __name__ == "__main__":

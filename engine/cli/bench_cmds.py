@@ -29,10 +29,12 @@ def _bench_module(name: str) -> ModuleType:
 
 
 def register(sub: Any, lazy: Callable[[str, str], Callable[[argparse.Namespace], int]]) -> None:
-    b = sub.add_parser("bench", help="benchmarks: video pipeline (default) or `bench faiss`",
-                       description="Video pipeline benchmark: naive per-face loop vs OpenCV loop vs the engine "
-                                   "in-process (1..N cameras) and over gRPC. `faceengine bench faiss --help` "
-                                   "for the gallery search benchmark.")
+    b = sub.add_parser("bench", help="benchmarks: video pipeline (default), `bench faiss` or `bench cluster`",
+                       description="Video pipeline benchmark: naive per-face loop (1 and N cameras) vs OpenCV loop "
+                                   "vs the engine in-process (1..N cameras, pre-decoded and fed the gateways' JPEG) "
+                                   "and over gRPC, identities checked on every pass, gRPC latency at 50/80/100 %% "
+                                   "load. `faceengine bench faiss` for the gallery search benchmark (real LFW "
+                                   "embeddings and synthetic vectors).")
     add_config_args(b)
     b.add_argument("target", nargs="?", choices=["pipeline", "faiss", "cluster"], default="pipeline",
                    help="which benchmark (default pipeline; cluster: fps against Ray worker processes)")
@@ -43,9 +45,13 @@ def register(sub: Any, lazy: Callable[[str, str], Callable[[argparse.Namespace],
     b.add_argument("--window", type=int, default=4, help="frames in flight per camera (default 4)")
     b.add_argument("--max-frames", type=int, default=0, help="use only the first N frames (0 = all)")
     b.add_argument("--out", default=None, help="output prefix for .json and .png (default bench-results/<target>)")
-    b.add_argument("--no-grpc", action="store_true", help="skip the gRPC passes")
-    b.add_argument("--no-raw", action="store_true", help="skip the raw-frame gRPC pass")
-    b.add_argument("--no-baselines", action="store_true", help="skip the naive and cv2 loops")
+    b.add_argument("--no-grpc", action="store_true", help="skip the gRPC passes (and the engine-jpeg pass)")
+    b.add_argument("--no-baselines", action="store_true", help="skip the naive, cv2 and peer loops")
+    b.add_argument("--no-peer", action="store_true", help="skip the insightface peer even when it is installed")
+    b.add_argument("--no-load-latency", action="store_true",
+                   help="skip the gRPC latency passes at 50/80/100 %% of the measured capacity")
+    b.add_argument("--lfw-distractors", type=int, default=200,
+                   help="LFW people enrolled as distractors, so false matches show (default 200)")
     b.add_argument("--quick", action="store_true", help="faiss: only 10k and 100k galleries")
     b.add_argument("--json", action="store_true", help="table on stderr; end with one JSON summary line")
     b.set_defaults(func=lazy("engine.cli.bench_cmds", "cmd_bench"))

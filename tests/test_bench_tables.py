@@ -1,0 +1,101 @@
+"""The README performance tables are what benchmarks/make_tables.py makes of the committed results.
+
+Prose and data cannot drift: a figure edited by hand in a README, or a result file replaced without
+regenerating the tables, fails here. Needs no models or media (only the JSON in benchmarks/results)."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+
+
+def _module(name: str) -> ModuleType:
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def tables() -> ModuleType:
+    return _module("make_tables")
+
+
+@pytest.fixture(scope="module")
+def results(tables: ModuleType) -> dict[str, Any]:
+    res: dict[str, Any] = tables.load()
+    return res
+
+
+def test_result_files_are_committed_with_the_machine(results: dict[str, Any]) -> None:
+    """Both clips, the soak and FAISS have raw results, each naming its machine and load."""
+    for name in ("pipeline-multiface_1080p", "pipeline-stage_360p", "memory", "faiss"):
+        assert name in results, f"benchmarks/results/{name}.json missing"
+        meta = results[name]["meta"]
+        m = meta["machine"]
+        for key in ("cpu", "cores", "gpu", "python", "versions", "loadavg_at_start", "loadavg_at_end"):
+            assert key in m, f"{name}: machine lacks {key}"
+        for pkg in ("onnxruntime", "faiss", "numpy", "opencv"):
+            assert m["versions"].get(pkg), f"{name}: no {pkg} version"
+        assert (BENCH / "results" / f"{name}.png").is_file(), f"{name}.png plot missing"
+
+
+@pytest.mark.parametrize("readme", ["README.md", "benchmarks/README.md"])
+def test_readme_tables_match_the_results(tables: ModuleType, results: dict[str, Any], readme: str) -> None:
+    text = (ROOT / readme).read_text()
+    blocks = re.findall(r"<!-- bench:([a-z0-9_-]+):start -->\n(.*?)<!-- bench:\1:end -->", text, re.S)
+    assert blocks, f"{readme} has no generated tables"
+    assert all(body.strip() for _, body in blocks), f"{readme}: an empty generated block"
+    assert tables.render(text, results) == text, (
+        f"{readme} differs from the committed results: run `python benchmarks/make_tables.py`")
+
+
+def test_a_changed_figure_is_caught(tables: ModuleType, results: dict[str, Any]) -> None:
+    """The comparison above can fail: one ratio changed in the data changes the README."""
+    text = (ROOT / "README.md").read_text()
+    changed = copy.deepcopy(results)
+    r = changed["pipeline-multiface_1080p"]["ratios"]["grpc_vs_inprocess_same_jpeg"]
+    r["value"] += 0.1234
+    assert tables.render(text, changed) != text
+
+
+def test_missed_target_reads_missed(tables: ModuleType) -> None:
+    """A value just under its target is MISSED, judged on the unrounded value (0.849 is not 0.85)."""
+    pipeline = _module("bench_pipeline")
+    assert pipeline.verdict(0.849, 0.85) == "MISSED"
+    assert pipeline.verdict(0.8499999, 0.85) == "MISSED"
+    assert pipeline.verdict(0.85, 0.85) == "PASS"
+    assert pipeline.verdict(float("nan"), 0.85) == "MISSED"
+    cell = tables._ratio({"value": 0.8499, "numerator": "grpc-jpeg", "denominator": "engine-jpeg",
+                          "target": 0.85, "verdict": pipeline.verdict(0.8499, 0.85)})
+    assert "MISSED" in cell and "grpc-jpeg" in cell and "engine-jpeg" in cell
+
+
+def test_committed_verdicts_agree_with_their_values(results: dict[str, Any]) -> None:
+    """No committed ratio claims PASS while its unrounded value is under the target (or the reverse)."""
+    for name, res in results.items():
+        for key, r in res.get("ratios", {}).items():
+            if "target" in r:
+                want = "PASS" if r["value"] >= r["target"] else "MISSED"
+                assert r["verdict"] == want, f"{name} {key}: {r['value']} vs {r['target']} says {r['verdict']}"
+    mem = results["memory"]
+    if mem["dropped"] or mem["errors"]:
+        assert mem["verdict"].startswith("INVALID")
+    else:
+        assert mem["verdict"] == ("PASS" if mem["slope_mb_per_min"] < mem["target_slope_mb_per_min"] else "GROWING")
+    assert json.dumps(mem["meta"]["shortened"]) in ("true", "false")
