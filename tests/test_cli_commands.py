@@ -154,7 +154,7 @@ def test_bench_command_tiny_run(tmp_path: Path, env: dict[str, str]) -> None:
               timeout=300)
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout.strip().splitlines()[-1])
-    assert summary["cameras"] == 1 and summary["engine_fps_by_cameras"]["1"] > 0
+    assert summary["cameras"] == 1 and summary["fps_by_mode"]["engine1"] > 0
     saved = json.loads(prefix.with_suffix(".json").read_text())
     assert saved  # the raw results behind the printed figures are written next to the plot
     assert prefix.with_suffix(".png").is_file()
