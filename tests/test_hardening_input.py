@@ -11,7 +11,6 @@ import struct
 import subprocess
 import sys
 import time
-from collections import deque
 from pathlib import Path
 
 import cv2
@@ -28,7 +27,6 @@ from engine.service.proto import pb
 from engine.service.server import FaceEngineServer
 from engine.store.sqlite import SQLiteStore
 from engine.video.pipeline import CameraState
-from engine.video.tracker import FaceTracker
 from engine.vision.image import decode_for_detection, decode_image
 from tests.conftest import IMAGES, VIDEOS
 
@@ -317,7 +315,7 @@ def test_saved_camera_that_fails_at_startup_is_reported(cfg: Config, analyzer, t
 
 
 def _cam(uri: str, options: dict[str, str]) -> CameraState:
-    return CameraState("cam", uri, "pull", options, deque(), FaceTracker())
+    return CameraState("cam", uri, "pull", options)
 
 
 def test_source_backoff_floor_and_log_rate_limit(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

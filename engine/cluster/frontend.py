@@ -33,8 +33,8 @@ from engine.errors import (
 from engine.metrics import EngineMetrics
 from engine.store.base import MatchEvent
 from engine.video.events import EventBus
+from engine.video.scheduler import CameraStatus, _Dropped
 from engine.video.scheduler import RateMeter as SchedulerRateMeter
-from engine.video.scheduler import _Dropped
 
 log = logging.getLogger(__name__)
 
@@ -58,23 +58,11 @@ class _Pending:
 
 
 @dataclass
-class ClusterCamera:
+class ClusterCamera(CameraStatus):
     """A camera as the front end sees it: status counters, its queue and the worker serving it."""
 
-    camera_id: str
-    uri: str
-    kind: str
-    options: dict[str, str]
     queue: deque[_Pending] = field(default_factory=deque)
     worker: int = -1
-    busy: bool = False
-    frames_in: int = 0
-    frames_processed: int = 0
-    frames_dropped: int = 0
-    last_error: str = ""
-    reconnects: int = 0
-    state: str = "idle"
-    last_frame_time: float = 0.0
     fps_in: RateMeter = field(default_factory=RateMeter)
     fps_out: RateMeter = field(default_factory=RateMeter)
     moves: int = 0  # times the camera moved to another worker after a failure

@@ -106,14 +106,13 @@ class RateMeter:
 
 
 @dataclass
-class CameraState:
-    """A registered camera: its queue, counters and status (tracking state lives in the recognizer)."""
+class CameraStatus:
+    """What operators see of a camera (ListCameras): identity, counters and state, whoever schedules it."""
 
     camera_id: str
     uri: str
     kind: str  # push | pull
     options: dict[str, str]
-    queue: deque[FrameJob] = field(default_factory=deque)
     frames_in: int = 0
     frames_processed: int = 0
     frames_dropped: int = 0
@@ -121,12 +120,19 @@ class CameraState:
     reconnects: int = 0
     state: str = "idle"
     last_frame_time: float = 0.0
-    busy: bool = False  # some worker holds frames of this camera
+    busy: bool = False  # a worker holds frames of this camera
+    fps_in: RateMeter = field(default_factory=RateMeter)
+    fps_out: RateMeter = field(default_factory=RateMeter)
+
+
+@dataclass
+class CameraState(CameraStatus):
+    """A registered camera: its queue, counters and status (tracking state lives in the recognizer)."""
+
+    queue: deque[FrameJob] = field(default_factory=deque)
     inflight: int = 0  # batches of this camera being processed (several workers detect ahead)
     tickets_issued: int = 0
     tickets_done: int = 0
-    fps_in: RateMeter = field(default_factory=RateMeter)
-    fps_out: RateMeter = field(default_factory=RateMeter)
     source: object | None = None
 
 
