@@ -74,39 +74,6 @@ def load_frames(path: str | os.PathLike[str], max_frames: int = 0) -> tuple[list
     return frames, float(fps)
 
 
-def enroll_from_frames(analyzer: FaceAnalyzer, gallery: Gallery, cfg: Config, frames: Sequence[np.ndarray],
-                       picks: int = 3) -> list[str]:
-    """Enrol the clear faces of `picks` frames spread over the clip as persons (one template each).
-
-    These frames are part of the clip that gets timed: bench_pipeline and bench_memory enrol from
-    held-out frames instead (`split_clip` + `enroll_heldout`).
-
-    A face is enrolled only if it is big and good enough for the engine to match at all (pipeline
-    min_face_size / min_quality) and matches no person enrolled before it, so each person is one
-    identity. Returns the person ids."""
-    gallery.ensure_watchlist(WATCHLIST)
-    p = cfg.pipeline
-    persons: list[str] = []
-    # frames 0, 1/3, 2/3 ... of the clip: not its last frame, whose face a tracker has only just seen
-    idx = sorted({int(i * len(frames) / picks) for i in range(picks)})
-    for i in idx:
-        res = analyzer.analyze(frames[i])
-        if not len(res.detections):
-            continue
-        quality = face_quality(frames[i], res.detections, float(p.min_face_size))
-        for k in range(len(res.detections)):
-            if res.detections.sizes[k] < p.min_face_size or quality[k] < p.min_quality:
-                continue
-            emb = res.embeddings[k]
-            hit = gallery.search(emb[None], top_k=1, threshold=cfg.gallery.match_threshold)[0]
-            if hit:
-                continue
-            pid = f"person-{len(persons):02d}"
-            gallery.enroll(WATCHLIST, pid, emb[None], display_name=f"frame {i} face {k}")
-            persons.append(pid)
-    return persons
-
-
 def split_clip(frames: Sequence[np.ndarray], max_frames: int = 0) -> tuple[list[int], list[int]]:
     """(timed frame indices, held-out enrolment frame indices) of a clip, disjoint with a gap between."""
     n = len(frames)

@@ -44,3 +44,19 @@ def missing_shared_data() -> str | None:
             f"The tests read real models and media from {source}.\n"
             f"Fix: put the project's shared folder (models/, testdata/) at {ROOT.parent / 'shared'}, "
             f"or set {ENV_VAR}=/path/to/shared.")
+
+
+def first_frames(video: Path, n: int) -> list:
+    """The first `n` decoded frames (BGR) of a test video; fails when the clip has fewer."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(video))
+    out = []
+    while len(out) < n:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        out.append(frame)
+    cap.release()
+    assert len(out) == n, f"{video} has only {len(out)} frames, {n} needed"
+    return out

@@ -21,6 +21,7 @@ from engine.video.quality import face_quality
 from engine.vision.analyzer import FaceAnalyzer
 from engine.vision.detections import box_iou
 from tests.conftest import VIDEOS
+from tests.shared_data import first_frames
 
 VIDEO = VIDEOS / "multiface_1080p.mp4"
 FPS = 25.0
@@ -30,16 +31,7 @@ N_FRAMES = 40
 @pytest.fixture(scope="module")
 def frames() -> list[np.ndarray]:
     """The first N_FRAMES frames of the 1080p multi-face clip (~7 faces each)."""
-    cap = cv2.VideoCapture(str(VIDEO))
-    out = []
-    while len(out) < N_FRAMES:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        out.append(frame)
-    cap.release()
-    assert len(out) == N_FRAMES
-    return out
+    return first_frames(VIDEO, N_FRAMES)
 
 
 @pytest.fixture()

@@ -21,6 +21,7 @@ from engine.vision.analyzer import FaceAnalyzer
 from engine.vision.detections import box_iou
 from engine.vision.image import read_image
 from tests.conftest import IMAGES, VIDEOS
+from tests.shared_data import first_frames
 
 FPS = 25.0
 N_FRAMES = 40
@@ -29,16 +30,7 @@ N_FRAMES = 40
 @pytest.fixture(scope="module")
 def frames() -> list[np.ndarray]:
     """The first N_FRAMES frames of the 1080p multi-face clip (~7 faces each)."""
-    cap = cv2.VideoCapture(str(VIDEOS / "multiface_1080p.mp4"))
-    out = []
-    while len(out) < N_FRAMES:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        out.append(frame)
-    cap.release()
-    assert len(out) == N_FRAMES
-    return out
+    return first_frames(VIDEOS / "multiface_1080p.mp4", N_FRAMES)
 
 
 @pytest.fixture()
