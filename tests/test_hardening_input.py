@@ -10,7 +10,6 @@ import os
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -29,6 +28,7 @@ from engine.store.sqlite import SQLiteStore
 from engine.video.pipeline import CameraState
 from engine.vision.image import decode_for_detection, decode_image
 from tests.conftest import IMAGES, VIDEOS
+from tests.procs import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -194,13 +194,7 @@ def _healthy(srv: FaceEngineServer) -> bool:
     return status == health_pb2.HealthCheckResponse.SERVING
 
 
-def _wait(pred, timeout: float = 20.0) -> bool:  # noqa: ANN001
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.1)
-    return False
+_wait = wait_for  # poll until true, 20 s by default
 
 
 def test_bombs_over_every_image_rpc(server: FaceEngineServer, decoder_spy: DecoderCalls) -> None:

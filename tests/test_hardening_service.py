@@ -32,6 +32,7 @@ from engine.service.server import FaceEngineServer
 from engine.store.base import EventQuery
 from engine.store.sqlite import SQLiteStore
 from tests.conftest import IMAGES
+from tests.procs import wait_for
 
 OBAMA = (IMAGES / "obama.jpg").read_bytes()
 OBAMA2 = (IMAGES / "obama2.jpg").read_bytes()
@@ -56,12 +57,7 @@ def _code(fn) -> grpc.StatusCode:  # noqa: ANN001
 
 
 def _wait(pred, timeout: float = 10.0) -> bool:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return pred()
+    return wait_for(pred, timeout, every=0.02)
 
 
 class _Held:

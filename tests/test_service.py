@@ -19,6 +19,7 @@ from engine.config import Config
 from engine.service.proto import pb
 from engine.service.server import FaceEngineServer
 from tests.conftest import IMAGES, VIDEOS
+from tests.procs import wait_for
 
 
 def make_cfg(cfg: Config) -> Config:
@@ -216,13 +217,7 @@ def _follow(stream: grpc.Call, stop_at: Callable[[pb.MatchEvent], bool]) -> tupl
     return events, ended, t
 
 
-def _wait(pred, timeout: float = 20.0) -> bool:  # noqa: ANN001
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.1)
-    return False
+_wait = wait_for  # poll until true, 20 s by default
 
 
 def test_pull_camera_reports_deleted_and_truncated_files(server: FaceEngineServer, tmp_path: Path) -> None:
