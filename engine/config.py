@@ -77,6 +77,10 @@ class RuntimeConfig(Section):
     graph_preprocess: Literal["auto", "on", "off"] = _f(
         "auto", "Detector letterbox/colour/normalisation as ONNX nodes run by the provider (uint8 frames in): "
         "auto = on for GPU providers, off on the CPU (where OpenCV is faster).")
+    io_binding: Literal["auto", "on", "off"] = _f(
+        "auto", "onnxruntime IO binding: a batch is uploaded to the device once and outputs are copied straight "
+        "into CPU buffers, without onnxruntime's per-call staging; auto = on for CUDA/TensorRT sessions, off on "
+        "the CPU (where it saves nothing).")
     tensorrt_fp16: bool = _f(False, "TensorRT: build fp16 engines (faster; embeddings move slightly vs fp32).")
     tensorrt_cache_dir: str = Field(
         default_factory=lambda: str(Path(default_data_dir()) / "tensorrt"),

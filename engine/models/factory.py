@@ -17,6 +17,6 @@ def build_runner(path: Path, runtime: RuntimeConfig, *, batchable: bool = True, 
     `runner.verify_batching(check)` (one session is kept either way).
     dynamic_hw: free the input height and width (fully convolutional detectors).
     transform: a graph rewrite applied before loading (detector pre-processing nodes).
-    Every backend (onnxruntime CPU/CUDA/TensorRT today; IO binding or a remote server later) is
-    chosen here, so detectors and embedders never build sessions themselves."""
+    Every backend (onnxruntime CPU/CUDA/TensorRT, with IO binding per `runtime.io_binding`; a remote
+    server later) is chosen here, so detectors and embedders never build sessions themselves."""
     return OnnxRunner(path, runtime, batchable=batchable, dynamic_hw=dynamic_hw, transform=transform)

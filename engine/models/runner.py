@@ -3,7 +3,7 @@
 A runner runs one model on a batch and says which provider it really uses. The onnxruntime
 implementation lives in `engine.models.session`; `engine.models.factory.build_runner` is the one
 place that picks and builds a runner from the config (the shape of Frigate's `detection_runners`).
-A GPU runner with IO binding, a TensorRT engine or a remote batched server plugs in here.
+A TensorRT engine or a remote batched server plugs in here.
 
 >>> v = BatchVerdict(True, "min cosine 1.000000")
 >>> v.accepted
@@ -43,6 +43,9 @@ class RunnerInfo:
     provider: str
     batched: bool
     batch_check: str
+    io_binding: bool = False
+    """True when inputs are bound on the provider's device and outputs copied into CPU buffers
+    (onnxruntime IO binding); False for plain `session.run`."""
 
 
 class InferenceRunner(ABC):
@@ -84,5 +87,10 @@ class InferenceRunner(ABC):
         """The last batch verdict, in words."""
         return "not checked"
 
+    @property
+    def io_binding(self) -> bool:
+        """True when `run` binds its input on the provider's device (one upload a batch)."""
+        return False
+
     def info(self) -> RunnerInfo:
-        return RunnerInfo(self.model, self.provider, self.batched, self.batch_check)
+        return RunnerInfo(self.model, self.provider, self.batched, self.batch_check, self.io_binding)

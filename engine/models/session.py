@@ -4,6 +4,8 @@ The shipped graphs fix the batch size at 1 (input dims, Reshape constants, inter
 annotations). `make_batchable` rewrites them to a symbolic batch at load time; `OnnxRunner` keeps
 the rewritten graph only if the model's own check (decoded faces for detectors, cosine for
 embedders) finds it equivalent to single calls on this provider, and then holds that one session.
+With `runtime.io_binding` on (auto: on CUDA/TensorRT) every call, batched, single or checked, goes
+through onnxruntime IO binding: the input uploaded to the device once, outputs copied into CPU buffers.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -164,6 +167,7 @@ class OnnxRunner(InferenceRunner):
                  transform: GraphTransform | None = None) -> None:
         self.path = path
         self.model = path.name
+        self._io_lock = threading.Lock()
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = runtime.intra_op_threads or auto_intra_op_threads()
         opts.inter_op_num_threads = runtime.inter_op_threads
@@ -186,6 +190,10 @@ class OnnxRunner(InferenceRunner):
         self._session = self._make(shape(model).SerializeToString(), opts, providers)
         self._input_name = self._session.get_inputs()[0].name
         self._input_shape = tuple(self._session.get_inputs()[0].shape)
+        self._output_names = [o.name for o in self._session.get_outputs()]  # the rewrite keeps the names
+        on_gpu = self.provider in (CUDA, TRT)
+        self._io = runtime.io_binding == "on" or (runtime.io_binding == "auto" and on_gpu)
+        self._io_device = ("cuda", runtime.device_id) if on_gpu else ("cpu", 0)
         self._candidate: ort.InferenceSession | None = None
         self._batched = not fixed_batch
         self._verdict = "graph takes any batch" if self._batched else "batch rewrite off"
@@ -230,13 +238,22 @@ class OnnxRunner(InferenceRunner):
     def batch_check(self) -> str:
         return self._verdict
 
+    @property
+    def io_binding(self) -> bool:
+        return self._io
+
+    def _io_words(self) -> str:
+        return f"IO binding on ({self._io_device[0]}:{self._io_device[1]})" if self._io else "IO binding off"
+
     def verify_batching(self, check: BatchCheck) -> BatchVerdict:
-        """Keep the batched graph if `check` accepts it against single calls, else drop it."""
+        """Keep the batched graph if `check` accepts it against single calls, else drop it.
+        Both sides run through `_call`, i.e. with IO binding when it is on: the check judges what runs."""
         cand = self._candidate
         if cand is None:
+            log.info("%s on %s: %s, %s", self.model, self.provider, self._verdict, self._io_words())
             return BatchVerdict(self._batched, self._verdict)
         try:
-            verdict = check(lambda x: list(cand.run(None, {self._input_name: x})), self._run_single)
+            verdict = check(lambda x: self._call(cand, x), self._run_single)
         except Exception as exc:  # a candidate that cannot run a batch is simply not used
             verdict = BatchVerdict(False, f"batch check failed ({exc})")
         self._candidate = None
@@ -244,18 +261,56 @@ class OnnxRunner(InferenceRunner):
             self._session, self._batched = cand, True
         self._verdict = verdict.detail
         level = logging.INFO if verdict.accepted else logging.WARNING
-        log.log(level, "%s on %s: batched graph %s (%s)", self.model, self.provider,
-                "accepted" if verdict.accepted else "refused, one image a call", verdict.detail)
+        log.log(level, "%s on %s: batched graph %s (%s), %s", self.model, self.provider,
+                "accepted" if verdict.accepted else "refused, one image a call", verdict.detail, self._io_words())
         return verdict
 
+    def _call(self, session: ort.InferenceSession, x: np.ndarray) -> list[np.ndarray]:
+        """One session call, through IO binding when it is on.
+
+        Should binding fail where a plain `session.run` of the same input succeeds (an onnxruntime
+        that cannot place tensors on the device), IO binding is switched off for good with one
+        warning and the call's result comes from `session.run`: a frame never fails for it. When
+        the plain run fails too, the input is at fault and that error is raised as without binding."""
+        if not self._io:
+            return list(session.run(None, {self._input_name: x}))
+        try:
+            return self._bound(session, x)
+        except Exception as exc:  # IO binding is an optimisation: fall back, never fail the frame for it
+            out = list(session.run(None, {self._input_name: x}))
+            self._drop_io_binding(exc)
+            return out
+
+    def _bound(self, session: ort.InferenceSession, x: np.ndarray) -> list[np.ndarray]:
+        """Run with a fresh IOBinding (one per call, so concurrent workers never share one): the
+        input placed on the device in one copy (on the CPU the OrtValue wraps the array, no copy),
+        outputs bound to the CPU because decoding and alignment run there."""
+        device, device_id = self._io_device
+        binding = session.io_binding()
+        value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(x), device, device_id)
+        binding.bind_ortvalue_input(self._input_name, value)
+        for name in self._output_names:
+            binding.bind_output(name, "cpu")
+        session.run_with_iobinding(binding)
+        return list(binding.copy_outputs_to_cpu())
+
+    def _drop_io_binding(self, exc: Exception) -> None:
+        with self._io_lock:  # several workers may fail at once: switch off and warn once
+            if not self._io:
+                return
+            self._io = False
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        log.warning("%s on %s: IO binding to %s:%d failed (%s); running with plain session.run", self.model,
+                    self.provider, self._io_device[0], self._io_device[1], reason)
+
     def _run_single(self, batch: np.ndarray) -> list[np.ndarray]:
-        per = [self._session.run(None, {self._input_name: batch[i : i + 1]}) for i in range(batch.shape[0])]
+        per = [self._call(self._session, batch[i : i + 1]) for i in range(batch.shape[0])]
         return [np.stack([_drop_batch(p[j]) for p in per]) for j in range(len(per[0]))] if per else []
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
         """Run on (B, ...) input; every output has the batch as its first axis."""
         if self._batched:
-            return list(self._session.run(None, {self._input_name: batch}))
+            return self._call(self._session, batch)
         return self._run_single(batch)
 
 

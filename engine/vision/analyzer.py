@@ -44,8 +44,9 @@ class FaceAnalyzer:
         det = load_detector(registry, cfg.models.detector, cfg.detector, cfg.runtime)
         emb = load_embedder(registry, cfg.models.embedder, cfg.embedder, cfg.runtime)
         resolve_match_threshold(cfg, emb.spec)  # match_threshold 0 = from gallery.match_fpir
-        log.info("analyzer: detector=%s embedder=%s (dim %d) on %s, match threshold %.4f", det.name, emb.name,
-                 emb.dim, emb.runner.provider, cfg.gallery.match_threshold)
+        log.info("analyzer: detector=%s embedder=%s (dim %d) on %s (IO binding %s), match threshold %.4f",
+                 det.name, emb.name, emb.dim, emb.runner.provider, "on" if emb.runner.io_binding else "off",
+                 cfg.gallery.match_threshold)
         return cls(det, emb)
 
     @property
@@ -56,7 +57,7 @@ class FaceAnalyzer:
 
     @property
     def models(self) -> dict[str, RunnerInfo]:
-        """Per model role ("detector", "embedder"): model file, provider, batched flag, batch verdict."""
+        """Per model role ("detector", "embedder"): model file, provider, batched flag, batch verdict, IO binding."""
         return {"detector": self.detector.runner.info(), "embedder": self.embedder.runner.info()}
 
     @property
