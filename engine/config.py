@@ -87,6 +87,17 @@ class RuntimeConfig(Section):
         description="TensorRT: folder caching built engines (a first build takes minutes); empty = no cache.")
 
 
+class DecodeConfig(Section):
+    jpeg: Literal["auto", "cpu", "nvjpeg"] = _f(
+        "auto", "Decoder of gateway JPEG frames: cpu (OpenCV, half-size DCT decode of large frames), nvjpeg "
+        "(nvImageCodec on runtime.device_id; extra gpu-decode), or auto (nvjpeg when nvImageCodec imports and a "
+        "CUDA device is present, else cpu). A frame nvJPEG refuses is decoded on the CPU.")
+    video: Literal["auto", "cpu", "nvdec"] = _f(
+        "auto", "Decoder of pull cameras (RTSP/HTTP/files): cpu (OpenCV/FFmpeg), nvdec (PyNvVideoCodec on "
+        "runtime.device_id; extra gpu-decode), or auto (nvdec when PyNvVideoCodec imports and a CUDA device is "
+        "present, else cpu). A stream NVDEC cannot open or breaks on is read on the CPU.")
+
+
 class DetectorConfig(Section):
     input_size: int = _f(640, "Network input side in pixels; frames are letterboxed to it (aspect kept).",
                          ge=64, le=4096)
@@ -301,6 +312,7 @@ class Config(BaseModel):
 
     models: ModelsConfig = Field(default_factory=ModelsConfig, description="Model files.")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="onnxruntime.")
+    decode: DecodeConfig = Field(default_factory=DecodeConfig, description="Frame decoding (CPU or NVIDIA).")
     detector: DetectorConfig = Field(default_factory=DetectorConfig, description="Face detection.")
     embedder: EmbedderConfig = Field(default_factory=EmbedderConfig, description="Face embedding.")
     gallery: GalleryConfig = Field(default_factory=GalleryConfig, description="Watchlist search.")

@@ -56,6 +56,7 @@ class CameraWorker:
         from engine.gallery.gallery import Gallery
         from engine.metrics import EngineMetrics
         from engine.store import open_store
+        from engine.video.decode import build_decoders
         from engine.video.pipeline import Engine
         from engine.vision.analyzer import FaceAnalyzer
 
@@ -69,6 +70,7 @@ class CameraWorker:
         self.metrics = EngineMetrics()
         self.engine = Engine(cfg, self.analyzer, self.gallery, self.store, self.metrics)
         self.engine.start()
+        self.decoders = build_decoders(cfg.decode, cfg.runtime.device_id)  # this process's frames and cameras
         # PostgreSQL pushes gallery changes (LISTEN/NOTIFY): enrolments reach this worker's FAISS replica
         # at once rather than at its next poll; SQLite never calls back and the poll stays
         self._unsubscribe = self.store.subscribe_changes(
@@ -76,13 +78,12 @@ class CameraWorker:
         self.sources: dict[str, Any] = {}
         self._lock = threading.Lock()
         self.started = time.time()
-        log.info("cluster worker %s ready (pid %d)", worker_id, os.getpid())
+        log.info("cluster worker %s ready (pid %d, decode %s)", worker_id, os.getpid(), self.decoders.describe())
 
     # ---- frames ----------------------------------------------------------------------------------
     def process(self, frames: list[WireFrame]) -> list[Any]:
         """Decode and run a camera's frames through the engine; one FrameOutcome per frame, in order."""
         from engine.video.pipeline import FrameJob, FrameOutcome
-        from engine.vision.image import decode_for_detection, decode_image
         from engine.vision.scale import reduced_decode_min_side
 
         results: list[FrameOutcome | None] = [None] * len(frames)
@@ -106,10 +107,11 @@ class CameraWorker:
                 if f.raw is not None:
                     image = f.raw
                 elif self.cfg.pipeline.fast_decode:
-                    image, scale, loader = decode_for_detection(f.encoded, reduced_decode_min_side(self.cfg.detector),
-                                                                lim.max_image_side, lim.max_image_pixels)
+                    image, scale, loader = self.decoders.jpeg.decode_for_detection(
+                        f.encoded, reduced_decode_min_side(self.cfg.detector), lim.max_image_side,
+                        lim.max_image_pixels)
                 else:
-                    image = decode_image(f.encoded, lim.max_image_side, lim.max_image_pixels)
+                    image = self.decoders.jpeg.decode(f.encoded, lim.max_image_side, lim.max_image_pixels)
                 self.engine.submit(FrameJob(f.camera_id, f.seq, f.capture_time, image,
                                             reply=lambda o, i=i: answer(i, o), scale=scale, loader=loader))
             except InvalidImageError as exc:
@@ -138,7 +140,8 @@ class CameraWorker:
             if camera_id in self.sources:
                 return
             cam = self.engine.add_camera(camera_id, uri, options)
-            src = PullSource(self.engine, cam, file_roots=self.engine.cfg.cameras.file_roots)
+            src = PullSource(self.engine, cam, file_roots=self.engine.cfg.cameras.file_roots,
+                             video=self.decoders.video)
             cam.source = src
             self.sources[camera_id] = src
         src.start()
@@ -181,6 +184,7 @@ class CameraWorker:
         return {"node_id": node, "worker_id": self.worker_id, "pid": os.getpid(), "host": socket.gethostname(),
                 "rss": rss_bytes(), "gallery_templates": self._gallery_size(),
                 "cameras": [c.camera_id for c in self.engine.cameras()], "provider": _provider(self.analyzer),
+                "decoders": self.decoders.info(),
                 "uptime_s": time.time() - self.started}
 
     def _gallery_size(self) -> int:

@@ -32,6 +32,7 @@ from engine.service.servicers import (
 from engine.service.tls import is_loopback, server_credentials
 from engine.store import open_store
 from engine.store.sqlite import damaged
+from engine.video.decode import Decoders, build_decoders, cpu_decoders
 from engine.video.pipeline import CameraState, Engine
 from engine.video.sources import PullSource
 from engine.vision.analyzer import FaceAnalyzer
@@ -43,7 +44,8 @@ SERVICES = ("Ingest", "Cameras", "Watchlists", "Matches", "Admin")
 class FaceEngineServer:
     def __init__(self, cfg: Config, analyzer: FaceAnalyzer | None = None,
                  interceptors: list[grpc.ServerInterceptor] | None = None,
-                 credentials: grpc.ServerCredentials | None = None) -> None:
+                 credentials: grpc.ServerCredentials | None = None, decoders: Decoders | None = None) -> None:
+        """`decoders` (default: built from `[decode]`) decode gateway JPEG frames and pull cameras."""
         self.cfg = cfg
         # one query at a time per caller: OpenMP threads in faiss only fight the model threads for cores
         faiss.omp_set_num_threads(1)
@@ -75,8 +77,10 @@ class FaceEngineServer:
             from engine.cluster.frontend import ClusterEngine
 
             self.engine: Engine | ClusterEngine = ClusterEngine(cfg, self.metrics)
+            self.decoders = decoders or cpu_decoders()  # frames and pull cameras are decoded by the workers
         else:
             self.engine = Engine(cfg, self.analyzer, self.gallery, self.store, self.metrics)
+            self.decoders = decoders or build_decoders(cfg.decode, cfg.runtime.device_id)
         self.sources: dict[str, PullSource] = {}
         self.running = False
         self._stopped = threading.Event()
@@ -127,7 +131,7 @@ class FaceEngineServer:
         if persist:
             self.store.save_camera(camera_id, cam.uri, cam.options)
         if cam.kind == "pull" and not getattr(self.engine, "remote_decode", False):  # cluster: read by a worker
-            src = PullSource(self.engine, cam, file_roots=self.cfg.cameras.file_roots)
+            src = PullSource(self.engine, cam, file_roots=self.cfg.cameras.file_roots, video=self.decoders.video)
             cam.source = src
             self.sources[camera_id] = src
             if self.running:
@@ -167,10 +171,10 @@ class FaceEngineServer:
             except OSError as exc:
                 log.warning("metrics endpoint not started on port %s: %s", self.cfg.server.metrics_port, exc)
         self._set_health(True)
-        log.info("faceengine serving on %s (detector=%s, embedder=%s, provider=%s, gallery=%d templates, "
+        log.info("faceengine serving on %s (detector=%s, embedder=%s, provider=%s, decode %s, gallery=%d templates, "
                  "match threshold %.4f for FPIR %g at %d people)",
                  self.address, self.analyzer.detector.name, self.analyzer.embedder.name,
-                 self.analyzer.provider, len(self.gallery), self.cfg.gallery.match_threshold,
+                 self.analyzer.provider, self.decoders.describe(), len(self.gallery), self.cfg.gallery.match_threshold,
                  self.cfg.gallery.match_fpir, self.cfg.gallery.watchlist_size)
         return self
 

@@ -39,7 +39,6 @@ from engine.video.events import MatchFilterSpec
 from engine.video.pipeline import DROP_POLICY, FrameJob, FrameOutcome, is_drop
 from engine.video.sources import OPTIONS as SOURCE_OPTIONS
 from engine.video.sources import redact_uri
-from engine.vision.image import decode_for_detection
 from engine.vision.scale import reduced_decode_min_side
 
 if TYPE_CHECKING:
@@ -214,19 +213,20 @@ class IngestServicer(rpc.IngestServicer):
                 srv.engine.submit_wire(WireFrame(frame.camera_id, frame.sequence, ts, encoded=frame.encoded), reply)
                 return
             scale, loader = 1.0, None
-            if kind == "encoded" and srv.cfg.pipeline.fast_decode:
+            if kind == "encoded":
                 lim = srv.cfg.limits
-                min_side = reduced_decode_min_side(srv.cfg.detector)
                 try:
-                    image, scale, loader = decode_for_detection(frame.encoded, min_side,
-                                                                lim.max_image_side, lim.max_image_pixels)
+                    if srv.cfg.pipeline.fast_decode:
+                        image, scale, loader = srv.decoders.jpeg.decode_for_detection(
+                            frame.encoded, reduced_decode_min_side(srv.cfg.detector), lim.max_image_side,
+                            lim.max_image_pixels)
+                    else:
+                        image = srv.decoders.jpeg.decode(frame.encoded, lim.max_image_side, lim.max_image_pixels)
                 except InvalidImageError as exc:
                     raise InvalidImageError(f"frame {frame.sequence}: {exc}") from None
             else:
                 img = pb.Image()
-                if kind == "encoded":
-                    img.encoded = frame.encoded
-                elif kind == "raw":
+                if kind == "raw":
                     img.raw.CopyFrom(frame.raw)
                 image = image_from_proto(img, srv.cfg.limits, what=f"frame {frame.sequence}")
             srv.metrics.stage_seconds.labels("decode").observe(time.perf_counter() - t0)

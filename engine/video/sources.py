@@ -24,9 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import cv2
-
 from engine.errors import InvalidArgumentError
+from engine.video.decode import CpuVideo, VideoOpener, VideoReader
 from engine.video.pipeline import CameraState, Engine, FrameJob
 
 log = logging.getLogger(__name__)
@@ -179,10 +178,12 @@ def parse_options(options: dict[str, str]) -> SourceOptions:
 
 class PullSource:
     def __init__(self, engine: Engine, cam: CameraState, backoff_max_s: float = 30.0,
-                 file_roots: Iterable[str] | None = None) -> None:
-        """`file_roots`, when given, are checked again at every open (a file swapped for a symlink)."""
+                 file_roots: Iterable[str] | None = None, video: VideoOpener | None = None) -> None:
+        """`file_roots`, when given, are checked again at every open (a file swapped for a symlink);
+        `video` opens the stream (the engine's `Decoders.video`; OpenCV's FFmpeg when None)."""
         self.engine = engine
         self.cam = cam
+        self.video: VideoOpener = video or CpuVideo()
         self.backoff_max_s = backoff_max_s
         self.file_roots = None if file_roots is None else list(file_roots)
         self._stop = threading.Event()
@@ -205,7 +206,7 @@ class PullSource:
         self._stop.set()
         self._thread.join(timeout=5)
 
-    def _open(self) -> cv2.VideoCapture:
+    def _open(self) -> VideoReader:
         uri = self.cam.uri
         if _is_file(uri):
             path = _path(uri)
@@ -216,15 +217,12 @@ class PullSource:
                 raise OSError(f"cannot open {path}: no such file")
             if os.path.getsize(path) == 0:
                 raise OSError(f"cannot open {path}: file is empty")
-            # FFmpeg only, on the resolved path: no image-sequence patterns or other backends' syntax
-            cap = cv2.VideoCapture(os.path.realpath(path), cv2.CAP_FFMPEG)
+            # the resolved path: no image-sequence patterns or other backends' syntax
+            cap = self.video.open(os.path.realpath(path), network=False, timeout_s=self.timeout_s,
+                                  shown=self.shown_uri)
         else:
-            # bounded waits: an unreachable or stalled camera must not hang its reader thread
-            timeout_ms = int(self.timeout_s * 1000)
-            cap = cv2.VideoCapture(uri, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms,
-                                                         cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms])
-        if not cap.isOpened():
-            cap.release()
+            cap = self.video.open(uri, network=True, timeout_s=self.timeout_s, shown=self.shown_uri)
+        if cap is None:
             raise OSError(f"cannot open {self.shown_uri}: not a readable video stream")
         return cap
 
@@ -261,8 +259,8 @@ class PullSource:
                 delay = min(delay * 2, self.backoff_max_s)
                 continue
             cam.state = "running"
-            expected = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if _is_file(cam.uri) else 0
-            fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+            expected = cap.frame_count if _is_file(cam.uri) else 0
+            fps = cap.fps or 25.0
             start_wall = time.time()
             start_mono = time.monotonic()
             read = 0
