@@ -86,11 +86,11 @@ from engine.config import Config  # noqa: E402
 from engine.gallery.gallery import Gallery  # noqa: E402
 from engine.metrics import EngineMetrics  # noqa: E402
 from engine.store.base import Store  # noqa: E402
+from engine.video.decode import build_decoders  # noqa: E402
 from engine.video.pipeline import Engine, FrameJob, FrameOutcome  # noqa: E402
 from engine.video.quality import face_quality  # noqa: E402
 from engine.vision.analyzer import FaceAnalyzer  # noqa: E402
 from engine.vision.detections import Detections  # noqa: E402
-from engine.vision.image import decode_for_detection, decode_image  # noqa: E402
 
 TARGET_SPEEDUP = 4.0
 TARGET_GRPC_RATIO = 0.85
@@ -266,7 +266,7 @@ def engine_pass(cfg: Config, analyzer: FaceAnalyzer, gallery: Gallery, store: St
 
     With `payloads` (the JPEG bytes the gRPC gateways send) each camera's feeder decodes every frame
     the way the gRPC server does (`decode_for_detection` when `pipeline.fast_decode`, else a full
-    decode): the like-for-like baseline for gRPC ingest."""
+    decode), with the decoder `[decode]` picks as the server does: the like-for-like baseline for gRPC ingest."""
     metrics = EngineMetrics()
     eng = Engine(cfg, analyzer, gallery, store, metrics)
     cams = [f"cam{i}" for i in range(cameras)]
@@ -281,6 +281,7 @@ def engine_pass(cfg: Config, analyzer: FaceAnalyzer, gallery: Gallery, store: St
     last = [0.0]
     lim = cfg.limits
     min_long = 2 * cfg.detector.input_size
+    jpeg = build_decoders(cfg.decode, cfg.runtime.device_id).jpeg if payloads is not None else None
 
     def feeder(i: int) -> None:
         sem = threading.Semaphore(window)
@@ -306,11 +307,12 @@ def engine_pass(cfg: Config, analyzer: FaceAnalyzer, gallery: Gallery, store: St
             if payloads is None:
                 eng.submit(FrameJob(cams[i], j, 1.0 + j / fps, frames[fi], reply))
                 continue
+            assert jpeg is not None
             if cfg.pipeline.fast_decode:
-                image, scale, loader = decode_for_detection(payloads[fi], min_long, lim.max_image_side,
-                                                            lim.max_image_pixels)
+                image, scale, loader = jpeg.decode_for_detection(payloads[fi], min_long, lim.max_image_side,
+                                                                 lim.max_image_pixels)
             else:
-                image, scale, loader = decode_image(payloads[fi], lim.max_image_side, lim.max_image_pixels), 1.0, None
+                image, scale, loader = jpeg.decode(payloads[fi], lim.max_image_side, lim.max_image_pixels), 1.0, None
             eng.submit(FrameJob(cams[i], j, 1.0 + j / fps, image, reply, scale=scale, loader=loader))
 
     eng.start()

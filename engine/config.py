@@ -93,9 +93,10 @@ class DecodeConfig(Section):
         "(nvImageCodec on runtime.device_id; extra gpu-decode), or auto (nvjpeg when nvImageCodec imports and a "
         "CUDA device is present, else cpu). A frame nvJPEG refuses is decoded on the CPU.")
     video: Literal["auto", "cpu", "nvdec"] = _f(
-        "auto", "Decoder of pull cameras (RTSP/HTTP/files): cpu (OpenCV/FFmpeg), nvdec (PyNvVideoCodec on "
-        "runtime.device_id; extra gpu-decode), or auto (nvdec when PyNvVideoCodec imports and a CUDA device is "
-        "present, else cpu). A stream NVDEC cannot open or breaks on is read on the CPU.")
+        "auto", "Decoder of pull cameras: cpu (OpenCV/FFmpeg), nvdec (PyNvVideoCodec on runtime.device_id for "
+        "files and network streams; extra gpu-decode; its demuxer has no read timeout), or auto (nvdec for video "
+        "files when PyNvVideoCodec imports and a CUDA device is present; network streams and everything else on "
+        "cpu). A stream NVDEC cannot open or breaks on is read on the CPU.")
 
 
 class DetectorConfig(Section):

@@ -315,3 +315,23 @@ def test_nvdec_reads_a_file_like_the_cpu() -> None:
     for a, b in zip(frames, first_frames(video, 10), strict=True):
         assert a.shape == b.shape and a.dtype == np.uint8
         assert float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean()) < 3.0  # colour conversion differs
+
+
+def test_nvdec_for_files_only_keeps_network_streams_on_the_cpu_reader(caplog: pytest.LogCaptureFixture) -> None:
+    """decode.video = auto: files on NVDEC, network streams on the CPU reader (it has read timeouts)."""
+    opened: list[str] = []
+
+    def open_gpu(target: str) -> FakeNvdecReader:
+        opened.append(target)
+        return FakeNvdecReader(target, fail_after=100)
+
+    video = str(VIDEOS / "stage_360p.mp4")
+    files_only = NvdecVideo(open_gpu, network=False)
+    with caplog.at_level(logging.WARNING, logger="engine.video.decode"):
+        reader = files_only.open(video, network=True, timeout_s=5.0, shown="rtsp://cam/live")
+    assert reader is not None and opened == [] and _warnings(caplog) == []
+    reader.release()
+    reader = files_only.open(video, network=False, timeout_s=5.0, shown=video)
+    assert reader is not None and opened == [video]
+    reader.release()
+    assert NvdecVideo(open_gpu).name == "nvdec" and files_only.name.startswith("nvdec (files")

@@ -264,14 +264,20 @@ class FallbackVideoReader:
 
 class NvdecVideo:
     """Pull cameras decoded by `open_gpu` (PyNvVideoCodec, see `PyNvReader`); a stream NVDEC cannot open
-    (a codec it lacks, MJPEG over HTTP...) or breaks on is read by the CPU opener instead."""
+    (a codec it lacks, MJPEG over HTTP...) or breaks on is read by the CPU opener instead.
 
-    name = "nvdec"
+    `network` False keeps network streams on the CPU reader, whose open/read timeouts notice a stalled
+    camera: the FFmpeg demuxer inside PyNvVideoCodec takes no timeout, and NVIDIA's maintainers note their
+    built-in demuxer "works fine with local files but often struggles to cope with RTSP" (NVIDIA/
+    VideoProcessingFramework issue 316). `decode.video = auto` runs files on NVDEC only; `nvdec` both."""
 
-    def __init__(self, open_gpu: Callable[[str], VideoReader], cpu: VideoOpener | None = None) -> None:
+    def __init__(self, open_gpu: Callable[[str], VideoReader], cpu: VideoOpener | None = None,
+                 network: bool = True) -> None:
         self._open_gpu = open_gpu
         self._cpu = cpu or CpuVideo()
+        self._network = network
         self._failed = _RateLimitedLog("NVDEC")
+        self.name = "nvdec" if network else "nvdec (files; network streams on cpu)"
 
     @property
     def fallbacks(self) -> int:
@@ -282,6 +288,8 @@ class NvdecVideo:
         def cpu() -> VideoReader | None:
             return self._cpu.open(target, network=network, timeout_s=timeout_s, shown=shown)
 
+        if network and not self._network:
+            return cpu()
         try:
             gpu = self._open_gpu(target)
         except Exception as exc:  # noqa: BLE001 - NVDEC cannot read this stream: the CPU may
@@ -298,7 +306,7 @@ class PyNvReader:
     "Video Demuxing" / "Video Decoding"): `CreateDemuxer(filename=)`, `.GetNvCodecId()`, `.FrameRate()`,
     iterating packets; `CreateDecoder(gpuid=, codec=, cudacontext=0, cudastream=0, usedevicememory=False,
     outputColorType=OutputColorType.RGB)`, `.Decode(packet)` giving host frames that export DLPack. The
-    demuxer has no open/read timeout of its own (see README, decode.video)."""
+    demuxer takes no open/read timeout (see NvdecVideo)."""
 
     def __init__(self, target: str, device_id: int) -> None:
         nvc = importlib.import_module("PyNvVideoCodec")
@@ -394,7 +402,7 @@ def build_decoders(cfg: DecodeConfig, device_id: int = 0,
     if cfg.video != "cpu":
         why = nvidia_unavailable(NVDEC_PACKAGE[0], NVDEC_PACKAGE[1], device_id, devices)
         if why is None:
-            video = NvdecVideo(lambda target: PyNvReader(target, device_id))
+            video = NvdecVideo(lambda target: PyNvReader(target, device_id), network=cfg.video == "nvdec")
         else:
             (log.warning if cfg.video == "nvdec" else log.info)(
                 "decode.video = %s: using the CPU decoder: %s", cfg.video, why)
