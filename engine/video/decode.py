@@ -195,7 +195,8 @@ def nvimgcodec_decode(device_id: int) -> Callable[[bytes], np.ndarray]:
     color_spec=ColorSpec.RGB, allow_any_depth=False, apply_exif_orientation=True))` returning an Image on the
     device (None when it cannot decode), `Image.cpu()` a host Image exporting __array_interface__ (HWC RGB)."""
     nvimgcodec = importlib.import_module("nvidia.nvimgcodec")
-    kinds = [nvimgcodec.BackendKind.HW_GPU_ONLY, nvimgcodec.BackendKind.GPU_ONLY, nvimgcodec.BackendKind.HYBRID_CPU_GPU]
+    kinds = [getattr(nvimgcodec.BackendKind, k) for k in ("HW_GPU_ONLY", "GPU_ONLY", "HYBRID_CPU_GPU")
+             if hasattr(nvimgcodec.BackendKind, k)]  # the hardware JPEG engine (A100/H100) first, then CUDA
     params = nvimgcodec.DecodeParams(color_spec=nvimgcodec.ColorSpec.RGB, allow_any_depth=False,
                                      apply_exif_orientation=True)
     local = threading.local()
