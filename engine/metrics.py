@@ -3,6 +3,7 @@ so tests and several engines in one process never collide."""
 
 from __future__ import annotations
 
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -36,6 +37,18 @@ class EngineMetrics:
         self.subscribers = Gauge("faceengine_subscribers", "Live match subscribers", registry=r)
         self.rpc_errors = Counter("faceengine_rpc_errors", "RPCs ended with an error status", ["method", "code"],
                                   registry=r)
+
+    def watch_decoders(self, decoders: Any) -> None:  # noqa: ANN401 - an engine.video.decode.Decoders
+        """Publish which decoders run (faceengine_decoder{input,decoder} = 1) and how many frames or streams a
+        GPU decoder handed to the CPU (faceengine_decode_fallbacks{input}, read when scraped). Once per registry."""
+        used = Gauge("faceengine_decoder", "Decoder in use, per input (jpeg: gateway frames, video: pull cameras)",
+                     ["input", "decoder"], registry=self.registry)
+        fallbacks = Gauge("faceengine_decode_fallbacks", "Frames (jpeg) or streams (video) a GPU decoder handed to "
+                          "the CPU decoder", ["input"], registry=self.registry)
+        for name in ("jpeg", "video"):
+            dec = getattr(decoders, name)
+            used.labels(name, dec.name).set(1)
+            fallbacks.labels(name).set_function(lambda dec=dec: float(getattr(dec, "fallbacks", 0)))
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         """Expose /metrics over HTTP (prometheus-client's own server) until `close()`."""

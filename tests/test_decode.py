@@ -285,6 +285,11 @@ def test_server_decodes_gateway_frames_and_pull_cameras_through_the_injected_dec
 
         assert wait_for(lambda: cam().frames_processed >= 10, 60), cam()
         assert opened == [str(video.resolve())] and decoders.video.fallbacks == 1
+        sample = srv.metrics.registry.get_sample_value
+        assert sample("faceengine_decoder", {"input": "jpeg", "decoder": "nvjpeg"}) == 1.0
+        assert sample("faceengine_decoder", {"input": "video", "decoder": "nvdec"}) == 1.0
+        assert sample("faceengine_decode_fallbacks", {"input": "jpeg"}) == 2.0
+        assert sample("faceengine_decode_fallbacks", {"input": "video"}) == 1.0
     finally:
         srv.stop(grace=1)
 
