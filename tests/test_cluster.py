@@ -126,6 +126,8 @@ def test_cluster_serves_cameras_from_workers(cfg: Config, local_ray: None) -> No
         served = {cam for w in info for cam in w["cameras"]}
         assert served == {"gate-1", "gate-2"}
         assert len({w["pid"] for w in info}) == 2 and all(len(w["cameras"]) == 1 for w in info)
+        # each worker decodes its frames with the decoders [decode] picks (auto: cpu without a GPU)
+        assert all(w["decoders"]["jpeg"] in ("cpu", "nvjpeg") and w["decoders"]["video"] for w in info), info
         deadline = time.time() + 5
         while time.time() < deadline and {e.camera_id for e in events} != {"gate-1", "gate-2"}:
             time.sleep(0.1)
