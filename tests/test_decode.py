@@ -135,6 +135,8 @@ def test_auto_picks_the_cpu_without_a_cuda_device_and_says_so_quietly(caplog: py
     assert decoders.describe() == "jpeg=cpu, video=cpu"
     assert _warnings(caplog) == []  # auto falling back is no fault
     assert any("frame decoding: jpeg=cpu, video=cpu" in r.getMessage() for r in caplog.records)
+    if NVJPEG_MISSING and NVDEC_MISSING:  # this machine as it is (CI: no GPU, no gpu-decode extra)
+        assert build_decoders(DecodeConfig()).describe() == "jpeg=cpu, video=cpu"
 
 
 @pytest.mark.skipif(NVJPEG_MISSING is None, reason="nvImageCodec and a GPU are present: nothing falls back")
