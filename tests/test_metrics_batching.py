@@ -8,11 +8,13 @@ import time
 import urllib.error
 
 import cv2
+import grpc
 import numpy as np
 import pytest
 
 from engine.client import Client, encode_jpeg
 from engine.config import Config
+from engine.service.auth import create_token
 from engine.service.proto import pb
 from engine.service.server import FaceEngineServer
 from engine.vision.detections import box_iou
@@ -69,6 +71,46 @@ def test_metrics_endpoint_counts_frames_faces_matches_and_errors(cfg: Config, an
     srv = FaceEngineServer(cfg, analyzer=analyzer).start()
     try:
         assert metric(scrape(port), "faceengine_frames_in_total", camera="m-cam") == 0  # a fresh registry
+    finally:
+        srv.stop(grace=1)
+
+
+def test_rpcs_ending_in_error_are_counted_by_method_and_code(cfg: Config, analyzer) -> None:  # noqa: ANN001
+    """faceengine_rpc_errors counts every RPC that ends with an error status, whoever refused it: a servicer
+    (unary and streaming replies) or the auth interceptor before any servicer ran. OK calls and per-frame
+    errors inside a healthy ingest stream are not RPC errors."""
+    cfg = make_cfg(cfg)
+    cfg.auth.enabled = True
+    port = free_port()
+    cfg.server.metrics_port = port
+    srv = FaceEngineServer(cfg, analyzer=analyzer).start()
+    try:
+        token, _ = create_token(srv.store, "admin-1", "admin")
+        cams, subscribe = "faceengine.v1.Cameras/GetCamera", "faceengine.v1.Matches/SubscribeMatches"
+        listing, ingest = "faceengine.v1.Cameras/ListCameras", "faceengine.v1.Ingest/StreamFrames"
+        assert metric(scrape(port), "faceengine_rpc_errors_total", method=cams, code="NOT_FOUND") == 0
+        with Client(srv.address, token=token) as c:
+            for _ in range(2):
+                with pytest.raises(grpc.RpcError) as err:
+                    c.cameras.GetCamera(pb.CameraRequest(camera_id="nope"), metadata=c.metadata)
+                assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            with pytest.raises(grpc.RpcError) as err:
+                list(c.matches.SubscribeMatches(pb.MatchFilter(camera_ids=["nope"]), metadata=c.metadata))
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            c.cameras.ListCameras(pb.ListCamerasRequest(), metadata=c.metadata)
+            c.ensure_push_camera("e-cam")
+            junk = list(c.stream(iter([pb.Frame(camera_id="e-cam", sequence=1, encoded=b"not a jpeg")])))
+            assert junk[0].error.code_name == "INVALID_ARGUMENT"  # answered in the stream, the call ends OK
+        with Client(srv.address) as anonymous, pytest.raises(grpc.RpcError) as err:
+            anonymous.cameras.ListCameras(pb.ListCamerasRequest())
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        samples = scrape(port)
+        assert metric(samples, "faceengine_rpc_errors_total", method=cams, code="NOT_FOUND") == 2
+        assert metric(samples, "faceengine_rpc_errors_total", method=subscribe, code="NOT_FOUND") == 1
+        assert metric(samples, "faceengine_rpc_errors_total", method=listing, code="UNAUTHENTICATED") == 1
+        errors = {labels: v for (name, labels), v in samples.items() if name == "faceengine_rpc_errors_total"}
+        assert sum(errors.values()) == 4, errors  # nothing else: not the OK calls, not the ingest stream
+        assert not any(dict(labels)["method"] == ingest for labels in errors)
     finally:
         srv.stop(grace=1)
 

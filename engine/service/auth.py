@@ -38,6 +38,7 @@ import grpc
 from engine.config import AuthConfig
 from engine.errors import AuditUnavailableError, FaceEngineError, InvalidArgumentError
 from engine.service.convert import unary
+from engine.service.interceptors import rewrap
 from engine.service.proto import pb, rpc
 from engine.store.base import AuditStore, TokenStore
 
@@ -210,7 +211,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         if handler is None or method.startswith(OPEN_PREFIXES):
             return handler
         metadata = details.invocation_metadata or ()
-        return _rewrap(handler, lambda behavior, streaming: self._guard(behavior, method, metadata, streaming))
+        return rewrap(handler, lambda behavior, streaming: self._guard(behavior, method, metadata, streaming))
 
     def authenticate(self, metadata: Any) -> Principal:
         """Resolve the bearer token; raises _Denied(UNAUTHENTICATED) when missing, bad or revoked."""
@@ -485,18 +486,6 @@ class _Denied(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-
-
-def _rewrap(handler: Any, wrap: Callable[[Callable[..., Any], tuple[bool, bool]], Callable[..., Any]]) -> Any:
-    """A method handler of the same kind whose behaviour is wrap(behaviour)."""
-    ser = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary, (False, False)), **ser)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream, (False, True)), **ser)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary, (True, False)), **ser)
-    return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream, (True, True)), **ser)
 
 
 # ---- Admin service -----------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from engine.metrics import EngineMetrics
 from engine.retention import RetentionWorker
 from engine.service import validate
 from engine.service.auth import AdminServicer, AuthInterceptor
+from engine.service.interceptors import ErrorCountInterceptor
 from engine.service.proto import pb, rpc
 from engine.service.servicers import (
     CamerasServicer,
@@ -90,7 +91,8 @@ class FaceEngineServer:
         lim = cfg.limits.max_message_bytes
         self.grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=cfg.server.max_workers, thread_name_prefix="grpc"),
-            interceptors=[self.auth, *(interceptors or [])],
+            # the error counter outermost: it also sees the refusals auth makes before a servicer runs
+            interceptors=[ErrorCountInterceptor(self.metrics.rpc_errors), self.auth, *(interceptors or [])],
             options=[("grpc.max_receive_message_length", lim), ("grpc.max_send_message_length", lim),
                      ("grpc.so_reuseport", 0)],
             maximum_concurrent_rpcs=cfg.server.max_workers * 4,

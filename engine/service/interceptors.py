@@ -1,0 +1,82 @@
+"""Server interceptors shared by the service: handler re-wrapping and the RPC error counter."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+from prometheus_client import Counter
+
+Behavior = Callable[..., Any]
+
+
+def rewrap(handler: Any, wrap: Callable[[Behavior, tuple[bool, bool]], Behavior]) -> Any:
+    """A method handler of the same kind whose behaviour is wrap(behaviour, (request_streaming, response_streaming))."""
+    ser = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary, (False, False)), **ser)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream, (False, True)), **ser)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary, (True, False)), **ser)
+    return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream, (True, True)), **ser)
+
+
+def _ended_code(context: grpc.ServicerContext, raised: bool) -> str | None:
+    """The status name a call ended with, or None for OK. A handler that raised without setting a
+    code ends UNKNOWN (what gRPC sends then)."""
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return None if code == grpc.StatusCode.OK else code.name
+    return "UNKNOWN" if raised else None
+
+
+class ErrorCountInterceptor(grpc.ServerInterceptor):
+    """Counts every RPC that ends with an error status in `counter` (labels method, code).
+
+    It must be the outermost interceptor, so refusals made before a servicer runs (authentication,
+    roles, throttling) are counted as well as the servicers' own errors. Method names are the full
+    gRPC names (`faceengine.v1.Cameras/GetCamera`); calls to unknown methods (UNIMPLEMENTED) are not
+    counted, so a caller cannot grow the label set. A response stream the client closed early
+    (cancelled) is not an error of the server's and is not counted."""
+
+    def __init__(self, counter: Counter) -> None:
+        self.counter = counter
+
+    def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        method = str(details.method).lstrip("/")
+        return rewrap(handler, lambda behavior, streaming: self._counted(behavior, method, streaming[1]))
+
+    def _count(self, method: str, context: grpc.ServicerContext, raised: bool) -> None:
+        code = _ended_code(context, raised)
+        if code is not None:
+            self.counter.labels(method, code).inc()
+
+    def _counted(self, behavior: Behavior, method: str, response_streaming: bool) -> Behavior:
+        if response_streaming:
+            def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                try:
+                    yield from behavior(request, context)
+                except GeneratorExit:  # the client went away mid-stream
+                    raise
+                except BaseException:
+                    self._count(method, context, raised=True)
+                    raise
+                self._count(method, context, raised=False)
+
+            return stream
+
+        def call(request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                response = behavior(request, context)
+            except BaseException:
+                self._count(method, context, raised=True)
+                raise
+            self._count(method, context, raised=False)
+            return response
+
+        return call
