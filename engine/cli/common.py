@@ -6,9 +6,37 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from engine.config import Config
+
+
+class IntermixedParser(argparse.ArgumentParser):
+    """A (sub)command parser that takes options anywhere among its positionals.
+
+    Plain argparse parses `cameras add --server X cam uri` as action=add with both optional positionals
+    empty (they match zero strings before the option) and then refuses `cam uri`; intermixed parsing
+    reads the options first, then the positionals. Parsers it cannot handle (nested subcommands,
+    REMAINDER) are parsed the ordinary way."""
+
+    _intermixing = False
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+        if self._intermixing or not self._can_intermix():
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True  # parse_known_intermixed_args calls back into parse_known_args
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+    def _can_intermix(self) -> bool:
+        positionals = self._get_positional_actions()
+        if any(a.nargs in (argparse.PARSER, argparse.REMAINDER) for a in positionals):
+            return False
+        return not any(a in positionals for g in self._mutually_exclusive_groups for a in g._group_actions)
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:

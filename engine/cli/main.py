@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from engine.cli import local
-from engine.cli.common import add_config_args, setup_logging
+from engine.cli.common import IntermixedParser, add_config_args, setup_logging
 from engine.errors import FaceEngineError
 
 
@@ -25,7 +25,8 @@ def _lazy(module: str, func: str) -> Callable[[argparse.Namespace], int]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="faceengine", description="Face-recognition video analytics engine.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # every (sub)command takes its options before, between or after its positionals
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=IntermixedParser)
 
     m = sub.add_parser("models", help="list and fetch model files")
     msub = m.add_subparsers(dest="models_command", required=True, metavar="ACTION")
