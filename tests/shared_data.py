@@ -60,3 +60,15 @@ def first_frames(video: Path, n: int) -> list:
     cap.release()
     assert len(out) == n, f"{video} has only {len(out)} frames, {n} needed"
     return out
+
+
+UPDATE_DOCS_ENV = "FACEENGINE_UPDATE_SCREENSHOTS"
+DOCS = ROOT / "docs"
+
+
+def doc_image(name: str, tmp_path: Path) -> Path:
+    """Where a test saves a picture the docs show: under `tmp_path` by default, so test runs leave the work tree
+    clean; `docs/NAME` only when FACEENGINE_UPDATE_SCREENSHOTS=1 asks to refresh the committed picture."""
+    if os.environ.get(UPDATE_DOCS_ENV, "").strip() in ("1", "true", "yes"):
+        return DOCS / name
+    return tmp_path / name

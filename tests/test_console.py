@@ -32,6 +32,7 @@ from engine.service.proto import pb
 from engine.service.server import FaceEngineServer
 from engine.store.base import MatchEvent
 from tests.conftest import IMAGES, VIDEOS
+from tests.shared_data import ROOT, UPDATE_DOCS_ENV, doc_image
 from tests.test_security import pki  # noqa: F401 - a throw-away CA and server certificate
 
 
@@ -111,6 +112,19 @@ def synthetic_event(cam: str, jpeg: bytes, person: str = "person-1", name: str =
     """A match record as the event recorder makes it (for load on the console's live path only)."""
     return MatchEvent(uuid.uuid4().hex, cam, time.time(), "vip", person, name, 0.9, (1.0, 2.0, 30.0, 40.0), 1, 1,
                       jpeg)
+
+
+def test_browser_screenshot_goes_to_docs_only_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The browser test's screenshot lands in its tmp_path, so a test run leaves docs/ (and git status) clean;
+    FACEENGINE_UPDATE_SCREENSHOTS=1 refreshes the picture the README shows."""
+    monkeypatch.delenv(UPDATE_DOCS_ENV, raising=False)
+    assert doc_image("console-live.png", tmp_path) == tmp_path / "console-live.png"
+    monkeypatch.setenv(UPDATE_DOCS_ENV, "0")
+    assert doc_image("console-live.png", tmp_path) == tmp_path / "console-live.png"
+    monkeypatch.setenv(UPDATE_DOCS_ENV, "1")
+    readme_picture = doc_image("console-live.png", tmp_path)
+    assert readme_picture == ROOT / "docs" / "console-live.png" and readme_picture.is_file()
+    assert "](docs/console-live.png)" in (ROOT / "README.md").read_text()
 
 
 # ---- security: plain HTTP ----------------------------------------------------------------------
