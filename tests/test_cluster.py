@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 
 import cv2
@@ -134,6 +135,43 @@ def test_cluster_serves_cameras_from_workers(cfg: Config, local_ray: None) -> No
         assert {e.camera_id for e in events} == {"gate-1", "gate-2"}
         stored = c.matches.QueryMatches(pb.QueryMatchesRequest(person_id="obama")).events
         assert {e.camera_id for e in stored} == {"gate-1", "gate-2"}
+    finally:
+        srv.stop(grace=1)
+
+
+class _CountingHandle:
+    """A worker actor handle that counts which actor methods the front end calls (and forwards them)."""
+
+    def __init__(self, handle: object) -> None:
+        self.handle = handle
+        self.calls: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> object:
+        self.calls[name] += 1
+        return getattr(self.handle, name)
+
+
+def test_frames_for_a_pull_camera_are_refused_without_a_worker_call(cfg: Config, local_ray: None) -> None:
+    """The ingest check answers from the front end's own camera table: a frame sent to a pull camera is
+    refused without asking its worker; GetCamera still reads the worker's live counters."""
+    srv = FaceEngineServer(_cluster_cfg(cfg, workers=1)).start()
+    try:
+        c = Client(srv.address)
+        c.cameras.AddCamera(pb.AddCameraRequest(camera_id="rtsp-cam", uri="rtsp://127.0.0.1:9/none",
+                                                options={"backoff_s": "0.5", "timeout_s": "2"}))
+        worker = srv.engine._workers[0]
+        real = worker.handle
+        spy = worker.handle = _CountingHandle(real)
+        jpg = _scene()
+        frames = [pb.Frame(camera_id="rtsp-cam", sequence=i, capture_time=time.time(), encoded=jpg)
+                  for i in range(1, 6)]
+        results = list(c.stream(iter(frames)))
+        assert [r.error.code_name for r in results] == ["INVALID_ARGUMENT"] * 5
+        assert all("is a pull camera" in r.error.message for r in results)
+        assert spy.calls["camera_status"] == 0, spy.calls
+        cam = c.cameras.GetCamera(pb.CameraRequest(camera_id="rtsp-cam"))
+        assert cam.kind == "pull" and spy.calls["camera_status"] == 1, spy.calls
+        worker.handle = real  # stop() kills the actor by its real handle
     finally:
         srv.stop(grace=1)
 

@@ -227,12 +227,15 @@ class ClusterEngine:
             self._answer(p, self._outcome(p.frame, NotFoundError("camera removed")))
         return cam
 
-    def camera(self, camera_id: str) -> ClusterCamera:
+    def camera(self, camera_id: str, live: bool = True) -> ClusterCamera:
+        """The camera from this front end's table, or NotFoundError with the fix. `live` reads a pull
+        camera's counters from the worker that runs it (a Ray call, up to 2 s): status queries only; the
+        ingest path passes live=False, since kind and URI are known here."""
         cam = self._cams.get(camera_id)
         if cam is None:
             raise NotFoundError(f"camera {camera_id!r} not found; register it with AddCamera "
                                 "(uri 'push' for a gateway camera)")
-        if cam.kind == "pull":
+        if live and cam.kind == "pull":
             self._refresh_pull(cam)
         return cam
 
@@ -274,7 +277,7 @@ class ClusterEngine:
     # ---- ingest --------------------------------------------------------------------------------
     def submit_wire(self, frame: WireFrame, reply: Callable[[Any], None] | None) -> None:
         """Queue a frame for its camera's worker; a full queue drops its oldest frame (newest wins)."""
-        cam = self.camera(frame.camera_id)
+        cam = self.camera(frame.camera_id, live=False)
         dropped: _Pending | None = None
         with self._cv:
             cam.frames_in += 1

@@ -200,7 +200,7 @@ class IngestServicer(rpc.IngestServicer):
         try:
             if not frame.camera_id:
                 raise InvalidArgumentError("frame has no camera_id")
-            cam = srv.engine.camera(frame.camera_id)
+            cam = srv.engine.camera(frame.camera_id, live=False)  # no worker call per frame in cluster mode
             if cam.kind != "push":
                 raise InvalidArgumentError(f"camera {frame.camera_id!r} is a pull camera ({redact_uri(cam.uri)}); "
                                            "register a push camera for gateway frames")

@@ -72,8 +72,9 @@ class Engine:
         self.recorder.forget_camera(camera_id)
         return cam
 
-    def camera(self, camera_id: str) -> CameraState:
-        """The camera, or NotFoundError with the fix."""
+    def camera(self, camera_id: str, live: bool = True) -> CameraState:
+        """The camera, or NotFoundError with the fix. Its counters are always live in this process; `live`
+        matters to the cluster front end (`ClusterEngine.camera`), which otherwise asks a worker."""
         cam = self.scheduler.find(camera_id)
         if cam is None:
             raise NotFoundError(f"camera {camera_id!r} not found; register it with AddCamera "
