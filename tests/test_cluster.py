@@ -171,6 +171,11 @@ def test_frames_for_a_pull_camera_are_refused_without_a_worker_call(cfg: Config,
         assert spy.calls["camera_status"] == 0, spy.calls
         cam = c.cameras.GetCamera(pb.CameraRequest(camera_id="rtsp-cam"))
         assert cam.kind == "pull" and spy.calls["camera_status"] == 1, spy.calls
+        c.cameras.AddCamera(pb.AddCameraRequest(camera_id="rtsp-cam-2", uri="rtsp://127.0.0.1:9/other",
+                                                options={"backoff_s": "0.5", "timeout_s": "2"}))
+        listed = {x.camera_id: x for x in c.cameras.ListCameras(pb.ListCamerasRequest()).cameras}
+        assert set(listed) == {"rtsp-cam", "rtsp-cam-2"}
+        assert spy.calls["camera_status"] == 3, spy.calls  # ListCameras: one status call per pull camera
         worker.handle = real  # stop() kills the actor by its real handle
     finally:
         srv.stop(grace=1)

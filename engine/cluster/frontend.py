@@ -242,9 +242,7 @@ class ClusterEngine:
     def cameras(self) -> list[ClusterCamera]:
         with self._cv:
             cams = list(self._cams.values())
-        for cam in cams:
-            if cam.kind == "pull":
-                self._refresh_pull(cam)
+        self._refresh_pulls([c for c in cams if c.kind == "pull"])
         return cams
 
     def has_camera(self, camera_id: str) -> bool:
@@ -260,15 +258,28 @@ class ClusterEngine:
 
     def _refresh_pull(self, cam: ClusterCamera) -> None:
         """Pull cameras run inside their worker: read their status from there."""
-        if cam.worker < 0 or not self._workers:
+        self._refresh_pulls([cam])
+
+    def _refresh_pulls(self, cams: list[ClusterCamera]) -> None:
+        """Read pull cameras' status from their workers: every call is sent first, then all are
+        awaited under one 2 s deadline, so a long camera list costs one round trip, not one per camera."""
+        cams = [c for c in cams if 0 <= c.worker < len(self._workers)]
+        if not cams:
             return
         import ray
 
-        try:
-            st = ray.get(self._workers[cam.worker].handle.camera_status.remote(cam.camera_id), timeout=2)
-        except Exception as exc:  # noqa: BLE001 - report, don't fail a status read
-            cam.last_error = f"worker unreachable: {type(exc).__name__}"
-            return
+        refs = [self._workers[c.worker].handle.camera_status.remote(c.camera_id) for c in cams]
+        deadline = time.monotonic() + 2.0
+        for cam, ref in zip(cams, refs, strict=True):
+            try:
+                st = ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
+            except Exception as exc:  # noqa: BLE001 - report, don't fail a status read
+                cam.last_error = f"worker unreachable: {type(exc).__name__}"
+                continue
+            self._apply_status(cam, st)
+
+    @staticmethod
+    def _apply_status(cam: ClusterCamera, st: dict[str, Any]) -> None:
         cam.state, cam.last_error, cam.reconnects = st["state"], st["last_error"], st["reconnects"]
         cam.frames_in, cam.frames_processed, cam.frames_dropped = (st["frames_in"], st["frames_processed"],
                                                                     st["frames_dropped"])
