@@ -1,4 +1,5 @@
-"""`faceengine bench` (video pipeline throughput/latency) and `faceengine bench faiss` (1:N search).
+"""`faceengine bench` (video pipeline throughput/latency), `bench faiss` (1:N search), `bench cluster`
+(fps against Ray workers) and `bench models` (detector / embedder throughput on the configured provider).
 
 Both run the scripts in the source tree's `benchmarks/` folder, so the command and the script
 measure with the same code."""
@@ -29,15 +30,19 @@ def _bench_module(name: str) -> ModuleType:
 
 
 def register(sub: Any, lazy: Callable[[str, str], Callable[[argparse.Namespace], int]]) -> None:
-    b = sub.add_parser("bench", help="benchmarks: video pipeline (default), `bench faiss` or `bench cluster`",
+    b = sub.add_parser("bench", help="benchmarks: video pipeline (default), `bench models`, `bench faiss` or "
+                                     "`bench cluster`",
                        description="Video pipeline benchmark: naive per-face loop (1 and N cameras) vs OpenCV loop "
                                    "vs the engine in-process (1..N cameras, pre-decoded and fed the gateways' JPEG) "
                                    "and over gRPC, identities checked on every pass, gRPC latency at 50/80/100 %% "
-                                   "load. `faceengine bench faiss` for the gallery search benchmark (real LFW "
-                                   "embeddings and synthetic vectors).")
+                                   "load, per-stage times and GPU utilisation. `faceengine bench models` for "
+                                   "detector frames/s and embedder faces/s at several batch sizes on the "
+                                   "configured provider; `faceengine bench faiss` for the gallery search "
+                                   "benchmark (real LFW embeddings and synthetic vectors).")
     add_config_args(b)
-    b.add_argument("target", nargs="?", choices=["pipeline", "faiss", "cluster"], default="pipeline",
-                   help="which benchmark (default pipeline; cluster: fps against Ray worker processes)")
+    b.add_argument("target", nargs="?", choices=["pipeline", "models", "faiss", "cluster"], default="pipeline",
+                   help="which benchmark (default pipeline; models: detector/embedder throughput; cluster: fps "
+                        "against Ray worker processes)")
     b.add_argument("--workers", default="1,2", help="cluster: comma-separated worker counts (default 1,2)")
     b.add_argument("--video", default=None, help="video file (default shared multiface_1080p.mp4)")
     b.add_argument("--cameras", type=int, default=4, help="simulated cameras: the engine runs 1..N (default 4)")
@@ -52,7 +57,13 @@ def register(sub: Any, lazy: Callable[[str, str], Callable[[argparse.Namespace],
                    help="skip the gRPC latency passes at 50/80/100 %% of the measured capacity")
     b.add_argument("--lfw-distractors", type=int, default=200,
                    help="LFW people enrolled as distractors, so false matches show (default 200)")
-    b.add_argument("--quick", action="store_true", help="faiss: only 10k and 100k galleries")
+    b.add_argument("--batches", default=None, help="models: detector frames a call, comma-separated (default 1,8,32)")
+    b.add_argument("--face-batches", default=None, help="models: embedder faces a call (default 1,32,256)")
+    b.add_argument("--seconds", type=float, default=None, help="models: timed seconds a point (default 2)")
+    b.add_argument("--embedders", default=None,
+                   help="models: embedders to time, comma-separated (default mobilefacenet + the configured one)")
+    b.add_argument("--quick", action="store_true",
+                   help="faiss: only 10k and 100k galleries; models: batches 1,4 / 1,16, 0.3 s a point")
     b.add_argument("--json", action="store_true", help="table on stderr; end with one JSON summary line")
     b.set_defaults(func=lazy("engine.cli.bench_cmds", "cmd_bench"))
 
@@ -68,11 +79,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 "--window", str(args.window), "--out", args.out or "bench-results/cluster.json"]
         argv += ["--max-frames", str(args.max_frames or 120)] + (["--video", args.video] if args.video else [])
         return int(mod.main(argv + (["--json"] if args.json else [])) or 0)
-    mod = _bench_module("bench_pipeline")
+    mod = _bench_module("bench_models" if args.target == "models" else "bench_pipeline")
     cfg = load_config(args)
     mirror = Path(mod.DEFAULT_VIDEO).parents[2] / "models"  # ../shared/testdata/videos -> ../shared/models
     if not cfg.models.mirror and mirror.is_dir():
         cfg.models.mirror = str(mirror)  # missing models are copied (hash-checked) from ../shared/models
+    if args.target == "models":
+        args.out = args.out or "bench-results/models"
+        if args.video is not None and not Path(args.video).is_file():
+            raise FaceEngineError(f"video {args.video} not found")
+        try:
+            return int(mod.main_args(args, cfg=cfg))
+        except ValueError as exc:  # a malformed --batches / --face-batches
+            raise FaceEngineError(str(exc)) from None
     if args.video is None:
         args.video = str(mod.DEFAULT_VIDEO)
     if not Path(args.video).is_file():

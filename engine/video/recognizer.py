@@ -261,6 +261,12 @@ class Recognizer:
         if self.metrics is not None:
             self.metrics.stage_seconds.labels("detect").observe(time.perf_counter() - t0)
             self.metrics.batch_size.observe(len(frames))
+            split = getattr(self.inference, "last_detect_timing", None)
+            timing = split() if callable(split) else None
+            if timing is not None:  # the detect stage's parts, so the next bottleneck shows
+                self._observe("preprocess", timing.preprocess)
+                self._observe("detect_model", timing.model)
+                self._observe("detect_post", timing.postprocess)
         return dets
 
     def recognize(self, frames: Sequence[Frame], detections: Sequence[Detections]) -> list[FrameRecognition]:
@@ -271,11 +277,13 @@ class Recognizer:
             raise ValueError(f"{len(frames)} frames but {len(detections)} detection results")
         s = self.settings
         t1 = time.perf_counter()
+        track_s = 0.0  # tracking, quality and the best-shot policy; the rest of the loop is alignment
         per_frame: list[tuple[Detections, np.ndarray, np.ndarray, list[int]]] = []
         crops: list[np.ndarray] = []
         owners: list[tuple[int, int, float]] = []  # (frame index, face index, quality)
         scheduled: set[tuple[str, int]] = set()  # tracks already being embedded in this batch
         for fi, (frame, raw) in enumerate(zip(frames, detections, strict=True)):
+            tt = time.perf_counter()
             cam = self.add_camera(frame.camera_id)
             dets = _scaled(raw[: s.max_faces_per_frame], frame.scale)  # original coordinates
             t = frame.capture_time
@@ -295,6 +303,7 @@ class Recognizer:
                        if len(dets) else np.zeros(0, np.float32))
             per_frame.append((dets, np.asarray(track_ids, np.int64), quality, ended))
             passes = self.gate.passes(dets, quality)  # tiny or poor faces are tracked but never matched
+            track_s += time.perf_counter() - tt
             for k in np.flatnonzero(passes):
                 if s.tracking:
                     tid = int(track_ids[k])
@@ -308,7 +317,8 @@ class Recognizer:
                 crops.append(self.inference.align(frame.full_image(), dets.landmarks[k]))
                 owners.append((fi, int(k), float(quality[k])))
         t2 = time.perf_counter()
-        self._observe("align", t2 - t1)
+        self._observe("track", track_s)
+        self._observe("align", t2 - t1 - track_s)
         if self.metrics is not None:
             self.metrics.faces.inc(sum(len(d) for d, _, _, _ in per_frame))
 

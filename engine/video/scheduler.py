@@ -360,8 +360,11 @@ class Scheduler:
         outcomes: list[FrameOutcome] = []
         m = self.metrics
         now = time.monotonic()
+        record_s = 0.0
         for (cam, job), rec in zip(batch, recs, strict=True):
+            tr = time.perf_counter()
             events = self.recorder.record(job, rec)
+            record_s += time.perf_counter() - tr
             d = rec.detections
             faces = [FaceOut(d.boxes[k], d.landmarks[k], float(d.scores[k]), int(rec.track_ids[k]),
                              float(rec.quality[k]), events[k]) for k in range(len(d))]
@@ -376,6 +379,7 @@ class Scheduler:
             out = FrameOutcome(cam.camera_id, job.seq, faces, None, latency * 1000, job.capture_time)
             outcomes.append(out)
             self._reply(job, out)
+        m.stage_seconds.labels("record").observe(record_s)
         m.stage_seconds.labels("total").observe(time.perf_counter() - t0)
         return outcomes
 

@@ -16,7 +16,7 @@ from engine.models.registry import ModelRegistry
 from engine.models.runner import RunnerInfo
 from engine.vision.align import Aligner
 from engine.vision.detections import Detections
-from engine.vision.detectors import FaceDetector, load_detector
+from engine.vision.detectors import DetectTiming, FaceDetector, load_detector
 from engine.vision.embedder import FaceEmbedder, load_embedder
 from engine.vision.image import check_array
 
@@ -72,6 +72,10 @@ class FaceAnalyzer:
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """Detections of several images in one batched detector call (one list entry per image)."""
         return self.detector.detect_batch(images)
+
+    def last_detect_timing(self) -> DetectTiming | None:
+        """Pre-process / model / post-process split of this thread's last `detect_batch` call."""
+        return self.detector.last_timing()
 
     def align(self, image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
         """The aligned embedder-input crop of one face, from its (5, 2) landmarks in `image` pixels."""
