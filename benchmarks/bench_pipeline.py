@@ -81,6 +81,7 @@ from common import (  # noqa: E402
     split_clip,
     write_results,
 )
+from gpu_monitor import GpuMonitor, describe  # noqa: E402
 
 from engine.config import Config  # noqa: E402
 from engine.gallery.gallery import Gallery  # noqa: E402
@@ -95,7 +96,15 @@ from engine.vision.detections import Detections  # noqa: E402
 TARGET_SPEEDUP = 4.0
 TARGET_GRPC_RATIO = 0.85
 LOADS = (0.5, 0.8, 1.0)
-STAGES = ("detect", "align", "embed", "search", "total")
+STAGES = ("decode", "preprocess", "detect_model", "detect_post", "detect", "track", "align", "embed", "search",
+          "record", "total")
+"""Stages of `faceengine_stage_seconds`: decode (JPEG/PNG of the gRPC path, or the engine-jpeg feeder),
+detect = preprocess + detect_model + detect_post (letterbox, runner call, head decoding + NMS), track
+(tracker, quality, best-shot policy), align (crop warps, and the full-resolution decode of a reduced frame
+when a best shot needs it), embed, search (gallery), record (events to the store), total (one batch from
+detect to the last reply; worker time, so it overlaps across workers)."""
+STAGE_TABLE = ("decode", "preprocess", "detect_model", "detect_post", "track", "align", "embed", "search", "record",
+               "total")
 
 
 def verdict(value: float, target: float) -> str:
@@ -119,6 +128,7 @@ class PassResult:
     gated_identities: set[str] = dataclasses.field(default_factory=set)
     round: int = 0
     dropped: int = 0
+    gpu: dict[str, Any] | None = None  # GPU utilisation / memory over the pass (GpuMonitor.summary)
 
     @property
     def fps(self) -> float:
@@ -308,11 +318,13 @@ def engine_pass(cfg: Config, analyzer: FaceAnalyzer, gallery: Gallery, store: St
                 eng.submit(FrameJob(cams[i], j, 1.0 + j / fps, frames[fi], reply))
                 continue
             assert jpeg is not None
+            t0 = time.perf_counter()
             if cfg.pipeline.fast_decode:
                 image, scale, loader = jpeg.decode_for_detection(payloads[fi], min_long, lim.max_image_side,
                                                                  lim.max_image_pixels)
             else:
                 image, scale, loader = jpeg.decode(payloads[fi], lim.max_image_side, lim.max_image_pixels), 1.0, None
+            metrics.stage_seconds.labels("decode").observe(time.perf_counter() - t0)  # as the gRPC servicer does
             eng.submit(FrameJob(cams[i], j, 1.0 + j / fps, image, reply, scale=scale, loader=loader))
 
     eng.start()
@@ -355,13 +367,14 @@ def grpc_pass(cfg: Config, analyzer: FaceAnalyzer, frames: Sequence[np.ndarray],
         job_file.write_bytes(pickle.dumps(job))
         proc = subprocess.run([sys.executable, str(Path(__file__).with_name("gateway_worker.py")), str(job_file)],
                               capture_output=True, text=True, timeout=900)
+    stages = _stage_sums(srv.metrics)  # the server's own histograms: its decode included
     srv.stop(grace=1.0)
     if proc.returncode != 0:
         raise RuntimeError(f"gateway process failed: {proc.stderr[-2000:]}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     seconds = out["last_recv"] - out["first_send"]
     return PassResult("grpc-jpeg", cameras, out["frames"], seconds, dict(out["tracks"]), out["latencies_ms"],
-                      out["errors"], dropped=out["dropped"])
+                      out["errors"], int(stages.pop("embeddings")), stages, dropped=out["dropped"])
 
 
 # ---- engine stages vs the bare models ---------------------------------------------------------------
@@ -450,6 +463,7 @@ def run(video: str | Path = DEFAULT_VIDEO, cameras: int = 4, rounds: int = 3, wi
     else:
         cfg = bench_config(model_dir, db, config_file)
     mach = machine()
+    mon = GpuMonitor(device=cfg.runtime.device_id).start()  # utilisation per pass; inert without a GPU
     clip, fps = load_frames(video)
     timed_idx, held_idx = split_clip(clip, max_frames)
     frames = [clip[i] for i in timed_idx]
@@ -485,6 +499,13 @@ def run(video: str | Path = DEFAULT_VIDEO, cameras: int = 4, rounds: int = 3, wi
         passes.append(res)
         row[key] = res.fps
 
+    def on_gpu(fn: Callable[[], PassResult]) -> PassResult:
+        """Run one pass and attach the GPU utilisation / memory seen while it ran."""
+        t0 = mon.now()
+        res = fn()
+        res.gpu = mon.summary(t0, mon.now())
+        return res
+
     for r in range(rounds):
         row: dict[str, float] = {}
         stage_rounds.append(stage_pass(cfg, analyzer, gallery, store, frames, fps, payloads))
@@ -504,12 +525,13 @@ def run(video: str | Path = DEFAULT_VIDEO, cameras: int = 4, rounds: int = 3, wi
             if app is not None:
                 add(insightface_pass(app, frames, gallery, thr), r, row, "insightface")
         for n in cam_counts:
-            res = engine_pass(cfg, analyzer, gallery, store, frames, fps, n, window)
+            res = on_gpu(lambda n=n: engine_pass(cfg, analyzer, gallery, store, frames, fps, n, window))
             add(dataclasses.replace(res, mode=f"engine{n}"), r, row, f"engine{n}")
         if grpc:
-            add(engine_pass(cfg, analyzer, gallery, store, frames, fps, cameras, window, payloads), r, row,
-                "engine-jpeg")
-            add(grpc_pass(cfg, analyzer, frames, payloads, fps, cameras, window), r, row, "grpc-jpeg")
+            add(on_gpu(lambda: engine_pass(cfg, analyzer, gallery, store, frames, fps, cameras, window, payloads)),
+                r, row, "engine-jpeg")
+            add(on_gpu(lambda: grpc_pass(cfg, analyzer, frames, payloads, fps, cameras, window)), r, row,
+                "grpc-jpeg")
         per_round.append(row)
         log(f"round {r + 1}/{rounds}: " + "  ".join(f"{k} {v:.1f}" for k, v in row.items()) + " fps")
     load_passes: list[dict[str, Any]] = []
@@ -517,24 +539,28 @@ def run(video: str | Path = DEFAULT_VIDEO, cameras: int = 4, rounds: int = 3, wi
         capacity = _median([row["grpc-jpeg"] for row in per_round])
         for load in latency_loads:
             rate = load * capacity / cameras
-            res = grpc_pass(cfg, analyzer, frames, payloads, fps, cameras, max(window, 64), rate=rate)
+            res = on_gpu(lambda rate=rate: grpc_pass(cfg, analyzer, frames, payloads, fps, cameras, max(window, 64),
+                                                     rate=rate))
             res.mode, res.round = f"grpc-load{round(load * 100)}", 0
             passes.append(res)
             lp = {"load": load, "capacity_fps": capacity, "offered_fps": load * capacity, "cameras": cameras,
                   "fps_per_camera": rate, "achieved_fps": res.fps, "frames": res.frames,
                   "p50_latency_ms": percentile(res.latencies_ms, 50),
                   "p95_latency_ms": percentile(res.latencies_ms, 95),
-                  "p99_latency_ms": percentile(res.latencies_ms, 99), "errors": res.errors, "dropped": res.dropped}
+                  "p99_latency_ms": percentile(res.latencies_ms, 99), "errors": res.errors, "dropped": res.dropped,
+                  "gpu": res.gpu}
             load_passes.append(lp)
             log(f"gRPC at {load:.0%} of capacity ({lp['offered_fps']:.1f} fps offered over {cameras} cameras): "
                 f"p50 {lp['p50_latency_ms']:.1f} / p95 {lp['p95_latency_ms']:.1f} / p99 {lp['p99_latency_ms']:.1f} "
                 f"ms, {res.dropped} dropped, {res.errors} errors")
     store.close()
+    mon.stop()
     reference = (set().union(*[p.gated_identities for p in passes if p.mode == "naive1"]) & clip_persons
                  if baselines else set().union(*[p.identities for p in passes if p.mode == "engine1"]) & clip_persons)
     checks = [check_identities(p, reference, clip_persons) for p in passes]
     summary = _summarise(passes, per_round, cam_counts, cameras, stage_rounds, baselines, grpc)
     summary["latency_at_load"] = load_passes
+    summary["gpu"] = mon.summary()
     summary["identities"] = {
         "reference": sorted(reference),
         "reference_from": "clip persons matched by naive1 on faces passing the quality gate" if baselines
@@ -565,7 +591,10 @@ def _summarise(passes: list[PassResult], per_round: list[dict[str, float]], cam_
                 "fps_rounds": [round(p.fps, 2) for p in ps],
                 "p50_latency_ms": percentile(lat, 50), "p95_latency_ms": percentile(lat, 95),
                 "p99_latency_ms": percentile(lat, 99), "errors": sum(p.errors for p in ps),
-                "embeddings_per_pass": _median([p.embeddings for p in ps])}
+                "embeddings_per_pass": _median([p.embeddings for p in ps]),
+                "stages_ms_per_frame": {k: _median([p.stages.get(k, 0.0) / p.frames * 1000 for p in ps if p.frames])
+                                        for k in STAGE_TABLE} if any(p.stages for p in ps) else {},
+                "gpu": ps[-1].gpu if ps else None}
 
     modes = [m for m in per_round[0]] if per_round else []
     s: dict[str, Any] = {"modes": {m: modestat(m) for m in modes}, "cameras": cameras}
@@ -623,6 +652,12 @@ def _print_table(s: dict[str, Any], log: Callable[[str], None]) -> None:
             log(f"  {c['mode']:<17} round {c['round']}: {'ok' if c['ok'] else 'MISMATCH'}  events {c['events']}"
                 + (f"  missed {c['missed']}" if c["missed"] else "") + (f"  extra {c['extra']}" if c["extra"] else "")
                 + (f"  FALSE MATCHES {c['false_matches']}" if c["false_matches"] else ""))
+    log("per-stage worker time, ms a frame (summed over worker threads, so stages of concurrent batches add up):")
+    log(f"{'mode':<17} " + " ".join(f"{k[:8]:>8}" for k in STAGE_TABLE) + "  GPU")
+    for name, m in s["modes"].items():
+        if m.get("stages_ms_per_frame"):
+            log(f"{name:<17} " + " ".join(f"{m['stages_ms_per_frame'][k]:>8.2f}" for k in STAGE_TABLE)
+                + f"  {describe(m.get('gpu'))}")
     st = s["stages"]
     log("engine stages (1 camera, sequential) ms/frame: " + ", ".join(
         f"{k[7:-13]} {st[k]:.2f}" for k in st if k.startswith("engine_") and k.endswith("_ms_per_frame")))
