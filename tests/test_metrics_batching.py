@@ -61,6 +61,10 @@ def test_metrics_endpoint_counts_frames_faces_matches_and_errors(cfg: Config, an
         assert _total(after, "faceengine_frame_errors_total") == 1  # the junk frame
         assert metric(after, "faceengine_frame_latency_seconds_count") == 6
         assert metric(after, "faceengine_stage_seconds_count", stage="detect") >= 6
+        # the stages `faceengine bench` reports: decode (gRPC JPEG), the detect split, track, record
+        for stage in ("decode", "preprocess", "detect_model", "detect_post", "track", "align", "record"):
+            assert metric(after, "faceengine_stage_seconds_count", stage=stage) >= 6, stage
+        assert metric(after, "faceengine_stage_seconds_sum", stage="detect_model") > 0
         assert metric(after, "faceengine_batch_frames_count") == metric(after, "faceengine_batch_frames_sum") == 6
         assert metric(after, "faceengine_active_streams") == 0  # both streams closed
     finally:
