@@ -13,9 +13,15 @@ RSS of the server process is read from /proc/<pid>/statm every `--interval` seco
 warm-up the slope is the least-squares fit in MB per minute. Verdict: PASS when the slope is below
 `TARGET_SLOPE_MB_PER_MIN` and nothing was dropped.
 
+With a GPU (NVML or nvidia-smi, `gpu_monitor.GpuMonitor`) the GPU memory is sampled at the same times:
+the server process's own (NVML / nvidia-smi compute apps) where the driver reports it, else the device's
+memory in use; it gets the same fit and its own verdict (`gpu.verdict`: issue 13 asks for GPU memory that
+is stable over a 5-minute run). Without a GPU those fields are None and the verdict says "no GPU".
+`--provider cuda` runs the server (and the enrolment) on that provider.
+
 Usage:
   python benchmarks/bench_memory.py [--seconds 600] [--warmup 60] [--interval 5] [--cameras 4]
-                                    [--load 0.5] [--video FILE] [--out bench-results/memory]
+                                    [--load 0.5] [--provider cuda] [--video FILE] [--out bench-results/memory]
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ from common import (  # noqa: E402
     split_clip,
     write_results,
 )
+from gpu_monitor import GpuMonitor  # noqa: E402
 
 from engine.client import Client  # noqa: E402
 from engine.vision.analyzer import FaceAnalyzer  # noqa: E402
@@ -88,11 +95,13 @@ def _finish(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
 
 def run(video: str | Path = DEFAULT_VIDEO, cameras: int = 4, seconds: float = 600.0, warmup_s: float = 60.0,
         interval_s: float = 5.0, load: float = 0.5, out: str | Path | None = "bench-results/memory",
-        model_dir: str | None = None, lfw_distractors: int = 200) -> dict[str, Any]:
+        model_dir: str | None = None, lfw_distractors: int = 200, provider: str | None = None) -> dict[str, Any]:
     """Soak a `faceengine serve` process; writes `<out>.json` and `<out>.png` unless `out` is None."""
     mach = machine()
     work = Path(tempfile.mkdtemp(prefix="fe-soak-"))
     cfg = bench_config(model_dir, str(work / "soak.db"))
+    if provider:
+        cfg.update({"runtime": {"provider": provider}}, source="bench_memory --provider")
     clip, fps = load_frames(video)
     timed_idx, held_idx = split_clip(clip)
     analyzer = FaceAnalyzer.from_config(cfg)
@@ -108,9 +117,12 @@ def run(video: str | Path = DEFAULT_VIDEO, cameras: int = 4, seconds: float = 60
            "--ready-file", str(ready), "--db", cfg.store.path, "--model-dir", cfg.models.dir]
     if cfg.models.mirror:
         cmd += ["--mirror", cfg.models.mirror]
+    cmd += ["--provider", cfg.runtime.provider]
     log_file = (work / "server.log").open("w")
     server = subprocess.Popen(cmd, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT)
     samples: list[tuple[float, float]] = []
+    gpu_samples: list[tuple[float, float, float | None]] = []  # (t, device MB in use, server process MB)
+    gpu = GpuMonitor(device=cfg.runtime.device_id, pid=server.pid)
     try:
         deadline = time.monotonic() + 120
         while not ready.exists():
@@ -139,12 +151,18 @@ def run(video: str | Path = DEFAULT_VIDEO, cameras: int = 4, seconds: float = 60
             now = time.monotonic()
             if now >= next_t:
                 samples.append((now - t0, rss_mb(server.pid)))
+                g = gpu.sample()
+                if g is not None:
+                    gpu_samples.append((now - t0, g.mem_used_mb, g.proc_mem_mb))
                 if len(samples) % 12 == 1:
-                    print(f"t={samples[-1][0]:6.0f} s  server RSS {samples[-1][1]:7.1f} MB", flush=True)
+                    print(f"t={samples[-1][0]:6.0f} s  server RSS {samples[-1][1]:7.1f} MB"
+                          + (f", GPU memory {g.mem_used_mb:.0f} MB (server {g.proc_mem_mb} MB)" if g else ""),
+                          flush=True)
                 next_t += interval_s
             time.sleep(max(0.0, min(next_t, t0 + seconds) - time.monotonic()))
         soak = _finish(gw, 180)
     finally:
+        gpu.stop()
         server.terminate()
         try:
             server.wait(30)
@@ -152,6 +170,7 @@ def run(video: str | Path = DEFAULT_VIDEO, cameras: int = 4, seconds: float = 60
             server.kill()
         log_file.close()
     summary = _summarise(samples, warmup_s, soak)
+    summary["gpu"] = gpu_summary(gpu_samples, warmup_s, gpu.name, gpu.why_none)
     summary.update(capacity_fps=capacity, load=load, fps_per_camera=rate, offered_fps=rate * cameras,
                    calibration={"seconds": CALIBRATION_S, "frames": cal["frames"], "dropped": cal["dropped"],
                                 "errors": cal["errors"]})
@@ -163,6 +182,10 @@ def run(video: str | Path = DEFAULT_VIDEO, cameras: int = 4, seconds: float = 60
           f"{summary['slope_mb_per_min']:+.3f} MB/min (target < {TARGET_SLOPE_MB_PER_MIN}); "
           f"{soak['frames']} results, {soak['dropped']} dropped, {soak['errors']} errors: {summary['verdict']}",
           flush=True)
+    gs = summary["gpu"]
+    if gs["gpu"] is not None:
+        print(f"GPU memory ({gs['source']}) after warm-up {gs['first_mb']} -> {gs['last_mb']} MB, slope "
+              f"{gs['slope_mb_per_min']:+.3f} MB/min: {gs['verdict']}", flush=True)
     if out is not None:
         jp, pp = write_results(summary, out, _plot)
         print(f"wrote {jp} and {pp}")
@@ -196,6 +219,33 @@ def _summarise(samples: list[tuple[float, float]], warmup_s: float, soak: dict[s
             "samples": [{"t_s": round(a, 1), "rss_mb": round(b, 2)} for a, b in samples]}
 
 
+def gpu_summary(samples: list[tuple[float, float, float | None]], warmup_s: float, name: str | None,
+                why_none: str = "") -> dict[str, Any]:
+    """GPU memory over the soak with a least-squares slope after the warm-up, like the RSS one.
+
+    Fits the server process's own GPU memory when every sample has it, else the device's memory in use
+    (then other processes on the GPU count too). No GPU: every figure None, verdict "no GPU"."""
+    if name is None or not samples:
+        return {"gpu": name, "verdict": "no GPU" if name is None else "INVALID (no GPU sample)",
+                "why_none": why_none or None, "source": None, "slope_mb_per_min": None, "first_mb": None,
+                "last_mb": None, "max_mb": None, "target_slope_mb_per_min": TARGET_SLOPE_MB_PER_MIN, "samples": []}
+    per_proc = all(p is not None for _, _, p in samples)
+    vals = np.array([(p if per_proc else d) for _, d, p in samples], np.float64)
+    t = np.array([s[0] for s in samples])
+    keep = t >= warmup_s
+    tk, vk = t[keep], vals[keep]
+    slope = float(np.polyfit(tk / 60, vk, 1)[0]) if len(tk) >= 3 else float("nan")
+    k = min(5, len(vk))
+    verdict = ("INVALID (too few samples after warm-up)" if slope != slope
+               else "PASS" if slope < TARGET_SLOPE_MB_PER_MIN else "GROWING")
+    return {"gpu": name, "verdict": verdict, "why_none": None,
+            "source": "server process" if per_proc else "device memory in use (all processes)",
+            "slope_mb_per_min": slope, "first_mb": float(np.median(vk[:k])) if k else None,
+            "last_mb": float(np.median(vk[-k:])) if k else None, "max_mb": float(vals.max()),
+            "target_slope_mb_per_min": TARGET_SLOPE_MB_PER_MIN,
+            "samples": [{"t_s": round(a, 1), "device_mb": b, "process_mb": c} for a, b, c in samples]}
+
+
 def _plot(s: dict[str, Any], path: Path) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
@@ -210,6 +260,14 @@ def _plot(s: dict[str, Any], path: Path) -> None:
         ax.plot(t[keep], a * t[keep] / 60 + b, "r--", lw=1, label=f"fit {a:+.2f} MB/min")
     ax.set_xlabel("seconds")
     ax.set_ylabel("RSS MB")
+    gs = s.get("gpu") or {}
+    if gs.get("samples"):
+        ax2 = ax.twinx()
+        key = "process_mb" if gs["source"] == "server process" else "device_mb"
+        ax2.plot([p["t_s"] for p in gs["samples"]], [p[key] for p in gs["samples"]], color="#a3a", lw=1,
+                 label=f"GPU memory ({gs['source']}), {gs['slope_mb_per_min']:+.2f} MB/min")
+        ax2.set_ylabel("GPU MB")
+        ax2.legend(loc="upper left")
     ax.set_title(f"server soak, {s['meta']['cameras']} cameras at {s['load']:.0%} of capacity, "
                  f"{s['meta']['seconds']:g} s: {s['verdict']}")
     ax.legend(loc="lower right")
@@ -222,16 +280,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--video", default=str(DEFAULT_VIDEO), help="video whose frames the gateways send (as JPEG)")
     p.add_argument("--cameras", type=int, default=4, help="gateway streams (default 4)")
-    p.add_argument("--seconds", type=float, default=600.0, help="soak seconds after calibration (default 600)")
+    p.add_argument("--seconds", "--duration", type=float, default=600.0,
+                   help="soak seconds after calibration (default 600)")
     p.add_argument("--warmup", type=float, default=60.0, help="seconds left out of the fit (default 60)")
     p.add_argument("--interval", type=float, default=5.0, help="seconds between RSS samples (default 5)")
     p.add_argument("--load", type=float, default=0.5, help="share of the measured capacity to send (default 0.5)")
     p.add_argument("--lfw-distractors", type=int, default=200, help="LFW identities enrolled as distractors")
     p.add_argument("--model-dir", help="model folder")
+    p.add_argument("--provider", help="runtime.provider of the server and the enrolment (default: the config's)")
     p.add_argument("--out", default="bench-results/memory", help="output prefix for .json and .png")
     a = p.parse_args(argv)
-    s = run(a.video, a.cameras, a.seconds, a.warmup, a.interval, a.load, a.out, a.model_dir, a.lfw_distractors)
-    return 0 if s["verdict"] == "PASS" else 1
+    s = run(a.video, a.cameras, a.seconds, a.warmup, a.interval, a.load, a.out, a.model_dir, a.lfw_distractors,
+            a.provider)
+    return 0 if s["verdict"] == "PASS" and s["gpu"]["verdict"] in ("PASS", "no GPU") else 1
 
 
 if __name__ == "__main__":

@@ -130,3 +130,17 @@ def test_gpu_monitor_reads_nvidia_smi(no_nvml: None, monkeypatch: pytest.MonkeyP
     assert mon.summary(s1.t + 1, None)["util_mean_pct"] is None  # a window with no sample says so
     assert gm.parse_smi_line("[N/A], [N/A], 81559, NVIDIA H100") is None
     assert gm.parse_smi_line("NVIDIA-SMI has failed") is None
+
+
+def test_soak_fits_gpu_memory_like_rss() -> None:
+    """bench_memory's GPU fit: a flat series passes, a leak of 3 MB a minute grows; the server's own
+    memory is fitted when the driver reports it, else the device's; no GPU says so."""
+    mem = _module("bench_memory")
+    flat = [(float(t), 5000.0 + (t % 2), 1200.0) for t in range(0, 300, 5)]
+    s = mem.gpu_summary(flat, 60, "NVIDIA H100")
+    assert s["verdict"] == "PASS" and s["source"] == "server process" and abs(s["slope_mb_per_min"]) < 0.1
+    leak = [(float(t), 5000.0 + 3.0 * t / 60, None) for t in range(0, 300, 5)]
+    s = mem.gpu_summary(leak, 60, "NVIDIA H100")
+    assert s["verdict"] == "GROWING" and s["source"].startswith("device") and abs(s["slope_mb_per_min"] - 3) < 1e-6
+    none = mem.gpu_summary([], 60, None, "no nvidia-smi on PATH")
+    assert none["verdict"] == "no GPU" and none["slope_mb_per_min"] is None and none["why_none"]
