@@ -175,6 +175,7 @@ def detail_tables(res: dict[str, Any]) -> str:
         def ms(key: str, st: dict[str, Any] = st) -> str:
             return _f(st.get(key), 2)
 
+        out += _stage_table(s)
         out += ["", f"Stages (1 camera, sequential, ms a frame): detect {ms('engine_detect_ms_per_frame')} "
                 f"(bare model {ms('raw_detector_ms_per_frame')} + letterbox "
                 f"{ms('detector_preprocess_ms_per_frame')}), align {ms('engine_align_ms_per_frame')}, "
@@ -198,8 +199,13 @@ def detail_tables(res: dict[str, Any]) -> str:
                 f"target < {mem['target_slope_mb_per_min']}: **{mem['verdict']}** |",
                 f"| results / dropped / errors | {mem['frames']} / {mem['dropped']} / {mem['errors']} |",
                 f"| latency p50 / p99 | {_f(mem['p50_latency_ms'])} / {_f(mem['p99_latency_ms'])} ms |",
-                f"| events per person | {', '.join(f'{k} {v}' for k, v in mem['events_by_person'].items()) or '-'} |",
-                ""]
+                f"| events per person | {', '.join(f'{k} {v}' for k, v in mem['events_by_person'].items()) or '-'} |"]
+        g = mem.get("gpu")
+        if g:
+            out.append(f"| GPU memory after warm-up ({g['source'] or '-'}) | " + (
+                "no GPU" if g["gpu"] is None else f"{_f(g['first_mb'])} -> {_f(g['last_mb'])} MB, slope "
+                f"{_f(g['slope_mb_per_min'], 3)} MB/min on {g['gpu']}: **{g['verdict']}**") + " |")
+        out.append("")
     fa = res.get("faiss")
     if fa:
         if fa.get("results_real"):
@@ -225,6 +231,8 @@ def detail_tables(res: dict[str, Any]) -> str:
                 out.append(f"| {r['dim']} | {r['size']:,} | {r['method']} | {r['config']} | {r['p50_ms']:.2f} / "
                            f"{r['p99_ms']:.2f} | {r['cpu_p99_ms']:.2f} | {r['recall_at_1']:.4f} |")
             out.append("")
+    for name in sorted(k for k in res if k.startswith("models")):
+        out += _models_tables(name, res[name])
     for name in sorted(k for k in res if k.startswith("cluster")):
         c = res[name]
         out += [f"#### Cluster ({name}.json)", ""]
@@ -244,6 +252,60 @@ def detail_tables(res: dict[str, Any]) -> str:
                        f"{ {k: round(v, 3) for k, v in half.items()} } MB/min: **{c['verdict']}**")
         out.append("")
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+STAGE_COLUMNS = ("decode", "preprocess", "detect_model", "detect_post", "track", "align", "embed", "search",
+                 "record", "total")
+
+
+def _gpu_cell(g: dict[str, Any] | None) -> str:
+    if not g or g.get("gpu") is None:
+        return "no GPU"
+    if g.get("util_mean_pct") is None:
+        return "no sample"
+    return f"{g['util_mean_pct']:.0f} % (max {g['util_max_pct']:.0f}), {g['mem_used_max_mb']:,.0f} MB"
+
+
+def _stage_table(s: dict[str, Any]) -> list[str]:
+    """Per-stage worker ms a frame of every mode that has them (results from before they existed: none)."""
+    rows = [(name, m) for name, m in s["modes"].items() if m.get("stages_ms_per_frame")]
+    if not rows:
+        return []
+    out = ["", "Per-stage worker time, ms a frame (summed over worker threads; decode is the JPEG path's), and the "
+           "GPU over the pass:", "", "| mode | " + " | ".join(STAGE_COLUMNS) + " | GPU util, memory |",
+           "|---" * (len(STAGE_COLUMNS) + 2) + "|"]
+    for name, m in rows:
+        st = m["stages_ms_per_frame"]
+        cells = " | ".join(_f(st.get(k), 2) for k in STAGE_COLUMNS)
+        out.append(f"| {name} | {cells} | {_gpu_cell(m.get('gpu'))} |")
+    return out
+
+
+def _models_tables(name: str, s: dict[str, Any]) -> list[str]:
+    """`bench models`: detector and embedder throughput per batch, and the issue-13 targets."""
+    d = s["detector"]
+    out = [f"#### Models ({name}.json): {d['model']} on {d['provider']}, {s['meta']['size'][0]}x"
+           f"{s['meta']['size'][1]} frames", "", f"Machine: {_machine(s['meta']['machine'])}.", "",
+           f"Detector: batched {d['batched']}, {'graph' if d['graph_preprocess'] else 'CPU'} letterbox to "
+           f"{d['network_input'][0]}x{d['network_input'][1]}.", "",
+           "| detector batch | frames/s | pre-process ms | model ms | post-process ms | GPU util, memory |",
+           "|---|---|---|---|---|---|"]
+    for p in d["points"]:
+        out.append(f"| {p['batch']} | {_f(p['frames_per_s'])} | {_f(p['preprocess_ms_per_frame'], 2)} | "
+                   f"{_f(p['model_ms_per_frame'], 2)} | {_f(p['postprocess_ms_per_frame'], 2)} | "
+                   f"{_gpu_cell(p.get('gpu'))} |")
+    out += ["", "| embedder | provider | batch | faces/s | blob ms a face | model ms a face | GPU util, memory |",
+            "|---|---|---|---|---|---|---|"]
+    for en, e in s["embedders"].items():
+        for p in e["points"]:
+            out.append(f"| {en} | {e['provider']} | {p['batch']} | {_f(p['faces_per_s'])} | "
+                       f"{_f(p['blob_ms_per_face'], 3)} | {_f(p['model_ms_per_face'], 3)} | "
+                       f"{_gpu_cell(p.get('gpu'))} |")
+    out += ["", "| target (issue 13) | measured | target | verdict |", "|---|---|---|---|"]
+    for t in s["targets"]:
+        out.append(f"| {t['what']} | {_f(t['value'])} {t['unit']} on {t['provider']} | >= {t['target']:g} | "
+                   f"**{t['verdict']}** |")
+    return out + [""]
 
 
 def machine_line(res: dict[str, Any]) -> str:

@@ -99,3 +99,36 @@ def test_committed_verdicts_agree_with_their_values(results: dict[str, Any]) -> 
     else:
         assert mem["verdict"] == ("PASS" if mem["slope_mb_per_min"] < mem["target_slope_mb_per_min"] else "GROWING")
     assert json.dumps(mem["meta"]["shortened"]) in ("true", "false")
+
+
+def test_models_and_stage_tables_render(tables: ModuleType, tmp_path: Path) -> None:
+    """A `bench models` result and a pipeline result with per-stage times make their tables; a GPU
+    verdict under its target reads MISSED, and CPU rows say "no GPU"."""
+    bm = _module("bench_models")
+    run = json.loads(json.dumps(_fake_models(bm)))
+    text = tables.detail_tables({"models-cuda": run})
+    assert "#### Models (models-cuda.json): yunet on CUDAExecutionProvider" in text
+    assert "| 32 | 1999.9 |" in text and "**MISSED**" in text and "**MET**" in text and "57 % (max 90)" in text
+    results = tables.load()
+    pl = copy.deepcopy(results["pipeline-multiface_1080p"])
+    assert "Per-stage worker time" not in tables.detail_tables({"pipeline-multiface_1080p": pl})  # older results
+    mode = next(iter(pl["modes"]))
+    pl["modes"][mode]["stages_ms_per_frame"] = {k: 1.25 for k in tables.STAGE_COLUMNS}
+    pl["modes"][mode]["gpu"] = None
+    text = tables.detail_tables({"pipeline-multiface_1080p": pl})
+    assert f"| {mode} | 1.25 |" in text and "| no GPU |" in text
+
+
+def _fake_models(bm: ModuleType) -> dict[str, Any]:
+    cuda = "CUDAExecutionProvider"
+    gpu = {"gpu": "NVIDIA H100", "util_mean_pct": 57.0, "util_max_pct": 90.0, "mem_used_max_mb": 3000.0}
+    det = {"model": "yunet", "provider": cuda, "batched": True, "graph_preprocess": True, "network_input": [640, 384],
+           "points": [{"batch": 32, "frames_per_s": 1999.9, "preprocess_ms_per_frame": 0.1, "model_ms_per_frame": 0.3,
+                       "postprocess_ms_per_frame": 0.1, "gpu": gpu}]}
+    embs = {"mobilefacenet": {"provider": cuda, "points": [{"batch": 256, "faces_per_s": 12000.0,
+                                                             "blob_ms_per_face": 0.01, "model_ms_per_face": 0.05,
+                                                             "gpu": gpu}]}}
+    m = {"cpu": "x", "cores": 16, "gpu": "NVIDIA H100", "python": "3.12", "versions": {},
+         "loadavg_at_start": [1.0], "loadavg_at_end": [1.0], "measured_at": "now"}
+    return {"detector": det, "embedders": embs, "targets": bm._targets(det, embs),
+            "meta": {"size": [1920, 1080], "machine": m}}
