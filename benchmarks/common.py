@@ -209,7 +209,10 @@ def _gpu() -> str:
 
 
 def git_commit() -> str:
-    """The source tree's commit (with '+dirty' when it has uncommitted changes), or 'unknown'."""
+    """The source tree's commit (with '+dirty' when it has uncommitted changes); where the tree is a copy
+    without git (the device kit's machine) FACEENGINE_GIT_COMMIT names it; else 'unknown'."""
+    if not (ROOT / ".git").exists() and os.environ.get("FACEENGINE_GIT_COMMIT"):
+        return os.environ["FACEENGINE_GIT_COMMIT"]
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                              timeout=10).stdout.strip()
@@ -217,7 +220,7 @@ def git_commit() -> str:
                                capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    return (rev + ("+dirty" if dirty else "")) if rev else "unknown"
+    return (rev + ("+dirty" if dirty else "")) if rev else os.environ.get("FACEENGINE_GIT_COMMIT", "unknown")
 
 
 def loadavg() -> list[float]:
