@@ -58,7 +58,10 @@ def _ratio(r: dict[str, Any] | None) -> str:
 
 
 def _pipelines(res: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    return [(c, res[f"pipeline-{c}"]) for c in CLIPS if f"pipeline-{c}" in res]
+    """The pipeline results: the two CPU clips first, then any other (e.g. pipeline-cuda from the device kit)."""
+    named = [(c, res[f"pipeline-{c}"]) for c in CLIPS if f"pipeline-{c}" in res]
+    others = sorted(k for k in res if k.startswith("pipeline-") and k[len("pipeline-"):] not in CLIPS)
+    return named + [(k[len("pipeline-"):], res[k]) for k in others]
 
 
 def summary_table(res: dict[str, Any]) -> str:
@@ -181,9 +184,10 @@ def detail_tables(res: dict[str, Any]) -> str:
                 f"{ms('detector_preprocess_ms_per_frame')}), align {ms('engine_align_ms_per_frame')}, "
                 f"embed {ms('engine_embed_ms_per_frame')}, search {ms('engine_search_ms_per_frame')}, "
                 f"total {ms('engine_total_ms_per_frame')}; full JPEG decode {ms('jpeg_decode_ms_per_frame')}.", ""]
-    mem = res.get("memory")
-    if mem:
-        out += ["#### Server soak", "", f"Machine: {_machine(mem['meta']['machine'])}.", "",
+    for mem_name in sorted(k for k in res if k == "memory" or k.startswith("memory-")):
+        mem = res[mem_name]
+        out += ["#### Server soak" + ("" if mem_name == "memory" else f" ({mem_name}.json)"), "",
+                f"Machine: {_machine(mem['meta']['machine'])}.", "",
                 "| | |", "|---|---|",
                 f"| process | {mem['meta']['process']} |",
                 f"| capacity (saturated calibration, {mem['calibration']['seconds']:g} s) | "
