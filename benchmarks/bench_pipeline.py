@@ -722,6 +722,8 @@ def main_args(args: argparse.Namespace, model_dir: str | None = None, config_fil
                                 "fps_by_mode": {k: v["fps"] for k, v in s["modes"].items()},
                                 "ratios": {k: {kk: vv for kk, vv in v.items()} for k, v in s["ratios"].items()},
                                 "identities_ok": s["identities"]["all_passes_ok"],
+                                "stages_ms_per_frame": s["modes"][f"engine{s['cameras']}"]["stages_ms_per_frame"],
+                                "gpu": describe(s["gpu"]),
                                 "latency_at_load": [{k: p[k] for k in ("load", "p50_latency_ms", "p95_latency_ms",
                                                                        "p99_latency_ms", "dropped")}
                                                     for p in s["latency_at_load"]]}

@@ -155,6 +155,13 @@ def test_bench_command_tiny_run(tmp_path: Path, env: dict[str, str]) -> None:
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert summary["cameras"] == 1 and summary["fps_by_mode"]["engine1"] > 0
+    # per-stage worker time a frame, the detector call split into its parts, and the GPU (none in CI)
+    st = summary["stages_ms_per_frame"]
+    assert st["preprocess"] > 0 and st["detect_model"] > 0 and st["track"] > 0 and st["embed"] > 0
+    assert st["decode"] == 0  # pre-decoded frames: nothing decoded in this pass
+    assert isinstance(summary["gpu"], str)
     saved = json.loads(prefix.with_suffix(".json").read_text())
     assert saved  # the raw results behind the printed figures are written next to the plot
+    assert set(saved["modes"]["engine1"]["stages_ms_per_frame"]) >= {"decode", "preprocess", "record", "total"}
+    assert "gpu" in saved and "gpu" in saved["modes"]["engine1"]
     assert prefix.with_suffix(".png").is_file()
