@@ -52,11 +52,19 @@ starlette/uvicorn (console only), grpcio-tools (the generated code travels)."""
 RAY_PACKAGES = ("ray", "jsonschema", "jsonschema-specifications", "referencing", "rpds-py")
 RAY_DROP = ("ray/jars", "ray/dashboard/client/build")
 """Left out of Ray: the Java worker's jars (34 MB) and the dashboard's web build (the dashboard is off)."""
+DECODE_PACKAGES = ("nvidia-nvimgcodec-cu13", "nvidia-nvjpeg>=13,<14")
+"""nvJPEG for gateway JPEG (decode.jpeg = auto picks it when it imports and a CUDA device is there): the
+CUDA 13 builds, as the image's PyTorch is CUDA 13. Not PyNvVideoCodec: the benchmarks feed no pull camera."""
+DECODE_DROP = ("nvidia/nvimgcodec/extensions/libopencv_ext.so*", "nvidia/nvimgcodec/tools",
+               "nvidia/nvimgcodec/include")
+"""Left out of nvImageCodec: its OpenCV extension (11 MB; the engine falls back to its own OpenCV), tools and
+headers; and the extension modules of other Python versions (below)."""
+NVIDIA_INIT = "__path__ = __import__('pkgutil').extend_path(__path__, __name__)  # merge with the image's nvidia/\n"
 
 MODELS = {"yunet": "face_detection_yunet_2023mar.onnx", "mobilefacenet": "mobilefacenet.onnx",
           "sface": "face_recognition_sface_2021dec.onnx"}
-LATE = {"model-sface"}
-"""Items packed after the others: only the end-to-end steps (default embedder SFace) need them."""
+LATE = {"model-sface", "decode"}
+"""Items packed after the others: only the end-to-end steps (default embedder SFace, gateway JPEG) need them."""
 
 
 def log(msg: str) -> None:
@@ -99,8 +107,19 @@ def cross_install(reqs: list[str], target: Path) -> None:
 
 def xz_tree(src: Path, dest: Path, drop: tuple[str, ...] = ()) -> None:
     """tar.xz of the contents of `src` (paths relative to it), leaving out `drop` and __pycache__."""
-    for d in drop:
-        shutil.rmtree(src / d, ignore_errors=True)
+    for pattern in drop:
+        for d in list(src.glob(pattern)):
+            if d.is_dir():
+                shutil.rmtree(d, ignore_errors=True)
+            else:
+                d.unlink()
+    impl = src / "nvidia" / "nvimgcodec"
+    if impl.is_dir():  # one Python's extension module, and an `nvidia` package that merges with the image's
+        tag = f"cpython-{PY.replace('.', '')}-"
+        for so in impl.glob("nvimgcodec_impl.cpython-*"):
+            if tag not in so.name:
+                so.unlink()
+        (src / "nvidia" / "__init__.py").write_text(NVIDIA_INIT)
     for cache in list(src.rglob("__pycache__")):
         shutil.rmtree(cache, ignore_errors=True)
     tmp = dest.with_suffix(".partial")
@@ -206,7 +225,8 @@ def part_name(item: str, src: Path) -> str:
     """The file name an item has in its part: models keep theirs (the registry knows them by it)."""
     if item.startswith("model-"):
         return src.name
-    return {"ort": "ort.tar.xz", "site": "site.tar.xz", "ray": "ray.tar.xz", "testdata": "testdata.tar",
+    return {"ort": "ort.tar.xz", "site": "site.tar.xz", "ray": "ray.tar.xz", "decode": "decode.tar.xz",
+            "testdata": "testdata.tar",
             "proto": "proto.tar.gz"}[item]
 
 
@@ -220,6 +240,7 @@ def main() -> int:
     items: dict[str, Path] = {"ort": ort[-1]}
     items["site"] = built("site", pins(SITE_PACKAGES))
     items["ray"] = built("ray", pins(RAY_PACKAGES), RAY_DROP)
+    items["decode"] = built("decode", list(DECODE_PACKAGES), DECODE_DROP)
     for key, fname in MODELS.items():
         items[f"model-{key}"] = SHARED / "models" / fname
     td = KIT / "cache" / f"testdata-lfw{LFW_IDENTITIES}.tar"

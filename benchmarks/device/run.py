@@ -101,7 +101,7 @@ def have(item: str) -> bool:
 
 def unpack(item: str, src: Path) -> None:
     """Put one verified item where the steps read it."""
-    if item in ("ort", "site", "ray"):
+    if item in ("ort", "site", "ray", "decode"):
         dest = STASH / item
         shutil.rmtree(dest, ignore_errors=True)
         dest.mkdir(parents=True)
@@ -145,9 +145,10 @@ def stash(m: dict) -> list[int]:
 
 # ---- 2. environment ---------------------------------------------------------------------------------
 def cuda_lib_dirs() -> list[str]:
-    """Folders of the CUDA 13 runtime libraries that the image's PyTorch wheels bring (nvidia/*/lib)."""
+    """Folders of the CUDA 13 runtime libraries that the image's PyTorch wheels bring (nvidia/*/lib), and
+    the carried nvJPEG's."""
     dirs: set[str] = set()
-    for sp in site.getsitepackages():
+    for sp in [*site.getsitepackages(), str(STASH / "decode")]:
         nv = Path(sp) / "nvidia"
         if nv.is_dir():
             dirs |= {str(p.parent) for p in nv.rglob("lib*.so*")}
@@ -156,7 +157,8 @@ def cuda_lib_dirs() -> list[str]:
 
 def environment(m: dict, with_ort: bool) -> dict[str, str]:
     env = dict(os.environ)
-    paths = [str(ROOT), str(STASH / "site"), str(STASH / "ray")] + ([str(STASH / "ort")] if with_ort else [])
+    paths = [str(ROOT), str(STASH / "site"), str(STASH / "ray"), str(STASH / "decode")]
+    paths += [str(STASH / "ort")] if with_ort else []
     env["PYTHONPATH"] = os.pathsep.join(paths + [p for p in [os.environ.get("PYTHONPATH", "")] if p])
     env["LD_LIBRARY_PATH"] = os.pathsep.join(cuda_lib_dirs() + [p for p in [os.environ.get("LD_LIBRARY_PATH", "")]
                                                                  if p])
@@ -242,12 +244,12 @@ def steps() -> list[Step]:
                               *(["--workers", "1,2", "--cameras", "2", "--max-frames", "8"] if q else
                                 ["--workers", "1,2,4,8", "--cameras", "16", "--max-frames", "32"])),
              {"FACEENGINE_MODELS_EMBEDDER": "mobilefacenet", "FACEENGINE_RUNTIME_PROVIDER": "cpu"}),
-        Step("pipeline-cuda", ("ort", "model-sface", *CORE), True, 60 if q else 150, 240 if q else 300,
+        Step("pipeline-cuda", ("ort", "model-sface", "decode", *CORE), True, 60 if q else 150, 240 if q else 300,
              lambda p: _bench("--provider", p, "--no-baselines", "--no-peer", "--rounds", "1", "--json",
                               "--out", tag("pipeline", p),
                               *(["--cameras", "2", "--max-frames", "8", "--no-load-latency", *lfw] if q else
                                 ["--cameras", "16"]))),
-        Step("soak-gpu", ("ort", "model-sface", *CORE), True, 0, 0, lambda p: []),  # sized at run time
+        Step("soak-gpu", ("ort", "model-sface", "decode", *CORE), True, 0, 0, lambda p: []),  # sized at run time
         Step("models-cuda-sface", ("ort", "model-sface", *CORE), True, 20 if q else 40, 120,
              lambda p: _bench("models", "--provider", p, "--embedders", "sface", "--batches", "32", "--json",
                               "--out", tag("models-sface", p)) + (["--quick"] if q else ["--seconds", "1"])),
@@ -322,6 +324,10 @@ def main() -> int:
         pack_results()
         return 0
     env, cuda, why = check_ort(m)
+    if have("decode"):
+        probe = "import nvidia.nvimgcodec as n; print('nvImageCodec', n.__version__, n.__file__)"
+        r = subprocess.run([PY, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+        log(f"JPEG decoder: {(r.stdout + r.stderr).strip()[-400:]} (decode.jpeg = auto uses it with a CUDA device)")
     gpu_provider = "cuda" if cuda else ("cpu" if QUICK else None)
     if not cuda:
         log(f"CUDA: not usable ({why}); GPU steps " + ("run on the CPU provider (DEVICE_QUICK dry run)" if QUICK
