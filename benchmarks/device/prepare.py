@@ -55,9 +55,11 @@ RAY_DROP = ("ray/jars", "ray/dashboard/client/build")
 DECODE_PACKAGES = ("nvidia-nvimgcodec-cu13", "nvidia-nvjpeg>=13,<14")
 """nvJPEG for gateway JPEG (decode.jpeg = auto picks it when it imports and a CUDA device is there): the
 CUDA 13 builds, as the image's PyTorch is CUDA 13. Not PyNvVideoCodec: the benchmarks feed no pull camera."""
-DECODE_DROP = ("nvidia/nvimgcodec/extensions/libopencv_ext.so*", "nvidia/nvimgcodec/tools",
+DECODE_DROP = ("nvidia/nvimgcodec/extensions/libopencv_ext.so*", "nvidia/nvimgcodec/extensions/libnvjpeg2k_ext.so*",
+               "nvidia/nvimgcodec/extensions/libnvtiff_ext.so*", "nvidia/nvimgcodec/tools",
                "nvidia/nvimgcodec/include")
-"""Left out of nvImageCodec: its OpenCV extension (11 MB; the engine falls back to its own OpenCV), tools and
+"""Left out of nvImageCodec: its OpenCV extension (11 MB; the engine falls back to its own OpenCV), the
+JPEG 2000 and TIFF extensions (their libraries are not carried; loaded, they only print errors), tools and
 headers; and the extension modules of other Python versions (below)."""
 NVIDIA_INIT = "__path__ = __import__('pkgutil').extend_path(__path__, __name__)  # merge with the image's nvidia/\n"
 

@@ -327,7 +327,8 @@ def main() -> int:
     if have("decode"):
         probe = "import nvidia.nvimgcodec as n; print('nvImageCodec', n.__version__, n.__file__)"
         r = subprocess.run([PY, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
-        log(f"JPEG decoder: {(r.stdout + r.stderr).strip()[-400:]} (decode.jpeg = auto uses it with a CUDA device)")
+        got = r.stdout.strip() if r.returncode == 0 else f"nvImageCodec does not import: {r.stderr.strip()[-400:]}"
+        log(f"JPEG decoder: {got} (decode.jpeg = auto uses it with a CUDA device, else the CPU)")
     gpu_provider = "cuda" if cuda else ("cpu" if QUICK else None)
     if not cuda:
         log(f"CUDA: not usable ({why}); GPU steps " + ("run on the CPU provider (DEVICE_QUICK dry run)" if QUICK
