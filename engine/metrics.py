@@ -23,6 +23,8 @@ class EngineMetrics:
                                       ["camera"], registry=r)
         self.frame_errors = Counter("faceengine_frame_errors", "Frames rejected (bad image, unknown camera)",
                                     ["reason"], registry=r)
+        # stages: decode (gRPC ingest), detect = preprocess + detect_model + detect_post, track, align, embed,
+        # search, record, total (a batch from detection to its last reply)
         self.stage_seconds = Histogram("faceengine_stage_seconds", "Per-stage latency", ["stage"],
                                        buckets=STAGE_BUCKETS, registry=r)
         self.frame_latency = Histogram("faceengine_frame_latency_seconds", "Frame arrival to result",
