@@ -402,6 +402,24 @@ def test_purge_and_erase_events(backend: Backend, store: Store) -> None:
         assert not wal.exists() or b"jpeg" not in wal.read_bytes()
 
 
+def test_retried_person_erasure_leaves_no_copy_in_the_wal(backend: Backend, store: Store) -> None:
+    """RemovePerson retried after a crash between remove_person's commit and its WAL checkpoint: the
+    person is gone and has no events, yet erase_person_events (answering 0) still checkpoints."""
+    if backend.name != "sqlite":
+        pytest.skip("the WAL is SQLite's; PostgreSQL has no file of its own to check")
+    marker = b"ERASE-ME-7f3a"
+    store.create_watchlist("wl")
+    store.upsert_person(Person("wl", "p9", marker.decode()), _emb(1), "m")
+    with store._tx() as db:  # type: ignore[attr-defined]  # remove_person's transaction, then a "crash"
+        db.execute("DELETE FROM templates WHERE watchlist='wl' AND person_id='p9'")
+        db.execute("DELETE FROM persons WHERE watchlist='wl' AND person_id='p9'")
+    wal = Path(backend.url + "-wal")
+    assert marker in wal.read_bytes()  # the person's rows are still in the WAL
+    assert store.erase_person_events("wl", "p9") == 0
+    assert not wal.exists() or marker not in wal.read_bytes()
+    assert marker not in Path(backend.url).read_bytes()  # secure_delete zeroed the rows in the file
+
+
 # ---- audit, cameras, tokens ---------------------------------------------------------------------
 def test_audit_is_append_only(backend: Backend, store: Store) -> None:
     t0 = time.time()
@@ -429,6 +447,7 @@ def test_cameras(store: Store) -> None:
     store.save_camera("gate", "push", {})
     store.save_camera("door", "rtsp://10.0.0.2/s", {"fps": "10"})  # replaces
     assert sorted(store.list_camera_defs()) == [("door", "rtsp://10.0.0.2/s", {"fps": "10"}), ("gate", "push", {})]
+    assert [c for c, _, _ in store.list_camera_defs()] == ["gate", "door"]  # in the order last saved
     store.delete_camera("door")
     store.delete_camera("door")  # idempotent
     assert store.list_camera_defs() == [("gate", "push", {})]
