@@ -84,6 +84,7 @@ from common import (  # noqa: E402
 from gpu_monitor import GpuMonitor, describe  # noqa: E402
 
 from engine.config import Config  # noqa: E402
+from engine.gallery.calibration import effective_min_quality  # noqa: E402
 from engine.gallery.gallery import Gallery  # noqa: E402
 from engine.metrics import EngineMetrics  # noqa: E402
 from engine.store.base import Store  # noqa: E402
@@ -491,7 +492,7 @@ def run(video: str | Path = DEFAULT_VIDEO, cameras: int = 4, rounds: int = 3, wi
     passes: list[PassResult] = []
     per_round: list[dict[str, float]] = []
     stage_rounds: list[dict[str, float]] = []
-    gate = (cfg.pipeline.min_face_size, cfg.pipeline.min_quality)
+    gate = (cfg.pipeline.min_face_size, effective_min_quality(cfg, analyzer.embedder.spec)[0])
     thr = cfg.gallery.match_threshold
 
     def add(res: PassResult, r: int, row: dict[str, float], key: str) -> None:

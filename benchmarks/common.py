@@ -24,6 +24,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from engine.config import Config  # noqa: E402
+from engine.gallery.calibration import effective_min_quality  # noqa: E402
 from engine.gallery.gallery import Gallery  # noqa: E402
 from engine.store import open_store  # noqa: E402
 from engine.store.base import Store  # noqa: E402
@@ -91,6 +92,7 @@ def enroll_heldout(analyzer: FaceAnalyzer, gallery: Gallery, cfg: Config, frames
     enrolled before it (one person, one identity). Returns person id -> where it came from."""
     gallery.ensure_watchlist(WATCHLIST)
     p = cfg.pipeline
+    min_q = effective_min_quality(cfg, analyzer.embedder.spec)[0]  # the gate the engine applies
     out: dict[str, str] = {}
     for i in indices[::step]:
         res = analyzer.analyze(frames[i])
@@ -98,7 +100,7 @@ def enroll_heldout(analyzer: FaceAnalyzer, gallery: Gallery, cfg: Config, frames
             continue
         quality = face_quality(frames[i], res.detections, float(p.min_face_size))
         for k in range(len(res.detections)):
-            if res.detections.sizes[k] < p.min_face_size or quality[k] < p.min_quality:
+            if res.detections.sizes[k] < p.min_face_size or quality[k] < min_q:
                 continue
             emb = res.embeddings[k]
             if gallery.search(emb[None], top_k=1, threshold=cfg.gallery.match_threshold)[0]:

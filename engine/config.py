@@ -205,8 +205,9 @@ class PipelineConfig(Section):
         "~32 px are boxed at 29-38 px; boxed at 28-32 px they were still recognised 88 % of the time on eval "
         "watchlist; detector.min_face_size drops them from detection altogether).", ge=0, le=10000)
     min_quality: float = _f(
-        0.30, "Faces below this quality score (0..1) are never matched (calibrated: see engine/video/quality.py).",
-        ge=0.0, le=1.0)
+        -1.0, "Faces below this quality score (0..1) are never matched; 0 = no quality gate; negative (default) = "
+        "the embedder's calibrated gate from the model manifest (SFace 0.25, MobileFaceNet 0.30: each keeps ~90 % "
+        "of correctly recognised faces, see engine/video/quality.py).", ge=-1.0, le=1.0)
     reembed_margin: float = _f(0.1, "Re-embed a track only when quality improves by this much...", ge=0.0, le=1.0)
     reembed_interval_s: float = _f(2.0, "...or when this many seconds passed since its last embedding.",
                                    ge=0.0, le=3600.0)

@@ -53,16 +53,20 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
-    from engine.gallery.calibration import effective_threshold
+    from engine.gallery.calibration import effective_min_quality, effective_threshold
     from engine.models.registry import load_manifest
 
     cfg = load_config(args)
     print(cfg.to_toml())
-    try:
-        thr, how = effective_threshold(cfg, load_manifest()[cfg.models.embedder])
-        print(f"# effective match threshold: {thr:.4f} ({how})")
-    except KeyError:
+    spec = load_manifest().get(cfg.models.embedder)
+    if spec is None:
+        print(f"# effective quality gate: unknown embedder {cfg.models.embedder!r}")
         print(f"# effective match threshold: unknown embedder {cfg.models.embedder!r}")
+    else:
+        q, qhow = effective_min_quality(cfg, spec)
+        print(f"# effective quality gate: {q:.2f} ({qhow})")
+        thr, how = effective_threshold(cfg, spec)
+        print(f"# effective match threshold: {thr:.4f} ({how})")
     return 0
 
 

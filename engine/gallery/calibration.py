@@ -6,6 +6,10 @@ rate (FPIR) is 1 - (1 - FPIR)^(1/N) (about FPIR / N). Each embedder's manifest e
 ``nonmated_tail`` = [a, b]: threshold = a + b * log10(FMR), a straight-line fit of its non-mated
 cosine-score quantiles between FMR 1e-3 and 1e-6 (every cross-person pair of lfw-dev photos; see the
 README's Accuracy section). The threshold therefore rises with the watchlist size.
+
+The quality gate (``pipeline.min_quality``) is per embedder the same way: negative (the default) takes
+the embedder's manifest ``min_quality``, the gate that keeps the same share of correctly recognised faces
+as MobileFaceNet at 0.30 (``benchmarks/bench_quality_gate.py``; see ``engine/video/quality.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ log = logging.getLogger(__name__)
 
 FALLBACK_THRESHOLD = 0.45
 """Used when an embedder's manifest entry has no ``nonmated_tail`` calibration."""
+
+FALLBACK_MIN_QUALITY = 0.30
+"""Quality gate for an embedder whose manifest entry has no ``min_quality`` (MobileFaceNet's calibration)."""
 
 
 def fmr_for_fpir(fpir: float, watchlist_size: int) -> float:
@@ -69,3 +76,35 @@ def configured_threshold(cfg: Config) -> float:
 
     spec = load_manifest().get(cfg.models.embedder)
     return FALLBACK_THRESHOLD if spec is None else effective_threshold(cfg, spec)[0]
+
+
+def effective_min_quality(cfg: Config, spec: ModelSpec) -> tuple[float, str]:
+    """(quality gate, how it was chosen): pipeline.min_quality if >= 0 (0 = no gate), else the
+    embedder's manifest ``min_quality``, else FALLBACK_MIN_QUALITY."""
+    q = cfg.pipeline.min_quality
+    if q >= 0:
+        return q, "pipeline.min_quality set explicitly" + ("; 0 = no quality gate" if q == 0 else "")
+    val = spec.extra.get("min_quality")
+    if not isinstance(val, (int, float)) or isinstance(val, bool) or not 0.0 <= float(val) <= 1.0:
+        return FALLBACK_MIN_QUALITY, (f"embedder {spec.name} has no quality-gate calibration: "
+                                      f"fallback {FALLBACK_MIN_QUALITY}")
+    return float(val), f"{spec.name}'s calibrated quality gate (model manifest min_quality)"
+
+
+def resolve_min_quality(cfg: Config, spec: ModelSpec) -> float:
+    """Write the effective quality gate into cfg.pipeline.min_quality (every consumer reads it there)."""
+    q, how = effective_min_quality(cfg, spec)
+    if cfg.pipeline.min_quality < 0:
+        cfg.pipeline.min_quality = q
+    log.info("quality gate %.2f (%s)", q, how)
+    return q
+
+
+def configured_min_quality(cfg: Config) -> float:
+    """The effective quality gate for cfg.models.embedder without a loaded model (manifest lookup)."""
+    if cfg.pipeline.min_quality >= 0:
+        return cfg.pipeline.min_quality
+    from engine.models.registry import load_manifest
+
+    spec = load_manifest().get(cfg.models.embedder)
+    return FALLBACK_MIN_QUALITY if spec is None else effective_min_quality(cfg, spec)[0]

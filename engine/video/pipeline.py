@@ -17,7 +17,7 @@ from collections import OrderedDict
 
 from engine.config import Config
 from engine.errors import NotFoundError
-from engine.gallery.calibration import resolve_match_threshold
+from engine.gallery.calibration import resolve_match_threshold, resolve_min_quality
 from engine.gallery.gallery import Gallery
 from engine.metrics import EngineMetrics
 from engine.store.base import EventStore, MatchEvent
@@ -47,6 +47,7 @@ class Engine:
         self.cfg = cfg
         self.analyzer = analyzer
         resolve_match_threshold(cfg, analyzer.embedder.spec)  # gallery.match_threshold 0 = from match_fpir
+        resolve_min_quality(cfg, analyzer.embedder.spec)  # pipeline.min_quality < 0 = the embedder's gate
         self.gallery = gallery
         self.store = store
         self.metrics = metrics or EngineMetrics()

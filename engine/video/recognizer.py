@@ -34,7 +34,7 @@ import numpy as np
 
 from engine.config import Config
 from engine.errors import FaceEngineError
-from engine.gallery.calibration import configured_threshold
+from engine.gallery.calibration import configured_min_quality, configured_threshold
 from engine.metrics import EngineMetrics
 from engine.video.bestshot import BestShotPolicy, TrackRegistry, TrackState
 from engine.video.quality import QualityGate, face_quality
@@ -114,7 +114,7 @@ class RecognizerSettings:
             track_max_age_s=p.track_max_age_s,
             track_start_score=max(cfg.detector.score_threshold, p.track_start_score),
             min_face_size=float(p.min_face_size),
-            min_quality=p.min_quality,
+            min_quality=configured_min_quality(cfg),  # negative in the config = the embedder's calibrated gate
             reembed_margin=p.reembed_margin,
             reembed_interval_s=p.reembed_interval_s,
             identity_switch_similarity=p.identity_switch_similarity,
