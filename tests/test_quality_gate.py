@@ -57,6 +57,8 @@ def test_committed_evidence_gives_each_embedder_its_manifest_gate() -> None:
     thresholds = {n: float(e["match_threshold"]) for n, e in raw["embedders"].items()}
     again = analyse(records, names, ref, ref_gate, raw["meta"]["min_face_size"], thresholds, bootstrap=0)
     assert again["probes"] == committed["probes"] >= 1300  # ~1,400 detected mated probes, 7 conditions
+    m = summary["meta"]["machine"]
+    assert all(m.get(k) for k in ("cpu", "cores", "gpu", "measured_at", "loadavg_at_start", "loadavg_at_end"))
     for name in names:
         mine, theirs = again["embedders"][name], committed["embedders"][name]
         for key in ("at_gate", "at_gate_with_floor", "predictors", "matching_gate", "at_matching_gate",
