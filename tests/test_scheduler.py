@@ -100,6 +100,26 @@ def test_two_workers_recognise_a_camera_in_capture_order() -> None:
     assert sorted(detect_order) == list(range(n))  # every frame detected once, two at a time
 
 
+def test_frames_arriving_while_a_batch_fills_stay_in_capture_order() -> None:
+    """A worker waits up to batch_wait_ms to fill its batch; frames arriving meanwhile must not be split
+    between its open batch and another worker's (found with 3 gRPC cameras under load: frames 1, 4, 6, 7
+    in the first batch and 2, 3, 5 in the second, so frame 4 was tracked before frame 2)."""
+    n = 24
+    sched, rec = _scheduler(queue_size=64, batch_size=4, batch_wait_ms=60.0, workers=2)
+    outs: list[FrameOutcome] = []
+    sched.add_camera("cam")
+    sched.start()
+    for i in range(n):
+        sched.submit(_job("cam", i, outs))
+        time.sleep(0.01)  # frames trickle in while batches are being filled
+    sched.stop(drain_s=30)
+    assert [s for _, s in rec.recognized] == list(range(n))
+    assert [o.seq for o in outs] == list(range(n))
+    for b in rec.batches:  # each batch is a run of consecutive frames
+        seqs = [s for _, s in b]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), rec.batches
+
+
 def test_batches_take_frames_across_cameras_round_robin() -> None:
     sched, rec = _scheduler(queue_size=8, batch_size=4, workers=1)
     outs: list[FrameOutcome] = []

@@ -133,6 +133,7 @@ class CameraState(CameraStatus):
     inflight: int = 0  # batches of this camera being processed (several workers detect ahead)
     tickets_issued: int = 0
     tickets_done: int = 0
+    collecting: bool = False  # a worker is still filling a batch with this camera's frames (others skip it)
     source: object | None = None
 
 
@@ -269,7 +270,8 @@ class Scheduler:
         s = self.settings
         with self._cv:
             depth = max(1, s.workers)  # batches of one camera in flight at once (detection runs ahead)
-            while self._running and not any(c.queue and c.inflight < depth for c in self._cams.values()):
+            while self._running and not any(c.queue and c.inflight < depth and not c.collecting
+                                            for c in self._cams.values()):
                 self._cv.wait(IDLE_WAIT_S)
             if not self._running:
                 return []
@@ -279,7 +281,7 @@ class Scheduler:
             # With several workers, leave a share of the ready cameras to the others: on CPU a big
             # batch is no cheaper per frame, but two workers run the models on two cores at once.
             workers = max(1, s.workers)
-            ready = sum(1 for c in self._cams.values() if c.queue and c.inflight < depth)
+            ready = sum(1 for c in self._cams.values() if c.queue and c.inflight < depth and not c.collecting)
             max_cams = max(1, -(-ready // workers)) if workers > 1 else len(self._order)
             batch_size = max(1, s.batch_size)
             while len(batch) < batch_size:
@@ -288,11 +290,15 @@ class Scheduler:
                     cid = self._order[0]
                     self._order.rotate(-1)
                     cam = self._cams[cid]
-                    if cam.queue and (cid in mine or (cam.inflight < depth and len(mine) < max_cams)):
+                    # A camera another worker is still collecting is skipped: its later frames would
+                    # otherwise land in two open batches at once, the earlier ticket getting later frames.
+                    if cam.queue and (cid in mine or (cam.inflight < depth and len(mine) < max_cams
+                                                      and not cam.collecting)):
                         job = cam.queue.popleft()
                         if cid not in mine:
                             cam.inflight += 1
                             cam.busy = True
+                            cam.collecting = True
                             mine.add(cid)
                             job.ticket = cam.tickets_issued
                             cam.tickets_issued += 1
@@ -308,6 +314,10 @@ class Scheduler:
                 if remaining <= 0:
                     break
                 self._cv.wait(remaining)
+            for cam, _ in batch:
+                cam.collecting = False
+            if mine:
+                self._cv.notify_all()  # workers that skipped these cameras may take their next frames
             self._inflight += len(batch)
             for cam in self._cams.values():
                 self.metrics.queue_depth.labels(cam.camera_id).set(len(cam.queue))
