@@ -93,6 +93,7 @@ from engine.video.pipeline import Engine, FrameJob, FrameOutcome  # noqa: E402
 from engine.video.quality import face_quality  # noqa: E402
 from engine.vision.analyzer import FaceAnalyzer  # noqa: E402
 from engine.vision.detections import Detections  # noqa: E402
+from engine.vision.scale import reduced_decode_min_side  # noqa: E402
 
 TARGET_SPEEDUP = 4.0
 TARGET_GRPC_RATIO = 0.85
@@ -291,7 +292,7 @@ def engine_pass(cfg: Config, analyzer: FaceAnalyzer, gallery: Gallery, store: St
     remaining = [cameras * len(frames)]
     last = [0.0]
     lim = cfg.limits
-    min_long = 2 * cfg.detector.input_size
+    min_long = reduced_decode_min_side(cfg.detector)  # the server's floor (auto_scale may want full size)
     jpeg = build_decoders(cfg.decode, cfg.runtime.device_id).jpeg if payloads is not None else None
 
     def feeder(i: int) -> None:
