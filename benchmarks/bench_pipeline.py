@@ -362,7 +362,10 @@ def grpc_pass(cfg: Config, analyzer: FaceAnalyzer, frames: Sequence[np.ndarray],
     for c in cams:
         client.ensure_push_camera(c)
     client.close()
-    job = {"address": srv.address, "cameras": cams, "fps": fps, "window": window, "payloads": list(payloads),
+    # clip_fps: frames carry the clip's timeline, as in the in-process passes (wall time at send would space
+    # them by the engine's speed, and re-embedding after pipeline.reembed_interval_s would differ)
+    job = {"address": srv.address, "cameras": cams, "fps": fps, "clip_fps": fps, "window": window,
+           "payloads": list(payloads),
            "raws": None, "rate": rate, "order": [_camera_frames(len(frames), cameras, i) for i in range(cameras)]}
     with tempfile.TemporaryDirectory() as tmp:
         job_file = Path(tmp) / "job.pkl"

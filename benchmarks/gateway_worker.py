@@ -3,7 +3,9 @@
 share the server's GIL.
 
 Reads a pickle {address, cameras, payloads (JPEG bytes or None), raws, window, order,
-rate (frames/s per camera; 0 = as fast as the window allows), seconds (0 = each order once)}
+rate (frames/s per camera; 0 = as fast as the window allows), seconds (0 = each order once),
+clip_fps (optional: stamp frame j with stream start + j / clip_fps, the clip's own timeline as the in-process
+passes use, so tracking and re-embedding intervals see the same times; absent = wall time at send)}
 from argv[1]; prints one JSON line {first_send, last_recv, latencies_ms, tracks, frames, errors,
 dropped}. `tracks` maps each matched person id to the number of distinct (camera, track) pairs
 matched to it: one per match event."""
@@ -35,6 +37,7 @@ def main() -> None:
     first, last = [float("inf")], [0.0]
     payloads, raws, window = job["payloads"], job["raws"], job["window"]
     rate, seconds = float(job.get("rate", 0.0)), float(job.get("seconds", 0.0))
+    clip_fps = float(job.get("clip_fps", 0.0))
     go = threading.Event()
 
     def gateway(i: int, cam: str) -> None:
@@ -45,6 +48,7 @@ def main() -> None:
         def gen() -> Iterator[pb.Frame]:
             go.wait()
             start = time.monotonic() + (i / rate / len(job["cameras"]) if rate else 0.0)  # stagger cameras
+            wall0 = time.time()
             j = 0
             while True:
                 if seconds:
@@ -62,11 +66,12 @@ def main() -> None:
                 sent[j] = now
                 with lock:
                     first[0] = min(first[0], now)
+                stamp = wall0 + j / clip_fps if clip_fps else time.time()
                 if payloads is not None:
-                    yield pb.Frame(camera_id=cam, sequence=j, capture_time=time.time(), encoded=payloads[fi])
+                    yield pb.Frame(camera_id=cam, sequence=j, capture_time=stamp, encoded=payloads[fi])
                 else:
                     w, h, data = raws[fi]
-                    yield pb.Frame(camera_id=cam, sequence=j, capture_time=time.time(),
+                    yield pb.Frame(camera_id=cam, sequence=j, capture_time=stamp,
                                    raw=pb.RawImage(width=w, height=h, format="BGR8", data=data))
                 j += 1
 
