@@ -3,31 +3,18 @@ pre-process / model / post-process split it reports, and the GPU sampler's behav
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from tests.benchmods import bench_module
 from tests.procs import cli, cli_env
 from tests.shared_data import VIDEOS
 
-ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT / "benchmarks"
-
-
-def _module(name: str) -> ModuleType:
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+_module = bench_module
 
 
 def test_bench_models_quick_on_cpu(model_dir: Path, tmp_path: Path) -> None:
