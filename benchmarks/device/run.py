@@ -240,7 +240,7 @@ def steps() -> list[Step]:
              lambda p: _bench("models", "--provider", "cpu", "--embedders", "mobilefacenet", "--json",
                               "--out", f"{r}/models-cpu") + (["--quick"] if q else ["--seconds", "0.5"])),
         Step("cluster", ("ray", *CORE), False, 40 if q else 100, 240,
-             lambda p: _bench("cluster", "--rounds", "1", "--json", "--out", f"{r}/cluster.json",
+             lambda p: _bench("cluster", "--rounds", "1", "--json", "--out", f"{r}/cluster-16core.json",
                               *(["--workers", "1,2", "--cameras", "2", "--max-frames", "8"] if q else
                                 ["--workers", "1,2,4,8", "--cameras", "16", "--max-frames", "32"])),
              {"FACEENGINE_MODELS_EMBEDDER": "mobilefacenet", "FACEENGINE_RUNTIME_PROVIDER": "cpu"}),
