@@ -42,10 +42,9 @@ from common import (  # noqa: E402
 
 from engine.config import Config  # noqa: E402
 from engine.metrics import EngineMetrics  # noqa: E402
-from engine.video.decode import build_decoders  # noqa: E402
+from engine.video.decode import build_decoders, decode_pipeline_frame  # noqa: E402
 from engine.video.pipeline import Engine, FrameJob  # noqa: E402
 from engine.vision.analyzer import FaceAnalyzer  # noqa: E402
-from engine.vision.scale import reduced_decode_min_side  # noqa: E402
 
 TARGET_2CORE = 0.85  # cluster with 2 workers vs the single-process engine, on 2 cores
 TARGET_8_WORKERS = 6.0  # 8 workers vs 1 worker on a 16-core machine
@@ -115,12 +114,10 @@ def single_process_pass(cfg: Config, analyzer: FaceAnalyzer, payloads: Sequence[
     eng = Engine(cfg, analyzer, gallery, store, EngineMetrics())
     for i in range(cameras):
         eng.add_camera(f"cam{i}")
-    lim = cfg.limits
     jpeg = build_decoders(cfg.decode, cfg.runtime.device_id).jpeg  # the server's decoder choice
 
     def submit(cam: str, seq: int, ts: float, payload: bytes, reply: Any) -> None:
-        image, scale, loader = jpeg.decode_for_detection(payload, reduced_decode_min_side(cfg.detector),
-                                                         lim.max_image_side, lim.max_image_pixels)
+        image, scale, loader = decode_pipeline_frame(jpeg, payload, cfg)
         eng.submit(FrameJob(cam, seq, ts, image, reply, scale=scale, loader=loader))
 
     eng.start()

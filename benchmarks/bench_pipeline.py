@@ -88,12 +88,11 @@ from engine.gallery.calibration import effective_min_quality  # noqa: E402
 from engine.gallery.gallery import Gallery  # noqa: E402
 from engine.metrics import EngineMetrics  # noqa: E402
 from engine.store.base import Store  # noqa: E402
-from engine.video.decode import build_decoders  # noqa: E402
+from engine.video.decode import build_decoders, decode_pipeline_frame  # noqa: E402
 from engine.video.pipeline import Engine, FrameJob, FrameOutcome  # noqa: E402
 from engine.video.quality import face_quality  # noqa: E402
 from engine.vision.analyzer import FaceAnalyzer  # noqa: E402
 from engine.vision.detections import Detections  # noqa: E402
-from engine.vision.scale import reduced_decode_min_side  # noqa: E402
 
 TARGET_SPEEDUP = 4.0
 TARGET_GRPC_RATIO = 0.85
@@ -291,8 +290,6 @@ def engine_pass(cfg: Config, analyzer: FaceAnalyzer, gallery: Gallery, store: St
     done = threading.Event()
     remaining = [cameras * len(frames)]
     last = [0.0]
-    lim = cfg.limits
-    min_long = reduced_decode_min_side(cfg.detector)  # the server's floor (auto_scale may want full size)
     jpeg = build_decoders(cfg.decode, cfg.runtime.device_id).jpeg if payloads is not None else None
 
     def feeder(i: int) -> None:
@@ -321,11 +318,7 @@ def engine_pass(cfg: Config, analyzer: FaceAnalyzer, gallery: Gallery, store: St
                 continue
             assert jpeg is not None
             t0 = time.perf_counter()
-            if cfg.pipeline.fast_decode:
-                image, scale, loader = jpeg.decode_for_detection(payloads[fi], min_long, lim.max_image_side,
-                                                                 lim.max_image_pixels)
-            else:
-                image, scale, loader = jpeg.decode(payloads[fi], lim.max_image_side, lim.max_image_pixels), 1.0, None
+            image, scale, loader = decode_pipeline_frame(jpeg, payloads[fi], cfg)
             metrics.stage_seconds.labels("decode").observe(time.perf_counter() - t0)  # as the gRPC servicer does
             eng.submit(FrameJob(cams[i], j, 1.0 + j / fps, image, reply, scale=scale, loader=loader))
 

@@ -83,8 +83,8 @@ class CameraWorker:
     # ---- frames ----------------------------------------------------------------------------------
     def process(self, frames: list[WireFrame]) -> list[Any]:
         """Decode and run a camera's frames through the engine; one FrameOutcome per frame, in order."""
+        from engine.video.decode import decode_pipeline_frame
         from engine.video.pipeline import FrameJob, FrameOutcome
-        from engine.vision.scale import reduced_decode_min_side
 
         results: list[FrameOutcome | None] = [None] * len(frames)
         left = [len(frames)]
@@ -99,19 +99,14 @@ class CameraWorker:
                     if left[0] == 0:
                         done.set()
 
-        lim = self.cfg.limits
         for i, f in enumerate(frames):
             try:
                 self._ensure_camera(f.camera_id)
                 scale, loader = 1.0, None
                 if f.raw is not None:
                     image = f.raw
-                elif self.cfg.pipeline.fast_decode:
-                    image, scale, loader = self.decoders.jpeg.decode_for_detection(
-                        f.encoded, reduced_decode_min_side(self.cfg.detector), lim.max_image_side,
-                        lim.max_image_pixels)
                 else:
-                    image = self.decoders.jpeg.decode(f.encoded, lim.max_image_side, lim.max_image_pixels)
+                    image, scale, loader = decode_pipeline_frame(self.decoders.jpeg, f.encoded, self.cfg)
                 self.engine.submit(FrameJob(f.camera_id, f.seq, f.capture_time, image,
                                             reply=lambda o, i=i: answer(i, o), scale=scale, loader=loader))
             except InvalidImageError as exc:

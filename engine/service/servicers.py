@@ -35,11 +35,11 @@ from engine.service.convert import (
 )
 from engine.service.proto import pb, rpc
 from engine.store.base import EventQuery
+from engine.video.decode import decode_pipeline_frame
 from engine.video.events import MatchFilterSpec
 from engine.video.pipeline import DROP_POLICY, FrameJob, FrameOutcome, is_drop
 from engine.video.sources import OPTIONS as SOURCE_OPTIONS
 from engine.video.sources import redact_uri
-from engine.vision.scale import reduced_decode_min_side
 
 if TYPE_CHECKING:
     from engine.service.server import FaceEngineServer
@@ -214,14 +214,8 @@ class IngestServicer(rpc.IngestServicer):
                 return
             scale, loader = 1.0, None
             if kind == "encoded":
-                lim = srv.cfg.limits
                 try:
-                    if srv.cfg.pipeline.fast_decode:
-                        image, scale, loader = srv.decoders.jpeg.decode_for_detection(
-                            frame.encoded, reduced_decode_min_side(srv.cfg.detector), lim.max_image_side,
-                            lim.max_image_pixels)
-                    else:
-                        image = srv.decoders.jpeg.decode(frame.encoded, lim.max_image_side, lim.max_image_pixels)
+                    image, scale, loader = decode_pipeline_frame(srv.decoders.jpeg, frame.encoded, srv.cfg)
                 except InvalidImageError as exc:
                     raise InvalidImageError(f"frame {frame.sequence}: {exc}") from None
             else:

@@ -24,9 +24,10 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from engine.config import DecodeConfig
+from engine.config import Config, DecodeConfig
 from engine.vision import image as cpu_image
 from engine.vision.image import check_dims, probe
+from engine.vision.scale import reduced_decode_min_side
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,20 @@ class VideoOpener(Protocol):
 
 
 # ---- CPU -----------------------------------------------------------------------------------------
+def decode_pipeline_frame(jpeg: JpegDecoder, data: bytes, cfg: Config,
+                          ) -> tuple[np.ndarray, float, Callable[[], np.ndarray] | None]:
+    """A gateway's encoded frame as the video pipeline takes it: (image, scale, full-resolution loader).
+
+    With `pipeline.fast_decode`, large JPEGs are half-decoded above the detector's floor
+    (`reduced_decode_min_side`), else decoded in full. The one place the server, cluster workers and
+    benchmarks decode gateway frames, so they cannot drift apart (a copy with its own floor once did)."""
+    lim = cfg.limits
+    if cfg.pipeline.fast_decode:
+        return jpeg.decode_for_detection(data, reduced_decode_min_side(cfg.detector), lim.max_image_side,
+                                         lim.max_image_pixels)
+    return jpeg.decode(data, lim.max_image_side, lim.max_image_pixels), 1.0, None
+
+
 class CpuJpegDecoder:
     """OpenCV, as the engine always decoded: half-size DCT decode of large JPEGs for detection."""
 
