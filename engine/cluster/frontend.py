@@ -236,7 +236,7 @@ class ClusterEngine:
             raise NotFoundError(f"camera {camera_id!r} not found; register it with AddCamera "
                                 "(uri 'push' for a gateway camera)")
         if live and cam.kind == "pull":
-            self._refresh_pull(cam)
+            self._refresh_pulls([cam])
         return cam
 
     def cameras(self) -> list[ClusterCamera]:
@@ -256,13 +256,9 @@ class ClusterEngine:
         with self._cv:
             return list(self._cams)
 
-    def _refresh_pull(self, cam: ClusterCamera) -> None:
-        """Pull cameras run inside their worker: read their status from there."""
-        self._refresh_pulls([cam])
-
     def _refresh_pulls(self, cams: list[ClusterCamera]) -> None:
-        """Read pull cameras' status from their workers: every call is sent first, then all are
-        awaited under one 2 s deadline, so a long camera list costs one round trip, not one per camera."""
+        """Pull cameras run inside their workers: read their status from there. Every call is sent
+        first, then all are awaited under one 2 s deadline: one round trip for a long camera list."""
         cams = [c for c in cams if 0 <= c.worker < len(self._workers)]
         if not cams:
             return
