@@ -28,6 +28,7 @@ from engine.video.decode import (
     NvdecVideo,
     NvJpegDecoder,
     build_decoders,
+    container_frame_count,
     nvidia_unavailable,
 )
 from engine.vision.image import decode_for_detection, decode_image
@@ -342,3 +343,17 @@ def test_nvdec_for_files_only_keeps_network_streams_on_the_cpu_reader(caplog: py
     assert reader is not None and opened == [video]
     reader.release()
     assert NvdecVideo(open_gpu).name == "nvdec" and files_only.name.startswith("nvdec (files")
+
+
+def test_nvdec_file_streams_carry_the_containers_frame_count() -> None:
+    """PyNvVideoCodec's demuxer gives no frame count; the pull source compares frames read with it to tell a
+    truncated file from its end, so NVDEC file streams take it from the container like the CPU reader."""
+    video = VIDEOS / "stage_360p.mp4"
+    cpu = CpuVideo().open(str(video), network=False, timeout_s=5, shown="cam")
+    assert cpu is not None and cpu.frame_count > 0
+    reader = NvdecVideo(lambda target: FakeNvdecReader(target, fail_after=-1)).open(
+        str(video), network=False, timeout_s=5, shown="cam")
+    assert reader is not None and reader.frame_count == cpu.frame_count
+    reader.release()
+    cpu.release()
+    assert container_frame_count(str(VIDEOS / "no-such-clip.mp4")) == 0

@@ -311,8 +311,20 @@ class NvdecVideo:
         except Exception as exc:  # noqa: BLE001 - NVDEC cannot read this stream: the CPU may
             self._failed(f"cannot open {shown} ({type(exc).__name__}: {str(exc).replace(target, shown)})")
             return cpu()
+        if not network and not gpu.frame_count:  # a file: its container says how many frames to expect
+            gpu.frame_count = container_frame_count(target)
         return FallbackVideoReader(gpu, cpu, not network,
                                    lambda detail: self._failed(f"{shown}: {detail.replace(target, shown)}"))
+
+
+def container_frame_count(path: str) -> int:
+    """Frames a video file's container declares (0 when it does not say): read by OpenCV from the header,
+    no frame decoded, so a pull source on NVDEC can tell a truncated file from its end like the CPU reader."""
+    cap = cv2.VideoCapture(path)
+    try:
+        return int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if cap.isOpened() else 0
+    finally:
+        cap.release()
 
 
 class PyNvReader:
@@ -331,7 +343,7 @@ class PyNvReader:
                                           cudastream=0, usedevicememory=False,
                                           outputColorType=nvc.OutputColorType.RGB)
         self.fps = float(self._demuxer.FrameRate() or 0.0)
-        self.frame_count = 0  # the demuxer does not say; end-of-file truncation is judged by the CPU reader only
+        self.frame_count = 0  # the demuxer does not say; NvdecVideo.open reads a file's from its container
         self._packets = iter(self._demuxer)
         self._ready: deque[np.ndarray] = deque()
 
