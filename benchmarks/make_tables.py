@@ -126,7 +126,8 @@ def summary_table(res: dict[str, Any]) -> str:
 def _identities_cell(s: dict[str, Any]) -> str:
     ids = s["identities"]
     bad = [c for c in ids["passes"] if not c["ok"]]
-    out = (f"{len(ids['passes'])} passes, reference {len(ids['reference'])} persons: "
+    n = len(ids["reference"])
+    out = (f"{len(ids['passes'])} passes, reference {n} person{'s' if n != 1 else ''}: "
            f"{'**all OK**' if ids['all_passes_ok'] else f'**{len(bad)} NOT OK**'}")
     return out + f" ({s['enrolled']['distractors']} distractors enrolled)"
 
