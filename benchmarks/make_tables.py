@@ -80,6 +80,7 @@ def summary_table(res: dict[str, Any]) -> str:
         def fps(s: dict[str, Any], m: str) -> str:
             return _f(s["modes"][m]["fps"]) if m in s["modes"] else "-"
 
+        row("models (detector at its network side + embedder)", _models_cell)
         row("naive loop, 1 camera / N cameras (fps)",
             lambda s: f"{fps(s, 'naive1')} / {fps(s, 'naive' + str(s['cameras']))} ({s['cameras']} cameras)")
         row("engine in-process, pre-decoded frames, 1 / N cameras (fps)",
@@ -88,6 +89,8 @@ def summary_table(res: dict[str, Any]) -> str:
         row("speedup, N cameras on both sides",
             lambda s: _ratio(s["ratios"].get(f"speedup_{s['cameras']}_cameras")))
         row("speedup, best of each", lambda s: _ratio(s["ratios"].get("speedup_best_of_each")))
+        row("speedup against the peer, InsightFace FaceAnalysis (SCRFD-2.5G at 640 + the same embedder), 1 camera",
+            lambda s: _ratio(s["ratios"].get("speedup_vs_insightface_1_camera")))
         row("engine in-process fed the gateways' JPEG, decoded as the server does (fps)",
             lambda s: fps(s, "engine-jpeg"))
         row("engine over gRPC, gateways in another process, same JPEG (fps)", lambda s: fps(s, "grpc-jpeg"))
@@ -123,12 +126,22 @@ def summary_table(res: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _models_cell(s: dict[str, Any]) -> str:
+    c = s["meta"].get("config", {})
+    det, models = c.get("detector", {}), c.get("models", ["?", "?"])
+    side = f"up to {det.get('max_input_side')} (scale-aware)" if det.get("auto_scale") else f"{det.get('input_size')}"
+    return f"{models[0]} at {side} + {models[1]}"
+
+
 def _identities_cell(s: dict[str, Any]) -> str:
     ids = s["identities"]
     bad = [c for c in ids["passes"] if not c["ok"]]
     n = len(ids["reference"])
     out = (f"{len(ids['passes'])} passes, reference {n} person{'s' if n != 1 else ''}: "
            f"{'**all OK**' if ids['all_passes_ok'] else f'**{len(bad)} NOT OK**'}")
+    if bad:  # which modes failed, so a peer's miss is not read as the engine's
+        modes = sorted({c["mode"] for c in bad})
+        out += " (" + ", ".join(f"{m} x{sum(c['mode'] == m for c in bad)}" for m in modes) + ")"
     return out + f" ({s['enrolled']['distractors']} distractors enrolled)"
 
 
