@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import sys
-import threading
 import time
 from collections.abc import Callable
 from functools import wraps
@@ -241,15 +240,14 @@ def cmd_matches(args: argparse.Namespace) -> int:
         if args.follow:
             flt = pb.MatchFilter(camera_ids=[args.camera] if args.camera else [],
                                  watchlists=[args.watchlist] if args.watchlist else [], min_score=args.min_score)
-            call = c.matches.SubscribeMatches(flt, metadata=c.metadata)
-
-            def show(e: Any) -> None:
-                if args.person and e.person_id != args.person:
-                    return
-                _save_thumb(args, e)
-                _print_event(e, args.json)
-
-            follow_until_interrupted(call, show)
+            try:
+                for e in c.matches.SubscribeMatches(flt, metadata=c.metadata):
+                    if args.person and e.person_id != args.person:
+                        continue
+                    _save_thumb(args, e)
+                    _print_event(e, args.json)
+            except KeyboardInterrupt:
+                pass
             return 0
         token, shown = "", 0
         while shown < args.limit:
@@ -265,44 +263,6 @@ def cmd_matches(args: argparse.Namespace) -> int:
             if not token:
                 break
     return 0
-
-
-def follow_until_interrupted(call: Any, handle: Callable[[Any], None]) -> None:
-    """Hand each message of a server stream to `handle` until the stream ends or Ctrl-C.
-
-    The stream is read on a helper thread and Ctrl-C cancels the call from the main thread: a
-    KeyboardInterrupt raised inside gRPC's own iterator can leave the call half-registered, and closing
-    the channel then waits for it for ever (grpc/grpc#19973), so `--follow` sometimes ignored Ctrl-C.
-    An error of the stream (other than the cancel) is raised here, in the caller's thread."""
-    import grpc
-
-    done = threading.Event()
-    failure: list[BaseException] = []
-    stopping = threading.Event()
-
-    def consume() -> None:
-        try:
-            for message in call:
-                handle(message)
-        except grpc.RpcError as exc:
-            if not (stopping.is_set() and exc.code() == grpc.StatusCode.CANCELLED):
-                failure.append(exc)
-        except BaseException as exc:  # noqa: BLE001 - e.g. a closed stdout: reported in the main thread
-            failure.append(exc)
-        finally:
-            done.set()
-
-    threading.Thread(target=consume, name="follow", daemon=True).start()
-    try:
-        while not done.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        stopping.set()
-        call.cancel()
-        done.wait(5.0)
-        return
-    if failure:
-        raise failure[0]
 
 
 def _save_thumb(args: argparse.Namespace, e: Any) -> None:
