@@ -127,3 +127,10 @@ def wait_for(pred: Callable[[], bool], timeout: float = 20.0, every: float = 0.1
         if time.monotonic() > end:
             return False
         time.sleep(every)
+
+
+def default_sigint() -> None:
+    """`preexec_fn` for a child the test will Ctrl-C: SIGINT back to its default action before exec, so Python
+    turns it into KeyboardInterrupt even when the test run itself was started with SIGINT ignored (a background
+    job of a non-interactive shell inherits SIG_IGN, and Python keeps an ignored SIGINT ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

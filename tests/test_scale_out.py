@@ -12,7 +12,7 @@ from pathlib import Path
 
 from engine.client import Client
 from engine.service.proto import pb
-from tests.procs import LineReader, cli, cli_env, metric, scrape, serve, wait_for
+from tests.procs import LineReader, cli, cli_env, default_sigint, metric, scrape, serve, wait_for
 from tests.shared_data import IMAGES, ROOT
 from tests.test_service import _frames, _scene
 
@@ -28,7 +28,7 @@ def test_match_written_by_one_serve_process_reaches_a_follower_of_the_other(tmp_
         assert out.returncode == 0, out.stderr
         follow = subprocess.Popen([sys.executable, "-m", "engine", "matches", "--follow", "--json", "--server",
                                    a.address, "--camera", "b-cam"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
+                                  stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
         try:
             lines = LineReader(follow)
             # A counts the follower among its live subscribers once the subscription is in place
