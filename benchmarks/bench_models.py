@@ -166,8 +166,7 @@ def run(cfg: Config, batches: Sequence[int] = DET_BATCHES, face_batches: Sequenc
     """Time the configured detector and the embedders (default: mobilefacenet and the configured one)."""
     mach = machine()
     mon = GpuMonitor(device=cfg.runtime.device_id).start()
-    registry = ModelRegistry(cfg.models.dir, cfg.models.mirror or None, cfg.models.verify_hash,
-                             allow_unverified_local=cfg.models.allow_unverified_local)
+    registry = ModelRegistry.from_config(cfg.models)
     frames, _fps = load_frames(video, max_frames)
     h, w = frames[0].shape[:2]
     log(f"{len(frames)} frames {w}x{h} of {Path(video).name}; provider {cfg.runtime.provider}, graph_preprocess "

@@ -229,7 +229,7 @@ def insightface_peer(cfg: Config) -> tuple[Any | None, str]:
         from insightface.app import FaceAnalysis  # type: ignore[import-not-found]
     except ImportError as exc:
         return None, f"insightface is not importable ({exc}); `pip install insightface` to add the peer"
-    registry = ModelRegistry(cfg.models.dir, mirror=cfg.models.mirror or None)
+    registry = ModelRegistry.from_config(cfg.models)
     try:  # the manifest's files, hash-checked (copied from the mirror when missing), as the engine loads them
         emb_file, det_file = registry.path(cfg.models.embedder), registry.path("scrfd_2.5g")
     except FaceEngineError as exc:

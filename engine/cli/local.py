@@ -18,8 +18,7 @@ VIDEO_EXT = {".mp4", ".avi", ".mkv", ".mov", ".gif", ".webm", ".m4v", ".ts"}
 
 
 def _registry(cfg) -> ModelRegistry:  # noqa: ANN001
-    return ModelRegistry(cfg.models.dir, cfg.models.mirror or None, cfg.models.verify_hash,
-                         allow_unverified_local=cfg.models.allow_unverified_local)
+    return ModelRegistry.from_config(cfg.models)
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:

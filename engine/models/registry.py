@@ -18,8 +18,12 @@ import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.errors import ModelError, ModelHashMismatchError, ModelNotFoundError
+
+if TYPE_CHECKING:
+    from engine.config import ModelsConfig
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +126,12 @@ class ModelRegistry:
                 raise ModelError(f"{local} is not a valid manifest: {exc}") from exc
             self.specs.update(_checked_local(local, extra, self.specs, allow_unverified_local))
         self._verified: dict[Path, tuple[int, float]] = {}
+
+    @classmethod
+    def from_config(cls, models: ModelsConfig) -> ModelRegistry:
+        """The registry the `[models]` section describes: its folder, mirror, hash checks and local manifest rule."""
+        return cls(models.dir, models.mirror or None, models.verify_hash,
+                   allow_unverified_local=models.allow_unverified_local)
 
     def spec(self, name: str) -> ModelSpec:
         """The manifest entry for `name`, or an ad-hoc spec for an .onnx file in the model dir."""

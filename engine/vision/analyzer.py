@@ -39,8 +39,7 @@ class FaceAnalyzer:
 
     @classmethod
     def from_config(cls, cfg: Config, registry: ModelRegistry | None = None) -> FaceAnalyzer:
-        registry = registry or ModelRegistry(cfg.models.dir, cfg.models.mirror or None, cfg.models.verify_hash,
-                                             allow_unverified_local=cfg.models.allow_unverified_local)
+        registry = registry or ModelRegistry.from_config(cfg.models)
         det = load_detector(registry, cfg.models.detector, cfg.detector, cfg.runtime)
         emb = load_embedder(registry, cfg.models.embedder, cfg.embedder, cfg.runtime)
         resolve_match_threshold(cfg, emb.spec)  # match_threshold 0 = from gallery.match_fpir
