@@ -32,6 +32,9 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from engine.models.registry import sha256_file  # noqa: E402  (standard library only: fine before the stash is unpacked)
+
 PY = os.environ.get("DEVICE_PY", "3.12")
 KIT = Path(os.environ.get("DEVICE_DIR", ROOT / ".device"))
 SHARED = Path(os.environ.get("FACEENGINE_SHARED") or ROOT.parent / "shared")
@@ -71,14 +74,6 @@ LATE = {"model-sface", "decode"}
 
 def log(msg: str) -> None:
     print(f"prepare: {msg}", flush=True)
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def installed_version(dist: str) -> str | None:
@@ -258,7 +253,7 @@ def main() -> int:
         shutil.rmtree(old)
     manifest = {"commit": commit(), "python": PY, "parts": len(parts),
                 "items": {n: {"part": k + 1, "file": part_name(n, items[n]), "source": items[n].name,
-                              "bytes": items[n].stat().st_size, "sha256": sha256(items[n])}
+                              "bytes": items[n].stat().st_size, "sha256": sha256_file(items[n])}
                           for k, part in enumerate(parts) for n in part}}
     for k, part in enumerate(parts):
         d = KIT / f"p{k + 1}"

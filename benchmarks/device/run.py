@@ -25,7 +25,6 @@ CPU provider, to prove the plumbing end to end), DEVICE_RETRY=1.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -40,6 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from engine.models.registry import sha256_file  # noqa: E402  (standard library only: fine before the stash is unpacked)
+
 KIT = Path(os.environ.get("DEVICE_DIR") or ROOT / ".device")
 STASH = Path(os.environ.get("DEVICE_STASH") or KIT / "stash")
 OUT = Path(os.environ.get("OUT") or ROOT / "device-out")
@@ -69,14 +71,6 @@ def log(msg: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     with (RESULTS / "run.log").open("a") as fh:
         fh.write(line + "\n")
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---- 1. stash ---------------------------------------------------------------------------------------
@@ -131,7 +125,7 @@ def stash(m: dict) -> list[int]:
         if not src.is_file():
             continue
         t = time.monotonic()
-        digest = sha256(src)
+        digest = sha256_file(src)
         if digest != info["sha256"]:
             log(f"ERROR {item}: {src} has sha256 {digest[:12]}..., the manifest says {info['sha256'][:12]}...; "
                 "not used (re-run prepare.sh and carry the part again)")
