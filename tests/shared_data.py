@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 ENV_VAR = "FACEENGINE_SHARED"
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,18 +47,26 @@ def missing_shared_data() -> str | None:
             f"or set {ENV_VAR}=/path/to/shared.")
 
 
+def read_frames(reader: Any, limit: int = 1_000_000) -> list:
+    """Frames from anything with `read() -> (ok, frame)` and `release()` (cv2.VideoCapture, the engine's video
+    readers) until it ends or `limit` frames; releases it."""
+    out: list = []
+    try:
+        while len(out) < limit:
+            ok, frame = reader.read()
+            if not ok:
+                break
+            out.append(frame)
+    finally:
+        reader.release()
+    return out
+
+
 def first_frames(video: Path, n: int) -> list:
     """The first `n` decoded frames (BGR) of a test video; fails when the clip has fewer."""
     import cv2
 
-    cap = cv2.VideoCapture(str(video))
-    out = []
-    while len(out) < n:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        out.append(frame)
-    cap.release()
+    out = read_frames(cv2.VideoCapture(str(video)), n)
     assert len(out) == n, f"{video} has only {len(out)} frames, {n} needed"
     return out
 

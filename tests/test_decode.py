@@ -33,7 +33,7 @@ from engine.video.decode import (
 )
 from engine.vision.image import decode_for_detection, decode_image
 from tests.procs import wait_for
-from tests.shared_data import IMAGES, VIDEOS, first_frames
+from tests.shared_data import IMAGES, VIDEOS, first_frames, read_frames
 from tests.test_service import make_cfg
 
 BIG = IMAGES / "obama-1080p.jpg"  # decoded at half size for detection on the CPU
@@ -50,14 +50,7 @@ def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
 def _read_all(opener: object, video: Path, limit: int = 10_000) -> list[np.ndarray]:
     reader = opener.open(str(video), network=False, timeout_s=5.0, shown=str(video))  # type: ignore[attr-defined]
     assert reader is not None
-    frames = []
-    while len(frames) < limit:
-        ok, frame = reader.read()
-        if not ok:
-            break
-        frames.append(frame)
-    reader.release()
-    return frames
+    return read_frames(reader, limit)
 
 
 class FakeGpu:
@@ -313,13 +306,8 @@ def test_nvjpeg_decodes_like_the_cpu() -> None:
 @pytest.mark.skipif(NVDEC_MISSING is not None, reason=f"NVDEC not usable here: {NVDEC_MISSING}")
 def test_nvdec_reads_a_file_like_the_cpu() -> None:
     video = VIDEOS / "stage_360p.mp4"
-    reader = decode.PyNvReader(str(video), 0)
-    frames = []
-    while len(frames) < 10:
-        ok, frame = reader.read()
-        assert ok
-        frames.append(frame)
-    reader.release()
+    frames = read_frames(decode.PyNvReader(str(video), 0), 10)
+    assert len(frames) == 10
     for a, b in zip(frames, first_frames(video, 10), strict=True):
         assert a.shape == b.shape and a.dtype == np.uint8
         assert float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean()) < 3.0  # colour conversion differs

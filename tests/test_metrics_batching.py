@@ -20,7 +20,7 @@ from engine.service.server import FaceEngineServer
 from engine.vision.detections import box_iou
 from engine.vision.image import decode_image
 from tests.procs import free_port, metric, scrape, wait_for
-from tests.shared_data import IMAGES, VIDEOS
+from tests.shared_data import IMAGES, VIDEOS, first_frames
 from tests.test_service import _frames, _scene, make_cfg
 
 
@@ -127,14 +127,8 @@ CAMERAS = ("b-1", "b-2", "b-3")
 def clip_jpegs() -> list[bytes]:
     """The first frames of the multi-face clip (~7 faces each) at 960x540, JPEG: below the half-size decode
     threshold, so the server detects on exactly the image the reference below decodes."""
-    cap = cv2.VideoCapture(str(VIDEOS / "multiface_1080p.mp4"))
-    out = []
-    while len(out) < N_FRAMES:
-        ok, frame = cap.read()
-        assert ok
-        out.append(encode_jpeg(cv2.resize(frame, (960, 540), interpolation=cv2.INTER_AREA)))
-    cap.release()
-    return out
+    return [encode_jpeg(cv2.resize(frame, (960, 540), interpolation=cv2.INTER_AREA))
+            for frame in first_frames(VIDEOS / "multiface_1080p.mp4", N_FRAMES)]
 
 
 def test_batched_detection_across_cameras_end_to_end(cfg: Config, analyzer, clip_jpegs: list[bytes]) -> None:  # noqa: ANN001

@@ -20,7 +20,7 @@ from engine.config import Config
 from engine.service.proto import pb
 from engine.service.server import FaceEngineServer
 from tests.procs import LineReader, wait_for
-from tests.shared_data import VIDEOS
+from tests.shared_data import VIDEOS, read_frames
 from tests.test_service import make_cfg
 
 CLIP = VIDEOS / "stage_360p.mp4"
@@ -42,14 +42,7 @@ def server(cfg: Config, analyzer) -> Iterator[FaceEngineServer]:  # noqa: ANN001
 
 @pytest.fixture(scope="module")
 def clip_frames() -> list:
-    cap = cv2.VideoCapture(str(CLIP))
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
-    cap.release()
+    frames = read_frames(cv2.VideoCapture(str(CLIP)))
     assert len(frames) == 275
     return frames
 
