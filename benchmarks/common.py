@@ -120,7 +120,6 @@ def enroll_heldout(analyzer: FaceAnalyzer, gallery: Gallery, cfg: Config, frames
     thr = effective_threshold(cfg, analyzer.embedder.spec)[0]
     bar = same_person_bar(cfg, analyzer)
     out: dict[str, str] = {}
-    templates: dict[str, int] = {}
     for i in indices[::step]:
         res = analyzer.analyze(frames[i])
         if not len(res.detections):
@@ -134,16 +133,17 @@ def enroll_heldout(analyzer: FaceAnalyzer, gallery: Gallery, cfg: Config, frames
             if not hit:
                 pid = f"clip-{len(out):02d}"
                 gallery.enroll(WATCHLIST, pid, emb[None], display_name=f"held-out frame {i} face {k}")
-                out[pid], templates[pid] = f"held-out frame {i} (not timed)", 1
+                out[pid] = f"held-out frame {i} (not timed)"
                 what = "new person"
-            elif hit[0].score < thr and templates[hit[0].person_id] < MAX_TEMPLATES:
-                pid = hit[0].person_id
-                gallery.enroll(WATCHLIST, pid, emb[None], display_name=gallery.get_person(WATCHLIST, pid).display_name)
-                templates[pid] += 1
-                out[pid] += f", {i}"
-                what = f"template {templates[pid]} of {pid} ({hit[0].score:.3f})"
             else:
-                what = f"skipped: {hit[0].person_id} at {hit[0].score:.3f}"
+                best = hit[0]
+                person = gallery.get_person(WATCHLIST, best.person_id)
+                if best.score < thr and person.template_count < MAX_TEMPLATES:
+                    gallery.enroll(WATCHLIST, person.person_id, emb[None], display_name=person.display_name)
+                    out[person.person_id] += f", {i}"
+                    what = f"template {person.template_count + 1} of {person.person_id} ({best.score:.3f})"
+                else:
+                    what = f"skipped: {person.person_id} at {best.score:.3f}"
             if log is not None:
                 log(f"held-out frame {i} face {k}: {what}")
     return out
