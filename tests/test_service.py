@@ -5,7 +5,9 @@ from __future__ import annotations
 import shutil
 import threading
 import time
+import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -18,6 +20,7 @@ from engine.client import Client, FrameFeeder, encode_jpeg
 from engine.config import Config
 from engine.service.proto import pb
 from engine.service.server import FaceEngineServer
+from engine.store.base import MatchEvent
 from tests.conftest import IMAGES, VIDEOS
 from tests.procs import wait_for
 
@@ -355,3 +358,18 @@ def test_health_follows_a_postgres_restart(cfg: Config, analyzer, pg_server, pg_
         assert [w.name for w in srv.store.list_watchlists()] == ["after-restart"]
     finally:
         srv.stop(grace=1)
+
+
+def test_a_subscriber_learns_when_its_subscription_is_in_place(server: FaceEngineServer) -> None:
+    """SubscribeMatches sends its initial metadata once the subscription is on the bus (not with the first event),
+    so a client that waits for it misses no event published afterwards: the console says "live" on it."""
+    with Client(server.address) as c:
+        call = c.matches.SubscribeMatches(pb.MatchFilter(), timeout=30)
+        try:
+            with ThreadPoolExecutor(1) as pool:
+                pool.submit(call.initial_metadata).result(timeout=10)  # no event has been published yet
+            ev = MatchEvent(uuid.uuid4().hex, "cam-x", time.time(), "vip", "p1", "P One", 0.9, (1.0, 2.0, 30.0, 40.0))
+            server.engine.bus.publish(ev, False)
+            assert next(call).event_id == ev.event_id
+        finally:
+            call.cancel()

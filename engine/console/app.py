@@ -327,6 +327,10 @@ def create_app(settings: ConsoleSettings) -> Starlette:
         async def events() -> AsyncIterator[str]:
             task = asyncio.create_task(pump())
             try:
+                # the engine sends initial metadata once the subscription is on its bus: "connected" (and the
+                # page's "live") before that would lose the alerts published in between
+                with contextlib.suppress(TimeoutError, grpc.aio.AioRpcError):
+                    await asyncio.wait_for(call.initial_metadata(), 5)
                 yield "retry: 2000\n: connected\n\n"
                 while True:
                     try:

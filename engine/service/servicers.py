@@ -415,6 +415,9 @@ class MatchesServicer(rpc.MatchesServicer):
             raise
         srv.metrics.subscribers.inc()
         try:
+            # initial metadata now, not with the first event: a client that awaits it knows every event
+            # published from here on reaches it (the console says "live" only then)
+            context.send_initial_metadata(())
             while context.is_active() and srv.running and not call_revoked():
                 try:
                     item = sub.queue.get(timeout=0.5)
