@@ -3,6 +3,8 @@ through a real clip; a different photo of them finds their track; a stranger fin
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Iterator
 
@@ -11,8 +13,10 @@ import grpc
 import numpy as np
 import pytest
 
+from engine.cli.main import main as cli
 from engine.client import Client, encode_jpeg
 from engine.config import Config
+from engine.service.auth import create_token
 from engine.service.proto import pb, spb
 from engine.service.server import FaceEngineServer
 from tests.conftest import IMAGES, VIDEOS
@@ -135,5 +139,56 @@ def test_sightings_are_off_by_default(cfg: Config, analyzer) -> None:  # noqa: A
             c.sightings.SearchSightings(spb.SearchSightingsRequest(embedding=spb.EmbeddingQuery(
                 values=np.ones(128).tolist())))
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "sightings.enabled" in err.value.details()
+    finally:
+        srv.stop(grace=1)
+
+
+def test_cli_search_prints_the_timeline_as_json(streamed, server: FaceEngineServer, analyzer, tmp_path,  # noqa: ANN001
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    photo = tmp_path / "query.jpg"
+    photo.write_bytes(_query_photo(analyzer))
+    assert cli(["sightings", "search", str(photo), "--since", "24h", "--json", "--server", server.address,
+                "--thumbnails", str(tmp_path / "thumbs")]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert rows and all(r["camera_id"] == "stage-1" for r in rows)
+    assert [r["first_seen"] for r in rows] == sorted(r["first_seen"] for r in rows)  # a timeline, oldest first
+    assert all(open(r["thumbnail"], "rb").read(2) == b"\xff\xd8" for r in rows)
+    assert cli(["sightings", "search", str(IMAGES / "obama.jpg"), "--since", "24h", "--server",
+                server.address]) == 0
+    assert "not seen" in capsys.readouterr().out
+    assert cli(["sightings", "search", str(photo), "--since", "1m", "--server", server.address]) == 0
+    assert "not seen" in capsys.readouterr().out  # the clip was streamed ten minutes ago
+
+
+def test_operators_search_admins_erase_and_every_search_is_audited_by_hash(streamed, analyzer) -> None:  # noqa: ANN001
+    cfg, t0 = streamed
+    cfg = cfg.model_copy(deep=True)
+    cfg.auth.enabled = True
+    srv = FaceEngineServer(cfg, analyzer=analyzer).start()
+    try:
+        tok = {r: create_token(srv.store, f"{r}-s", r)[0] for r in ("operator", "admin", "gateway")}
+        photo = pb.Image(encoded=_query_photo(analyzer))
+        with Client(srv.address, tok["operator"]) as op:
+            assert op.sightings.SearchSightings(spb.SearchSightingsRequest(image=photo, since=t0 - 1),
+                                                metadata=op.metadata).hits
+            for call, req in ((op.sightings.EraseSightings, spb.EraseSightingsRequest(all=True)),
+                              (op.sightings.EnrollCluster, spb.EnrollClusterRequest(sighting_ids=[1]))):
+                with pytest.raises(grpc.RpcError) as err:
+                    call(req, metadata=op.metadata)
+                assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        with Client(srv.address, tok["gateway"]) as gw, pytest.raises(grpc.RpcError) as err:
+            gw.sightings.SearchSightings(spb.SearchSightingsRequest(image=photo), metadata=gw.metadata)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        with Client(srv.address, tok["admin"]) as ad:  # an erasure of a camera that saw nothing
+            assert ad.sightings.EraseSightings(spb.EraseSightingsRequest(camera_ids=["elsewhere"]),
+                                               metadata=ad.metadata).erased == 0
+        rows = srv.store.query_audit(action="SearchSightings")
+        assert all(r["actor"] == "anonymous" for r in rows if r["role"] == "auth-off")  # earlier tests' searches
+        ok = [r for r in rows if r["result"] == "OK" and r["role"] != "auth-off"]
+        assert len(ok) == 1 and ok[0]["actor"] == "operator-s"
+        assert f"query_sha256={hashlib.sha256(photo.SerializeToString()).hexdigest()}" in ok[0]["target"]
+        assert "hits=" in ok[0]["detail"] and len(ok[0]["target"]) < 300  # the hash, never the photo
+        erased = srv.store.query_audit(action="EraseSightings")
+        assert [r["result"] for r in erased][-1] == "OK" and "camera=elsewhere" in erased[-1]["target"]
     finally:
         srv.stop(grace=1)
