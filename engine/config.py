@@ -81,6 +81,14 @@ class RuntimeConfig(Section):
         "auto", "onnxruntime IO binding: a batch is uploaded to the device once and outputs are copied straight "
         "into CPU buffers, without onnxruntime's per-call staging; auto = on for CUDA/TensorRT sessions, off on "
         "the CPU (where it saves nothing).")
+    runner: Literal["onnx", "fake"] = _f(
+        "onnx", "Inference backend: onnx (onnxruntime on the provider above) or fake (canned detections and "
+        "embeddings after fake_cost_ms an image, no model files read: orchestration tests and benchmarks only; "
+        "it recognises nobody).")
+    fake_cost_ms: float = _f(0.0, "runner = fake: milliseconds slept per image of a model call (GIL released, no "
+                                  "CPU used), standing in for a model's cost.", ge=0.0, le=10_000.0)
+    fake_faces: int = _f(1, "runner = fake: faces the fake detector reports in every frame (0 = none).",
+                         ge=0, le=16)
     tensorrt_fp16: bool = _f(False, "TensorRT: build fp16 engines (faster; embeddings move slightly vs fp32).")
     tensorrt_cache_dir: str = Field(
         default_factory=lambda: str(Path(default_data_dir()) / "tensorrt"),

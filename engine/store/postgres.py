@@ -90,7 +90,10 @@ CREATE TABLE person_photos (
     PRIMARY KEY (watchlist, person_id),
     FOREIGN KEY (watchlist, person_id) REFERENCES persons(watchlist, person_id) ON DELETE CASCADE);
 """,
-    3: """
+    # a token's scope (JSON: the cameras a gateway token may feed, whether it sees identities)
+    3: "ALTER TABLE tokens ADD COLUMN scope TEXT NOT NULL DEFAULT '';",
+    # sightings (every track's best shot, where sightings are enabled)
+    4: """
 CREATE TABLE sightings (
     id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, camera_id TEXT NOT NULL, track_id BIGINT NOT NULL,
     first_seen DOUBLE PRECISION NOT NULL, last_seen DOUBLE PRECISION NOT NULL, quality DOUBLE PRECISION NOT NULL,
@@ -234,6 +237,12 @@ class PostgresStore(SQLStore):
 
     def _erased(self, *tables: str) -> None:
         self._vacuum(*tables)
+
+    def _scan_only(self, con: psycopg.Connection[Any]) -> str:
+        """This transaction's plans read the tables' rows, never an index."""
+        for setting in ("enable_indexscan", "enable_indexonlyscan", "enable_bitmapscan"):
+            con.execute(f"SET LOCAL {setting} = off")
+        return ""
 
     def _lock_gallery(self, con: psycopg.Connection[Any]) -> None:
         """Take the gallery counter's row lock first, so concurrent gallery writers run one at a time."""
