@@ -166,7 +166,8 @@ def test_operators_search_admins_erase_and_every_search_is_audited_by_hash(strea
     cfg.auth.enabled = True
     srv = FaceEngineServer(cfg, analyzer=analyzer).start()
     try:
-        tok = {r: create_token(srv.store, f"{r}-s", r)[0] for r in ("operator", "admin", "gateway")}
+        tok = {r: create_token(srv.store, f"{r}-s", r)[0] for r in ("operator", "admin")}
+        tok["gateway"] = create_token(srv.store, "gateway-s", "gateway", cameras=("stage-1",))[0]
         photo = pb.Image(encoded=_query_photo(analyzer))
         with Client(srv.address, tok["operator"]) as op:
             assert op.sightings.SearchSightings(spb.SearchSightingsRequest(image=photo, since=t0 - 1),
