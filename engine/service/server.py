@@ -63,9 +63,11 @@ class FaceEngineServer:
         self.metrics = EngineMetrics()
         self.store = open_store(cfg.store.target())  # a damaged SQLite file: StoreDamagedError saying what to do
         try:
-            fixed = self.store.repair()  # start-up consistency check; the index is then rebuilt from the store
+            # start-up consistency check (index rebuild first, refusal if still damaged, every change audited)
+            fixed = self.store.repair()
             if any(fixed.values()):
-                log.warning("store consistency check repaired %s", fixed)
+                log.warning("store consistency check repaired %s (each change is in the audit log, action "
+                            "store.repair)", fixed)
             self.retention = RetentionWorker(self.store, cfg.retention)
             self.auth = AuthInterceptor(self.store, cfg.auth, max_metadata_bytes=cfg.limits.max_metadata_bytes)
             self.analyzer = analyzer or FaceAnalyzer.from_config(cfg)
@@ -73,6 +75,9 @@ class FaceEngineServer:
         except sqlite3.DatabaseError as exc:  # pages damaged past the header: same advice, no traceback
             self.store.close()
             raise damaged(cfg.store.target(), exc) from exc
+        except BaseException:
+            self.store.close()
+            raise
         self.slots = StreamSlots(cfg.server)
         if cfg.cluster.address:  # cameras served by Ray worker actors; this process is a front end
             from engine.cluster.frontend import ClusterEngine
