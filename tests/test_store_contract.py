@@ -455,7 +455,10 @@ def test_cameras(store: Store) -> None:
 
 def test_tokens(store: Store) -> None:
     created = store.create_token("ops", "operator", "h1")
-    assert created > 0 and store.token_by_hash("h1") == ("ops", "operator")
+    assert created > 0 and store.token_by_hash("h1") == ("ops", "operator", "")
+    store.create_token("gate", "gateway", "h5", '{"cameras": ["door-*"], "identities": false}')
+    assert store.token_by_hash("h5") == ("gate", "gateway", '{"cameras": ["door-*"], "identities": false}')
+    store.revoke_token("gate")
     with pytest.raises(AlreadyExistsError, match="revoke it first"):
         store.create_token("ops", "admin", "h2")
     with pytest.raises(InvalidArgumentError):
@@ -468,7 +471,7 @@ def test_tokens(store: Store) -> None:
         store.revoke_token("ops")
     store.create_token("ops", "admin", "h4")  # the name is free again
     assert [(t["name"], t["role"], t["revoked"] > 0) for t in store.list_tokens()] == [
-        ("ops", "operator", True), ("ops", "admin", False)]
+        ("ops", "operator", True), ("gate", "gateway", True), ("ops", "admin", False)]
 
 
 # ---- opening --------------------------------------------------------------------------------------

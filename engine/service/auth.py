@@ -15,7 +15,9 @@ row first and is refused with UNAVAILABLE when that row cannot be written (fail 
 streams re-check their token every `auth.recheck_s` and end with UNAUTHENTICATED once it is revoked.
 
 Roles:
-  gateway   Ingest.StreamFrames only (camera gateways).
+  gateway   Ingest.StreamFrames, and AddCamera for push cameras, both only for the cameras its scope
+            names (`TokenScope.cameras`, exact ids or patterns such as `door-*`); its frame results carry
+            no identities (person, name, score) unless its scope says `identities`.
   operator  live and historical matches, acknowledging or dismissing alerts, search, verify, and
             read-only views of cameras, watchlists, persons and their photos (an operator must know
             what it is looking at); WhoAmI, the console's sign-in check.
@@ -24,7 +26,9 @@ Roles:
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
+import json
 import logging
 import secrets
 import threading
@@ -36,7 +40,7 @@ from typing import Any, Protocol
 import grpc
 
 from engine.config import AuthConfig
-from engine.errors import AuditUnavailableError, FaceEngineError, InvalidArgumentError
+from engine.errors import AuditUnavailableError, FaceEngineError, InvalidArgumentError, PermissionDeniedError
 from engine.service.convert import unary
 from engine.service.interceptors import rewrap
 from engine.service.proto import pb, rpc
@@ -53,7 +57,7 @@ _GATEWAY = frozenset({"gateway", "admin"})
 # The ONE access table: full method name -> roles allowed. Unlisted methods are denied.
 METHOD_ROLES: dict[str, frozenset[str]] = {
     f"{_PKG}Ingest/StreamFrames": _GATEWAY,
-    f"{_PKG}Cameras/AddCamera": _ADMIN,
+    f"{_PKG}Cameras/AddCamera": _GATEWAY,  # a gateway: push cameras of its scope only (CamerasServicer)
     f"{_PKG}Cameras/RemoveCamera": _ADMIN,
     f"{_PKG}Cameras/GetCamera": _OPERATOR,
     f"{_PKG}Cameras/ListCameras": _OPERATOR,
@@ -129,18 +133,83 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_token(store: TokenStore, name: str, role: str) -> tuple[str, float]:
-    """Make and store a new token; returns (the token, shown once, creation time)."""
+@dataclass(frozen=True)
+class TokenScope:
+    """What a gateway token may reach beyond its role: the cameras it may feed and register as push
+    cameras (exact ids or fnmatch patterns, e.g. `door-*`), and whether its frame results name the
+    persons recognised. Operator and admin tokens are not narrowed by a scope."""
+
+    cameras: tuple[str, ...] = ()
+    identities: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps({"cameras": list(self.cameras), "identities": self.identities}) if self != TokenScope() \
+            else ""
+
+    @classmethod
+    def from_json(cls, text: str) -> TokenScope:
+        """The stored scope; an empty or unreadable one is the narrowest (no camera, no identities)."""
+        try:
+            d = json.loads(text) if text else {}
+            return cls(tuple(str(c) for c in d.get("cameras", ()) if c), bool(d.get("identities", False)))
+        except (ValueError, TypeError, AttributeError):
+            log.error("token scope %r is unreadable: treated as empty (no cameras)", text[:200])
+            return cls()
+
+    def allows_camera(self, camera_id: str) -> bool:
+        return any(fnmatch.fnmatchcase(camera_id, pattern) for pattern in self.cameras)
+
+    def describe(self) -> str:
+        return (f"cameras {', '.join(self.cameras) or '(none)'}, "
+                f"{'with' if self.identities else 'without'} identities")
+
+
+def create_token(store: TokenStore, name: str, role: str, cameras: tuple[str, ...] | list[str] = (),
+                 identities: bool = False) -> tuple[str, float]:
+    """Make and store a new token; returns (the token, shown once, creation time).
+
+    A gateway token must name its cameras (`cameras`: ids or patterns); for other roles a scope is
+    refused, since they are not narrowed by one."""
     if role not in ROLES:
         raise InvalidArgumentError(f"role {role!r} unknown; use one of {', '.join(ROLES)}")
+    cams = tuple(c.strip() for c in cameras if c.strip())
+    if role == "gateway" and not cams:
+        raise InvalidArgumentError(
+            "a gateway token must name the cameras it may feed: --camera ID (repeat it, or a pattern such as "
+            "'door-*'); add --identities if its frame results may name the persons recognised")
+    if role != "gateway" and (cams or identities):
+        raise InvalidArgumentError(f"a scope (--camera, --identities) narrows gateway tokens only; an {role} "
+                                   "token reaches every camera and identity its role allows")
+    for c in cams:
+        if len(c) > 128:
+            raise InvalidArgumentError(f"camera scope {c[:40]!r}... is longer than 128 characters")
     token = "fe_" + secrets.token_urlsafe(32)
-    return token, store.create_token(name, role, hash_token(token))
+    return token, store.create_token(name, role, hash_token(token), TokenScope(cams, identities).to_json())
 
 
 @dataclass(frozen=True)
 class Principal:
     name: str
     role: str
+    scope_json: str = ""
+
+    @property
+    def scope(self) -> TokenScope:
+        return TokenScope.from_json(self.scope_json)
+
+    def sees_identities(self) -> bool:
+        """Whether results for this caller may name persons (gateways only when their scope says so)."""
+        return self.role != "gateway" or self.scope.identities
+
+    def check_camera(self, camera_id: str, what: str = "feed") -> None:
+        """Raise PermissionDeniedError unless this caller may feed (or register) this camera; the
+        message says what an admin must run."""
+        if self.role != "gateway" or self.scope.allows_camera(camera_id):
+            return
+        raise PermissionDeniedError(
+            f"gateway token {self.name!r} may not {what} camera {camera_id!r} (its scope: {self.scope.describe()}); "
+            f"an admin must run: faceengine token revoke {self.name} && faceengine token create --name {self.name} "
+            f"--role gateway --camera {camera_id}")
 
 
 ANONYMOUS = Principal("anonymous", "auth-off")
@@ -261,6 +330,11 @@ class AuthInterceptor(grpc.ServerInterceptor):
                     f"{info.method.rsplit('/', 1)[-1]} refused: its audit record could not be written ({reason}); "
                     "nothing was changed, retry once the store can write") from exc
             log.exception("audit record for %s could not be written", info.method)
+
+    def audit_denial(self, info: CallInfo, detail: str) -> None:
+        """Record a PERMISSION_DENIED a servicer decided (a token's scope), as the interceptor's own are."""
+        info.details.append(detail)
+        self._audit(info, None, "PERMISSION_DENIED", denial=True)
 
     def _write_throttled_start(self, peer: str) -> None:
         self._raw_audit("THROTTLED", f"peer={peer} {self.throttle.max_failures} failed authentications within "
@@ -490,7 +564,9 @@ class _Denied(Exception):
 
 # ---- Admin service -----------------------------------------------------------------------------
 def _token_info(d: dict[str, Any]) -> pb.TokenInfo:
-    return pb.TokenInfo(name=d["name"], role=d["role"], created=d["created"], revoked=d.get("revoked") or 0.0)
+    scope = TokenScope.from_json(d.get("scope") or "")
+    return pb.TokenInfo(name=d["name"], role=d["role"], created=d["created"], revoked=d.get("revoked") or 0.0,
+                        cameras=list(scope.cameras), identities=scope.identities)
 
 
 class AdminServicer(rpc.AdminServicer):
@@ -509,9 +585,13 @@ class AdminServicer(rpc.AdminServicer):
 
     @unary
     def CreateToken(self, request: pb.CreateTokenRequest, context: grpc.ServicerContext) -> pb.CreateTokenResponse:  # noqa: N802
-        token, created = create_token(self.store, request.name, request.role)
+        token, created = create_token(self.store, request.name, request.role, list(request.cameras),
+                                      request.identities)
         add_audit_detail(f"role={request.role}")
-        return pb.CreateTokenResponse(info=pb.TokenInfo(name=request.name, role=request.role, created=created),
+        if request.cameras or request.identities:
+            add_audit_detail(f"scope={TokenScope(tuple(request.cameras), request.identities).describe()}")
+        return pb.CreateTokenResponse(info=pb.TokenInfo(name=request.name, role=request.role, created=created,
+                                                        cameras=list(request.cameras), identities=request.identities),
                                       token=token)
 
     @unary
@@ -522,7 +602,7 @@ class AdminServicer(rpc.AdminServicer):
     def WhoAmI(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.TokenInfo:  # noqa: N802
         info = current()
         p = info.principal if info is not None else ANONYMOUS
-        return pb.TokenInfo(name=p.name, role=p.role)
+        return pb.TokenInfo(name=p.name, role=p.role, cameras=list(p.scope.cameras), identities=p.scope.identities)
 
     @unary
     def RevokeToken(self, request: pb.RevokeTokenRequest, context: grpc.ServicerContext) -> pb.TokenInfo:  # noqa: N802

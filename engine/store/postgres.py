@@ -90,6 +90,8 @@ CREATE TABLE person_photos (
     PRIMARY KEY (watchlist, person_id),
     FOREIGN KEY (watchlist, person_id) REFERENCES persons(watchlist, person_id) ON DELETE CASCADE);
 """,
+    # a token's scope (JSON: the cameras a gateway token may feed, whether it sees identities)
+    3: "ALTER TABLE tokens ADD COLUMN scope TEXT NOT NULL DEFAULT '';",
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

@@ -376,27 +376,29 @@ class SQLStore:
         return [dict(zip(keys, (int(r[0]), *r[1:]), strict=True)) for r in rows]
 
     # ---- API tokens (only SHA-256 hashes are stored) ---------------------------------------------
-    def create_token(self, name: str, role: str, token_hash: str) -> float:
-        """Store a new active token; a name may be reused once its previous token is revoked."""
+    def create_token(self, name: str, role: str, token_hash: str, scope: str = "") -> float:
+        """Store a new active token; a name may be reused once its previous token is revoked.
+        `scope` (JSON, see engine.service.auth.TokenScope) narrows what the token may reach."""
         if not name or len(name) > 128:
             raise InvalidArgumentError("token name must be 1-128 characters")
         now = time.time()
         try:
             with self._tx() as db:
-                self._x(db, "INSERT INTO tokens (name, role, hash, created) VALUES (?, ?, ?, ?)",
-                        (name, role, token_hash, now))
+                self._x(db, "INSERT INTO tokens (name, role, hash, created, scope) VALUES (?, ?, ?, ?, ?)",
+                        (name, role, token_hash, now, scope))
         except self._unique_violation as exc:
             raise AlreadyExistsError(f"an active token named {name!r} already exists; revoke it first") from exc
         return now
 
-    def token_by_hash(self, token_hash: str) -> tuple[str, str] | None:
-        """(name, role) of the active token with this hash, or None (unknown or revoked)."""
-        rows = self._q("SELECT name, role FROM tokens WHERE hash=? AND revoked IS NULL", (token_hash,))
-        return (rows[0][0], rows[0][1]) if rows else None
+    def token_by_hash(self, token_hash: str) -> tuple[str, str, str] | None:
+        """(name, role, scope) of the active token with this hash, or None (unknown or revoked)."""
+        rows = self._q("SELECT name, role, scope FROM tokens WHERE hash=? AND revoked IS NULL", (token_hash,))
+        return (rows[0][0], rows[0][1], rows[0][2] or "") if rows else None
 
     def list_tokens(self) -> list[dict[str, Any]]:
-        rows = self._q("SELECT name, role, created, revoked FROM tokens ORDER BY id")
-        return [{"name": n, "role": r, "created": c, "revoked": v or 0.0} for n, r, c, v in rows]
+        rows = self._q("SELECT name, role, created, revoked, scope FROM tokens ORDER BY id")
+        return [{"name": n, "role": r, "created": c, "revoked": v or 0.0, "scope": sc or ""}
+                for n, r, c, v, sc in rows]
 
     def revoke_token(self, name: str) -> dict[str, Any]:
         now = time.time()

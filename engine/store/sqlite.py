@@ -83,7 +83,11 @@ CREATE TABLE IF NOT EXISTS person_photos (
     PRIMARY KEY (watchlist, person_id),
     FOREIGN KEY (watchlist, person_id) REFERENCES persons(watchlist, person_id) ON DELETE CASCADE);
 """
-MIGRATIONS = {1: SCHEMA_V1, 2: SCHEMA_V2, 3: SCHEMA_V3}
+# version 4: a token's scope (JSON: the cameras a gateway token may feed, whether it sees identities)
+SCHEMA_V4 = """
+ALTER TABLE tokens ADD COLUMN scope TEXT NOT NULL DEFAULT '';
+"""
+MIGRATIONS = {1: SCHEMA_V1, 2: SCHEMA_V2, 3: SCHEMA_V3, 4: SCHEMA_V4}
 SCHEMA_VERSION = max(MIGRATIONS)
 
 
