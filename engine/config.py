@@ -81,7 +81,14 @@ class RuntimeConfig(Section):
         "auto", "onnxruntime IO binding: a batch is uploaded to the device once and outputs are copied straight "
         "into CPU buffers, without onnxruntime's per-call staging; auto = on for CUDA/TensorRT sessions, off on "
         "the CPU (where it saves nothing).")
-<<<<<<< HEAD
+    runner: Literal["onnx", "fake"] = _f(
+        "onnx", "Inference backend: onnx (onnxruntime on the provider above) or fake (canned detections and "
+        "embeddings after fake_cost_ms an image, no model files read: orchestration tests and benchmarks only; "
+        "it recognises nobody).")
+    fake_cost_ms: float = _f(0.0, "runner = fake: milliseconds slept per image of a model call (GIL released, no "
+                                  "CPU used), standing in for a model's cost.", ge=0.0, le=10_000.0)
+    fake_faces: int = _f(1, "runner = fake: faces the fake detector reports in every frame (0 = none).",
+                         ge=0, le=16)
     shape_buckets: Literal["auto", "on", "off"] = _f(
         "auto", "Pad every detector and embedder batch up to the next of bucket_sizes, so each session runs a "
         "few fixed shapes: auto = on for GPU providers (a new input shape costs the CUDA provider tens to "
@@ -110,16 +117,6 @@ class RuntimeConfig(Section):
         "", "Write onnxruntime's per-node profile of each session here (after profile_runs calls) with a "
         "top-operators summary; empty = off.")
     profile_runs: int = _f(200, "Session calls profiled before the profile is written.", ge=1, le=100_000)
-=======
-    runner: Literal["onnx", "fake"] = _f(
-        "onnx", "Inference backend: onnx (onnxruntime on the provider above) or fake (canned detections and "
-        "embeddings after fake_cost_ms an image, no model files read: orchestration tests and benchmarks only; "
-        "it recognises nobody).")
-    fake_cost_ms: float = _f(0.0, "runner = fake: milliseconds slept per image of a model call (GIL released, no "
-                                  "CPU used), standing in for a model's cost.", ge=0.0, le=10_000.0)
-    fake_faces: int = _f(1, "runner = fake: faces the fake detector reports in every frame (0 = none).",
-                         ge=0, le=16)
->>>>>>> main
     tensorrt_fp16: bool = _f(False, "TensorRT: build fp16 engines (faster; embeddings move slightly vs fp32).")
     tensorrt_cache_dir: str = Field(
         default_factory=lambda: str(Path(default_data_dir()) / "tensorrt"),
