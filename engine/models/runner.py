@@ -118,7 +118,8 @@ class InferenceRunner(ABC):
                 "distinct_shapes": None}
 
     def note_warmup(self, seconds: float) -> None:
-        """Record time spent warming the buckets at load."""
+        """Record time spent warming the buckets at load (runners that keep no statistics ignore it)."""
+        return None
 
     def warm_up(self, call: Callable[[int], object], what: str, upto: int | None = None) -> float:
         """Run `call(rows)` once per bucket (up to `upto` rows: larger ones never occur) through the caller's

@@ -83,6 +83,7 @@ class FaceEngineServer:
             self.engine = Engine(cfg, self.analyzer, self.gallery, self.store, self.metrics)
             self.decoders = decoders or build_decoders(cfg.decode, cfg.runtime.device_id)
             self.metrics.watch_decoders(self.decoders)
+            self.metrics.watch_sessions(self.analyzer.session_stats)
         self.sources: dict[str, PullSource] = {}
         self.running = False
         self._stopped = threading.Event()

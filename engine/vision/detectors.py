@@ -18,9 +18,9 @@ import numpy as np
 
 from engine.config import DetectorConfig, RuntimeConfig, gpu_provider
 from engine.models.factory import load_runner
-from engine.models.session import warmup_on
 from engine.models.registry import ModelRegistry, ModelSpec
 from engine.models.runner import BatchVerdict, InferenceRunner, RunFn
+from engine.models.session import warmup_on
 from engine.vision.batchcheck import compare_detections, sample_images
 from engine.vision.detections import Detections
 from engine.vision.graph_preprocess import letterbox_for, prepend_letterbox

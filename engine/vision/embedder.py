@@ -6,9 +6,9 @@ import numpy as np
 
 from engine.config import EmbedderConfig, RuntimeConfig
 from engine.models.factory import load_runner
-from engine.models.session import warmup_on
 from engine.models.registry import ModelRegistry, ModelSpec
 from engine.models.runner import BatchVerdict, InferenceRunner, RunFn
+from engine.models.session import warmup_on
 from engine.vision.batchcheck import FP16_MIN_COSINE, compare_embeddings, sample_images
 
 
