@@ -204,6 +204,10 @@ class StoreConfig(Section):
 
 class LimitsConfig(Section):
     max_message_bytes: int = _f(16 * 1024 * 1024, "Largest gRPC message accepted, in bytes.", ge=1024, le=2**31 - 1)
+    max_metadata_bytes: int = _f(
+        8192, "Largest call metadata (headers) accepted, in bytes; a larger call is refused RESOURCE_EXHAUSTED, "
+        "audited and counted as a failed authentication. gRPC itself drops calls over 4x this before they "
+        "reach the engine.", ge=1024, le=1_048_576)
     max_image_side: int = _f(8192, "Largest accepted image width or height in pixels.", ge=16, le=65535)
     max_image_pixels: int = _f(
         16_777_216, "Largest accepted pixel count (width x height), read from the header before decoding; "

@@ -42,7 +42,7 @@ import grpc
 from engine.config import AuthConfig
 from engine.errors import AuditUnavailableError, FaceEngineError, InvalidArgumentError, PermissionDeniedError
 from engine.service.convert import unary
-from engine.service.interceptors import rewrap
+from engine.service.interceptors import Undecodable, rewrap
 from engine.service.proto import pb, rpc
 from engine.store.base import AuditStore, TokenStore
 
@@ -258,9 +258,11 @@ class AuthInterceptor(grpc.ServerInterceptor):
     The checks run inside the wrapped handler, on the call's worker thread, so a slow store never
     stalls the server's dispatch loop (and health checks)."""
 
-    def __init__(self, store: _AuthStore, cfg: AuthConfig | None = None, enabled: bool | None = None) -> None:
+    def __init__(self, store: _AuthStore, cfg: AuthConfig | None = None, enabled: bool | None = None,
+                 max_metadata_bytes: int = 8192) -> None:
         self.store = store
         self.cfg = cfg or AuthConfig()
+        self.max_metadata_bytes = max_metadata_bytes
         self.enabled = self.cfg.enabled if enabled is None else enabled
         self.throttle = _Throttle(self.cfg.max_failures, self.cfg.failure_window_s)
         self._open: dict[int, CallInfo] = {}  # streams whose token is re-checked
@@ -277,13 +279,24 @@ class AuthInterceptor(grpc.ServerInterceptor):
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
         handler = continuation(details)
         method: str = details.method
-        if handler is None or method.startswith(OPEN_PREFIXES):
+        if handler is None:
             return handler
+        if method.startswith(OPEN_PREFIXES):  # no token needed; a body that does not parse is still refused
+            return rewrap(handler, lambda behavior, streaming: self._open_guard(behavior, method, streaming),
+                          lenient_requests=True)
         metadata = details.invocation_metadata or ()
-        return rewrap(handler, lambda behavior, streaming: self._guard(behavior, method, metadata, streaming))
+        return rewrap(handler, lambda behavior, streaming: self._guard(behavior, method, metadata, streaming),
+                      lenient_requests=True)
 
     def authenticate(self, metadata: Any) -> Principal:
-        """Resolve the bearer token; raises _Denied(UNAUTHENTICATED) when missing, bad or revoked."""
+        """Resolve the bearer token; raises _Denied(UNAUTHENTICATED) when missing, bad or revoked, and
+        _Denied(RESOURCE_EXHAUSTED) when the call's metadata is larger than limits.max_metadata_bytes
+        (counted as a failed authentication, so a flood of them is throttled like bad tokens)."""
+        size = sum(len(k) + len(v) for k, v in metadata)
+        if size > self.max_metadata_bytes:
+            raise _Denied(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"call metadata is {size} bytes, more than limits.max_metadata_bytes "
+                          f"({self.max_metadata_bytes})")
         if not self.enabled:
             return ANONYMOUS
         values = [v for k, v in metadata if k == "authorization"]
@@ -383,6 +396,20 @@ class AuthInterceptor(grpc.ServerInterceptor):
                                 c.method.rsplit("/", 1)[-1])
                     c.revoked.set()
 
+    def _open_guard(self, behavior: Callable[..., Any], method: str, streaming: tuple[bool, bool]
+                    ) -> Callable[..., Any]:
+        """Open methods (health, reflection): INVALID_ARGUMENT for a body that does not parse."""
+
+        def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+            if isinstance(request, Undecodable):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"the {method.rsplit('/', 1)[-1]} request body is not a valid protobuf message")
+            if streaming[0]:
+                request = self._checked_stream(request, method, context)
+            return behavior(request, context)
+
+        return guarded
+
     def _guard(self, behavior: Callable[..., Any], method: str, metadata: Any, streaming: tuple[bool, bool]
                ) -> Callable[..., Any]:
         request_streaming, response_streaming = streaming
@@ -416,6 +443,10 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 info.details.append(f"peer={peer}")
                 self._audit(info, audited_request, exc.code.name, denial=True)
                 context.abort(exc.code, exc.message)
+            if isinstance(request, Undecodable):  # after the checks: anonymous garbage was refused above
+                self._refuse_undecodable(method, request, peer, principal, context)
+            if request_streaming:
+                request = self._checked_stream(request, method, context)
             if method in MUTATIONS:  # fail closed: no record, no change
                 try:
                     self._audit(info, audited_request, "ATTEMPT", strict=True)
@@ -441,6 +472,30 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 self._audit(info, audited_request, result)
 
         return guarded
+
+    def _refuse_undecodable(self, method: str, request: Undecodable, peer: str, principal: Principal,
+                            context: grpc.ServicerContext) -> None:
+        """Audit and refuse a request whose body did not parse (one warning line, no traceback)."""
+        name = method.rsplit("/", 1)[-1]
+        message = f"the {name} request body is not a valid protobuf message ({request.error})"
+        log.warning("%s from %s/%s (peer %s): %s", name, principal.name, principal.role, peer, message)
+        info = CallInfo(principal, method, [f"peer={peer}", message])
+        self._audit(info, None, "INVALID_ARGUMENT", denial=True)
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+    @staticmethod
+    def _checked_stream(it: Iterator[Any], method: str, context: grpc.ServicerContext) -> Iterator[Any]:
+        """The request stream up to its first undecodable message, which ends it and sets the call's
+        status to INVALID_ARGUMENT (the servicer sees the end of input)."""
+        for item in it:
+            if isinstance(item, Undecodable):
+                message = (f"a {method.rsplit('/', 1)[-1]} stream message is not a valid protobuf message "
+                           f"({item.error}); the stream was ended")
+                log.warning("%s", message)
+                context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
+                context.set_details(message)
+                return
+            yield item
 
     def _stream(self, it: Iterator[Any], info: CallInfo, request: Any, context: grpc.ServicerContext
                 ) -> Iterator[Any]:

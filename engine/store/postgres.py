@@ -226,6 +226,12 @@ class PostgresStore(SQLStore):
     def _erased(self, *tables: str) -> None:
         self._vacuum(*tables)
 
+    def _scan_only(self, con: psycopg.Connection[Any]) -> str:
+        """This transaction's plans read the tables' rows, never an index."""
+        for setting in ("enable_indexscan", "enable_indexonlyscan", "enable_bitmapscan"):
+            con.execute(f"SET LOCAL {setting} = off")
+        return ""
+
     def _lock_gallery(self, con: psycopg.Connection[Any]) -> None:
         """Take the gallery counter's row lock first, so concurrent gallery writers run one at a time."""
         con.execute("SELECT value FROM meta WHERE key='gallery_version' FOR UPDATE")
