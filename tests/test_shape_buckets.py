@@ -204,3 +204,15 @@ def test_cuda_buckets_warm_and_match_the_cpu(model_dir: Path) -> None:
     crops = np.random.default_rng(0).integers(0, 255, (5, 112, 112, 3), dtype=np.uint8)
     assert compare_embeddings(c.embed(crops), g.embed(crops), min_cosine=0.9999).accepted
     assert g.runner.session_stats()["distinct_shapes"] == st["distinct_shapes"]
+
+
+def test_metrics_publish_each_sessions_shapes(analyzer: FaceAnalyzer) -> None:
+    from engine.metrics import EngineMetrics
+
+    m = EngineMetrics()
+    m.watch_sessions(analyzer.session_stats)
+    analyzer.analyze(read_image(IMAGES / "two_people.jpg"))
+    for role, st in analyzer.session_stats().items():
+        got = m.registry.get_sample_value("faceengine_session_distinct_shapes", {"role": role, "model": st["model"]})
+        assert got == st["distinct_shapes"] >= 1
+        assert m.registry.get_sample_value("faceengine_session_buckets", {"role": role, "model": st["model"]}) == 0
