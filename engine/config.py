@@ -81,6 +81,14 @@ class RuntimeConfig(Section):
         "auto", "onnxruntime IO binding: a batch is uploaded to the device once and outputs are copied straight "
         "into CPU buffers, without onnxruntime's per-call staging; auto = on for CUDA/TensorRT sessions, off on "
         "the CPU (where it saves nothing).")
+    runner: Literal["onnx", "fake"] = _f(
+        "onnx", "Inference backend: onnx (onnxruntime on the provider above) or fake (canned detections and "
+        "embeddings after fake_cost_ms an image, no model files read: orchestration tests and benchmarks only; "
+        "it recognises nobody).")
+    fake_cost_ms: float = _f(0.0, "runner = fake: milliseconds slept per image of a model call (GIL released, no "
+                                  "CPU used), standing in for a model's cost.", ge=0.0, le=10_000.0)
+    fake_faces: int = _f(1, "runner = fake: faces the fake detector reports in every frame (0 = none).",
+                         ge=0, le=16)
     tensorrt_fp16: bool = _f(False, "TensorRT: build fp16 engines (faster; embeddings move slightly vs fp32).")
     tensorrt_cache_dir: str = Field(
         default_factory=lambda: str(Path(default_data_dir()) / "tensorrt"),
@@ -152,6 +160,10 @@ class StoreConfig(Section):
 
 class LimitsConfig(Section):
     max_message_bytes: int = _f(16 * 1024 * 1024, "Largest gRPC message accepted, in bytes.", ge=1024, le=2**31 - 1)
+    max_metadata_bytes: int = _f(
+        8192, "Largest call metadata (headers) accepted, in bytes; a larger call is refused RESOURCE_EXHAUSTED, "
+        "audited and counted as a failed authentication. gRPC itself drops calls over 4x this before they "
+        "reach the engine.", ge=1024, le=1_048_576)
     max_image_side: int = _f(8192, "Largest accepted image width or height in pixels.", ge=16, le=65535)
     max_image_pixels: int = _f(
         16_777_216, "Largest accepted pixel count (width x height), read from the header before decoding; "

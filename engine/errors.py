@@ -36,6 +36,12 @@ class NotFoundError(FaceEngineError):
     grpc_code = "NOT_FOUND"
 
 
+class PermissionDeniedError(FaceEngineError):
+    """The caller's token may not do this (its role or its scope forbids it)."""
+
+    grpc_code = "PERMISSION_DENIED"
+
+
 class AlreadyExistsError(FaceEngineError):
     """Creating something that already exists."""
 

@@ -59,7 +59,8 @@ def stack(model_dir: Path, analyzer, tmp_path_factory: pytest.TempPathFactory) -
     cfg.store.path = str(tmp / "engine.db")
     cfg.server.host, cfg.server.port, cfg.server.metrics_port = "127.0.0.1", 0, 0
     srv = FaceEngineServer(cfg, analyzer=analyzer).start()
-    tokens = {role: create_token(srv.store, f"{role}-1", role)[0] for role in ("admin", "operator", "gateway")}
+    tokens = {role: create_token(srv.store, f"{role}-1", role, ["*"] if role == "gateway" else ())[0]
+              for role in ("admin", "operator", "gateway")}
     cap = cv2.VideoCapture(str(VIDEOS / "stage_360p.mp4"))
     cap.set(cv2.CAP_PROP_POS_FRAMES, 100)
     ok, frame = cap.read()

@@ -127,7 +127,8 @@ def test_open_health_url_and_reopen(backend: Backend) -> None:
     assert isinstance(s, Store)
     assert s.health() == ""
     assert s.url.startswith("sqlite:///" if backend.name == "sqlite" else "postgresql://")
-    assert s.repair() == {"orphan_templates": 0, "empty_persons": 0, "persons_without_watchlist": 0}
+    assert s.repair() == {"indexes_rebuilt": 0, "orphan_templates": 0, "empty_persons": 0,
+                          "persons_without_watchlist": 0}
     s.create_watchlist("kept")
     s.close()
     s2 = open_store(backend.url)  # acknowledged writes survive a reopen; migrations are idempotent
@@ -154,8 +155,12 @@ def test_repair_drops_persons_without_templates(backend: Backend, store: Store) 
     store.upsert_person(Person("wl", "b"), _emb(1), "m")
     backend.raw("DELETE FROM templates WHERE person_id='b'")  # a hand edit behind the store's back
     v = store.gallery_version()
-    assert store.repair() == {"orphan_templates": 0, "empty_persons": 1, "persons_without_watchlist": 0}
+    assert store.repair() == {"indexes_rebuilt": 0, "orphan_templates": 0, "empty_persons": 1,
+                              "persons_without_watchlist": 0}
     assert [p.person_id for p in store.list_persons("wl")] == ["a"]
+    audit = store.query_audit(action="store.repair")  # every change the repair made is audited
+    assert [(r["actor"], r["target"], r["result"]) for r in audit] == [("faceengine", "wl/b", "DELETED")]
+    assert "no template" in audit[0]["detail"]
     assert store.gallery_version() > v
     assert store.gallery_changes_since(v, "m") is None  # unlogged change: replicas must rebuild
 
@@ -455,7 +460,10 @@ def test_cameras(store: Store) -> None:
 
 def test_tokens(store: Store) -> None:
     created = store.create_token("ops", "operator", "h1")
-    assert created > 0 and store.token_by_hash("h1") == ("ops", "operator")
+    assert created > 0 and store.token_by_hash("h1") == ("ops", "operator", "")
+    store.create_token("gate", "gateway", "h5", '{"cameras": ["door-*"], "identities": false}')
+    assert store.token_by_hash("h5") == ("gate", "gateway", '{"cameras": ["door-*"], "identities": false}')
+    store.revoke_token("gate")
     with pytest.raises(AlreadyExistsError, match="revoke it first"):
         store.create_token("ops", "admin", "h2")
     with pytest.raises(InvalidArgumentError):
@@ -468,7 +476,7 @@ def test_tokens(store: Store) -> None:
         store.revoke_token("ops")
     store.create_token("ops", "admin", "h4")  # the name is free again
     assert [(t["name"], t["role"], t["revoked"] > 0) for t in store.list_tokens()] == [
-        ("ops", "operator", True), ("ops", "admin", False)]
+        ("ops", "operator", True), ("gate", "gateway", True), ("ops", "admin", False)]
 
 
 # ---- opening --------------------------------------------------------------------------------------

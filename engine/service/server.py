@@ -64,16 +64,21 @@ class FaceEngineServer:
         self.metrics = EngineMetrics()
         self.store = open_store(cfg.store.target())  # a damaged SQLite file: StoreDamagedError saying what to do
         try:
-            fixed = self.store.repair()  # start-up consistency check; the index is then rebuilt from the store
+            # start-up consistency check (index rebuild first, refusal if still damaged, every change audited)
+            fixed = self.store.repair()
             if any(fixed.values()):
-                log.warning("store consistency check repaired %s", fixed)
+                log.warning("store consistency check repaired %s (each change is in the audit log, action "
+                            "store.repair)", fixed)
             self.retention = RetentionWorker(self.store, cfg.retention)
-            self.auth = AuthInterceptor(self.store, cfg.auth)
+            self.auth = AuthInterceptor(self.store, cfg.auth, max_metadata_bytes=cfg.limits.max_metadata_bytes)
             self.analyzer = analyzer or FaceAnalyzer.from_config(cfg)
             self.gallery = Gallery(self.store, self.analyzer.dim, self.analyzer.model_name, cfg.gallery.index)
         except sqlite3.DatabaseError as exc:  # pages damaged past the header: same advice, no traceback
             self.store.close()
             raise damaged(cfg.store.target(), exc) from exc
+        except BaseException:
+            self.store.close()
+            raise
         self.slots = StreamSlots(cfg.server)
         self.engine: VideoEngine = build_engine(cfg, self.analyzer, self.gallery, self.store, self.metrics, decoders)
         self.running = False
@@ -86,7 +91,11 @@ class FaceEngineServer:
             # the error counter outermost: it also sees the refusals auth makes before a servicer runs
             interceptors=[ErrorCountInterceptor(self.metrics.rpc_errors), self.auth, *(interceptors or [])],
             options=[("grpc.max_receive_message_length", lim), ("grpc.max_send_message_length", lim),
-                     ("grpc.so_reuseport", 0)],
+                     ("grpc.so_reuseport", 0),
+                     # metadata up to 4x the engine's limit reaches the interceptors, which audit, throttle and
+                     # refuse it; gRPC's own soft limit refused a random share of such calls unseen
+                     ("grpc.max_metadata_size", 4 * cfg.limits.max_metadata_bytes),
+                     ("grpc.absolute_max_metadata_size", 4 * cfg.limits.max_metadata_bytes)],
             maximum_concurrent_rpcs=cfg.server.max_workers * 4,
         )
         rpc.add_IngestServicer_to_server(IngestServicer(self), self.grpc)

@@ -90,6 +90,8 @@ CREATE TABLE person_photos (
     PRIMARY KEY (watchlist, person_id),
     FOREIGN KEY (watchlist, person_id) REFERENCES persons(watchlist, person_id) ON DELETE CASCADE);
 """,
+    # a token's scope (JSON: the cameras a gateway token may feed, whether it sees identities)
+    3: "ALTER TABLE tokens ADD COLUMN scope TEXT NOT NULL DEFAULT '';",
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -223,6 +225,12 @@ class PostgresStore(SQLStore):
 
     def _erased(self, *tables: str) -> None:
         self._vacuum(*tables)
+
+    def _scan_only(self, con: psycopg.Connection[Any]) -> str:
+        """This transaction's plans read the tables' rows, never an index."""
+        for setting in ("enable_indexscan", "enable_indexonlyscan", "enable_bitmapscan"):
+            con.execute(f"SET LOCAL {setting} = off")
+        return ""
 
     def _lock_gallery(self, con: psycopg.Connection[Any]) -> None:
         """Take the gallery counter's row lock first, so concurrent gallery writers run one at a time."""

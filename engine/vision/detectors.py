@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from engine.config import DetectorConfig, RuntimeConfig, gpu_provider
-from engine.models.factory import build_runner
+from engine.models.factory import load_runner
 from engine.models.registry import ModelRegistry, ModelSpec
 from engine.models.runner import BatchVerdict, InferenceRunner, RunFn
 from engine.vision.batchcheck import compare_detections, sample_images
@@ -72,7 +72,7 @@ class FaceDetector(ABC):
 class OnnxFaceDetector(FaceDetector):
     """Shared letterbox, batching and post-processing; subclasses decode their heads.
 
-    The model runs in an injected `InferenceRunner` (built by `engine.models.factory.build_runner`)."""
+    The model runs in an injected `InferenceRunner` (built by `engine.models.factory`)."""
 
     def __init__(self, spec: ModelSpec, runner: InferenceRunner, cfg: DetectorConfig,
                  graph_letterbox: bool = False) -> None:
@@ -312,13 +312,14 @@ def load_detector(registry: ModelRegistry, name: str, cfg: DetectorConfig, runti
         raise ValueError(f"model {name} is not a supported detector (task={spec.task}, family={spec.family})")
     if cfg.score_threshold <= 0:  # 0 = the model's own calibrated threshold (scores differ per family)
         cfg.score_threshold = float(spec.extra.get("score_threshold", 0.6))  # type: ignore[arg-type]
-    graph = runtime.graph_preprocess == "on" or (runtime.graph_preprocess == "auto" and gpu_provider(runtime.provider))
+    graph = runtime.runner == "onnx" and (runtime.graph_preprocess == "on" or (
+        runtime.graph_preprocess == "auto" and gpu_provider(runtime.provider)))
     auto = None
     if cfg.auto_scale and cfg.min_face_size > 0:
         auto = (float(spec.extra.get("min_face_px", DEFAULT_MIN_FACE_PX)), cfg.min_face_size,  # type: ignore[arg-type]
                 cfg.max_input_side)
     transform = (lambda m: prepend_letterbox(m, spec, cfg.input_size, auto)) if graph else None
-    runner = build_runner(registry.path(name), runtime, dynamic_hw=True, transform=transform)
+    runner = load_runner(registry, name, runtime, dynamic_hw=True, transform=transform)
     det = _FAMILIES[spec.family](spec, runner, cfg, graph_letterbox=graph)
     runner.verify_batching(det.batch_check)
     return det

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from engine.config import EmbedderConfig, RuntimeConfig
-from engine.models.factory import build_runner
+from engine.models.factory import load_runner
 from engine.models.registry import ModelRegistry, ModelSpec
 from engine.models.runner import BatchVerdict, InferenceRunner, RunFn
 from engine.vision.batchcheck import compare_embeddings, sample_images
@@ -14,7 +14,7 @@ from engine.vision.batchcheck import compare_embeddings, sample_images
 class FaceEmbedder:
     """Embeds aligned 112x112 BGR crops in batches; outputs are L2-normalised float32 (N, dim).
 
-    The model runs in an injected `InferenceRunner` (built by `engine.models.factory.build_runner`)."""
+    The model runs in an injected `InferenceRunner` (built by `engine.models.factory`)."""
 
     def __init__(self, spec: ModelSpec, runner: InferenceRunner, cfg: EmbedderConfig) -> None:
         self.spec = spec
@@ -64,7 +64,7 @@ def load_embedder(registry: ModelRegistry, name: str, cfg: EmbedderConfig, runti
     spec = registry.spec(name)
     if spec.task != "embedder":
         raise ValueError(f"model {name} is not an embedder (task={spec.task})")
-    runner = build_runner(registry.path(name), runtime)
+    runner = load_runner(registry, name, runtime)
     emb = FaceEmbedder(spec, runner, cfg)
     runner.verify_batching(emb.batch_check)
     return emb
