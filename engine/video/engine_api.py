@@ -16,12 +16,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from engine.errors import ConfigError
 from engine.store.base import MatchEvent
 from engine.video.cameras import CameraRegistry, CameraStatus
 from engine.video.events import EventBus, MatchFilterSpec, Subscription
 from engine.video.scheduler import FrameJob, FrameOutcome
+
+if TYPE_CHECKING:
+    from engine.video.recorder import TrackObserver
 
 Reply = Callable[[FrameOutcome], None]
 
@@ -108,6 +112,11 @@ class VideoEngine(ABC):
     @abstractmethod
     def relay(self, events: list[MatchEvent]) -> int:
         """Publish to local subscribers events other processes wrote to the shared store (each once)."""
+
+    def observe_tracks(self, observer: TrackObserver) -> None:
+        """Hand every track's best shots to `observer` (sightings). Engines that cannot: ConfigError."""
+        raise ConfigError("sightings.enabled needs the one-process engine for now (cluster.address is set); "
+                          "turn one of them off")
 
     @abstractmethod
     def forget_person(self, watchlist: str, person_id: str) -> None:

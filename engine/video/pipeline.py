@@ -27,7 +27,7 @@ from engine.video.decode import Decoders, cpu_decoders, decode_pipeline_frame
 from engine.video.engine_api import EncodedFrame, Reply, VideoEngine
 from engine.video.events import EventBus
 from engine.video.recognizer import Recognizer, RecognizerSettings
-from engine.video.recorder import EventRecorder, RecorderSettings
+from engine.video.recorder import EventRecorder, RecorderSettings, TrackObserver
 from engine.video.scheduler import (
     DROP_POLICY,
     CameraState,
@@ -152,6 +152,9 @@ class Engine(VideoEngine):
     def forget_person(self, watchlist: str, person_id: str) -> None:
         """Drop live tracks' cached events of a removed person (they are erased from the store)."""
         self.recorder.forget_person(watchlist, person_id)
+
+    def observe_tracks(self, observer: TrackObserver) -> None:
+        self.recorder.observer = observer
 
     def describe(self) -> str:
         return f"local engine, decode {self.decoders.describe()}"
