@@ -21,7 +21,8 @@ Roles:
   operator  live and historical matches, acknowledging or dismissing alerts, search, verify, and
             read-only views of cameras, watchlists, persons and their photos (an operator must know
             what it is looking at); WhoAmI, the console's sign-in check.
-  admin     everything: cameras, watchlists, enrolment and removal, tokens, the audit log.
+  admin     everything: cameras, watchlists, enrolment and removal, tokens, the audit log; erasing
+            sightings and enrolling a recurring unknown (operators search sightings and list clusters).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import grpc
 from engine.config import AuthConfig
 from engine.errors import AuditUnavailableError, FaceEngineError, InvalidArgumentError, PermissionDeniedError
 from engine.service.convert import unary
-from engine.service.interceptors import rewrap
+from engine.service.interceptors import Undecodable, rewrap
 from engine.service.proto import pb, rpc
 from engine.store.base import AuditStore, TokenStore
 
@@ -80,6 +81,10 @@ METHOD_ROLES: dict[str, frozenset[str]] = {
     f"{_PKG}Admin/ListTokens": _ADMIN,
     f"{_PKG}Admin/RevokeToken": _ADMIN,
     f"{_PKG}Admin/WhoAmI": _OPERATOR,  # gateway tokens are refused: they cannot sign in to the console
+    f"{_PKG}Sightings/SearchSightings": _OPERATOR,
+    f"{_PKG}Sightings/ListUnknownClusters": _OPERATOR,
+    f"{_PKG}Sightings/EraseSightings": _ADMIN,
+    f"{_PKG}Sightings/EnrollCluster": _ADMIN,
 }
 
 # Open to anyone (no token): liveness probes and API discovery.
@@ -95,6 +100,21 @@ def _query_target(r: Any) -> str:
     parts = [f"{k}={v}" for k, v in (("camera", r.camera_id), ("watchlist", r.watchlist),
                                       ("person", r.person_id)) if v]
     return ";".join(parts) or "*"
+
+
+def _sightings_query_target(r: Any) -> str:
+    """A sightings search is audited with the SHA-256 of its query (photo or embedding), never the photo."""
+    kind = r.WhichOneof("query")
+    digest = hashlib.sha256(getattr(r, kind).SerializeToString() if kind else b"").hexdigest()
+    parts = [f"query_sha256={digest}", f"kind={kind or 'none'}"]
+    parts += [f"{k}={v:.0f}" for k, v in (("since", r.since), ("until", r.until)) if v]
+    parts += [f"camera={c}" for c in r.camera_ids]
+    return ";".join(parts)
+
+
+def _range_target(r: Any) -> str:
+    parts = [f"{k}={v:.0f}" for k, v in (("since", r.since), ("until", r.until)) if v]
+    return ";".join(parts + [f"camera={c}" for c in r.camera_ids]) or "*"
 
 
 # Audited methods -> the audit target taken from the request (action = the method's short name).
@@ -115,6 +135,11 @@ AUDITED: dict[str, Callable[[Any], str]] = {
     f"{_PKG}Admin/CreateToken": lambda r: r.name,
     f"{_PKG}Admin/RevokeToken": lambda r: r.name,
     f"{_PKG}Admin/QueryAudit": lambda r: r.action or "*",
+    f"{_PKG}Sightings/SearchSightings": _sightings_query_target,
+    f"{_PKG}Sightings/EraseSightings": _range_target,
+    f"{_PKG}Sightings/ListUnknownClusters": lambda r: ";".join(
+        f"{k}={v:.0f}" for k, v in (("since", r.since), ("until", r.until)) if v) or "*",
+    f"{_PKG}Sightings/EnrollCluster": _person_target,
 }
 
 
@@ -122,7 +147,7 @@ AUDITED: dict[str, Callable[[Any], str]] = {
 MUTATIONS: frozenset[str] = frozenset(f"{_PKG}{m}" for m in (
     "Cameras/AddCamera", "Cameras/RemoveCamera", "Watchlists/CreateWatchlist", "Watchlists/DeleteWatchlist",
     "Watchlists/EnrollPerson", "Watchlists/RemovePerson", "Admin/CreateToken", "Admin/RevokeToken",
-    "Matches/AcknowledgeMatch"))
+    "Matches/AcknowledgeMatch", "Sightings/EraseSightings", "Sightings/EnrollCluster"))
 
 UNAUTHENTICATED_ACTOR = "(unauthenticated)"
 
@@ -258,9 +283,11 @@ class AuthInterceptor(grpc.ServerInterceptor):
     The checks run inside the wrapped handler, on the call's worker thread, so a slow store never
     stalls the server's dispatch loop (and health checks)."""
 
-    def __init__(self, store: _AuthStore, cfg: AuthConfig | None = None, enabled: bool | None = None) -> None:
+    def __init__(self, store: _AuthStore, cfg: AuthConfig | None = None, enabled: bool | None = None,
+                 max_metadata_bytes: int = 8192) -> None:
         self.store = store
         self.cfg = cfg or AuthConfig()
+        self.max_metadata_bytes = max_metadata_bytes
         self.enabled = self.cfg.enabled if enabled is None else enabled
         self.throttle = _Throttle(self.cfg.max_failures, self.cfg.failure_window_s)
         self._open: dict[int, CallInfo] = {}  # streams whose token is re-checked
@@ -277,13 +304,24 @@ class AuthInterceptor(grpc.ServerInterceptor):
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
         handler = continuation(details)
         method: str = details.method
-        if handler is None or method.startswith(OPEN_PREFIXES):
+        if handler is None:
             return handler
+        if method.startswith(OPEN_PREFIXES):  # no token needed; a body that does not parse is still refused
+            return rewrap(handler, lambda behavior, streaming: self._open_guard(behavior, method, streaming),
+                          lenient_requests=True)
         metadata = details.invocation_metadata or ()
-        return rewrap(handler, lambda behavior, streaming: self._guard(behavior, method, metadata, streaming))
+        return rewrap(handler, lambda behavior, streaming: self._guard(behavior, method, metadata, streaming),
+                      lenient_requests=True)
 
     def authenticate(self, metadata: Any) -> Principal:
-        """Resolve the bearer token; raises _Denied(UNAUTHENTICATED) when missing, bad or revoked."""
+        """Resolve the bearer token; raises _Denied(UNAUTHENTICATED) when missing, bad or revoked, and
+        _Denied(RESOURCE_EXHAUSTED) when the call's metadata is larger than limits.max_metadata_bytes
+        (counted as a failed authentication, so a flood of them is throttled like bad tokens)."""
+        size = sum(len(k) + len(v) for k, v in metadata)
+        if size > self.max_metadata_bytes:
+            raise _Denied(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"call metadata is {size} bytes, more than limits.max_metadata_bytes "
+                          f"({self.max_metadata_bytes})")
         if not self.enabled:
             return ANONYMOUS
         values = [v for k, v in metadata if k == "authorization"]
@@ -383,6 +421,20 @@ class AuthInterceptor(grpc.ServerInterceptor):
                                 c.method.rsplit("/", 1)[-1])
                     c.revoked.set()
 
+    def _open_guard(self, behavior: Callable[..., Any], method: str, streaming: tuple[bool, bool]
+                    ) -> Callable[..., Any]:
+        """Open methods (health, reflection): INVALID_ARGUMENT for a body that does not parse."""
+
+        def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+            if isinstance(request, Undecodable):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"the {method.rsplit('/', 1)[-1]} request body is not a valid protobuf message")
+            if streaming[0]:
+                request = self._checked_stream(request, method, context)
+            return behavior(request, context)
+
+        return guarded
+
     def _guard(self, behavior: Callable[..., Any], method: str, metadata: Any, streaming: tuple[bool, bool]
                ) -> Callable[..., Any]:
         request_streaming, response_streaming = streaming
@@ -416,6 +468,10 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 info.details.append(f"peer={peer}")
                 self._audit(info, audited_request, exc.code.name, denial=True)
                 context.abort(exc.code, exc.message)
+            if isinstance(request, Undecodable):  # after the checks: anonymous garbage was refused above
+                self._refuse_undecodable(method, request, peer, principal, context)
+            if request_streaming:
+                request = self._checked_stream(request, method, context)
             if method in MUTATIONS:  # fail closed: no record, no change
                 try:
                     self._audit(info, audited_request, "ATTEMPT", strict=True)
@@ -441,6 +497,30 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 self._audit(info, audited_request, result)
 
         return guarded
+
+    def _refuse_undecodable(self, method: str, request: Undecodable, peer: str, principal: Principal,
+                            context: grpc.ServicerContext) -> None:
+        """Audit and refuse a request whose body did not parse (one warning line, no traceback)."""
+        name = method.rsplit("/", 1)[-1]
+        message = f"the {name} request body is not a valid protobuf message ({request.error})"
+        log.warning("%s from %s/%s (peer %s): %s", name, principal.name, principal.role, peer, message)
+        info = CallInfo(principal, method, [f"peer={peer}", message])
+        self._audit(info, None, "INVALID_ARGUMENT", denial=True)
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+    @staticmethod
+    def _checked_stream(it: Iterator[Any], method: str, context: grpc.ServicerContext) -> Iterator[Any]:
+        """The request stream up to its first undecodable message, which ends it and sets the call's
+        status to INVALID_ARGUMENT (the servicer sees the end of input)."""
+        for item in it:
+            if isinstance(item, Undecodable):
+                message = (f"a {method.rsplit('/', 1)[-1]} stream message is not a valid protobuf message "
+                           f"({item.error}); the stream was ended")
+                log.warning("%s", message)
+                context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
+                context.set_details(message)
+                return
+            yield item
 
     def _stream(self, it: Iterator[Any], info: CallInfo, request: Any, context: grpc.ServicerContext
                 ) -> Iterator[Any]:

@@ -399,10 +399,13 @@ class WatchlistsServicer(rpc.WatchlistsServicer):
         except NotFoundError:
             if erase:  # a retry after a crash between the two steps still erases the events
                 srv.store.erase_person_events(request.watchlist, request.person_id)
+            if srv.sightings is not None:
+                srv.sightings.erase_person(request.watchlist, request.person_id)
             raise
         srv.engine.forget_person(request.watchlist, request.person_id)
         erased = srv.store.erase_person_events(request.watchlist, request.person_id) if erase else 0
-        add_audit_detail(f"templates={n} events_erased={erased}")
+        seen = srv.sightings.erase_person(request.watchlist, request.person_id) if srv.sightings is not None else 0
+        add_audit_detail(f"templates={n} events_erased={erased}" + (f" sightings_erased={seen}" if seen else ""))
         return pb.RemovePersonResponse(templates_removed=n)
 
     @unary
