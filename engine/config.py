@@ -196,6 +196,13 @@ class StoreConfig(Section):
                       description="SQLite database file for watchlists, events and audit (used when url is empty).")
     url: str = Field("", description="Store URL: postgresql://USER:PASS@HOST:PORT/DB (shared by several engines) "
                      "or sqlite:///FILE; empty = the SQLite file at path.")
+    pg_wait_s: float = _f(
+        3.0, "PostgreSQL: how long a call waits for a database connection before it fails UNAVAILABLE (an "
+        "outage is reported at once instead of blocking every call).", gt=0.0, le=600.0)
+    pg_reconnect_s: float = _f(
+        5.0, "PostgreSQL: a failing reconnection is retried with backoff for at most this long, then started "
+        "afresh by the next call or health probe, so the engine is back within seconds of the database.",
+        gt=0.0, le=3600.0)
 
     def target(self) -> str:
         """What `engine.store.open_store` opens: the URL if set, else the SQLite file."""
@@ -506,9 +513,12 @@ class Config(BaseModel):
                 rows.append((f"{sec_name}.{name}", getattr(section, name), doc))
         return rows
 
-    def to_toml(self) -> str:
+    def to_toml(self, show_secrets: bool = False) -> str:
         """The configuration as a commented TOML document (auto fields written as auto, with the
-        value chosen now in the comment, so the file stays portable between CPU and GPU hosts)."""
+        value chosen now in the comment, so the file stays portable between CPU and GPU hosts).
+        The store URL's password is masked unless `show_secrets`."""
+        from engine.store import redact
+
         out: list[str] = []
         for sec_name, section in self._sections():
             out.append(f"[{sec_name}]  # {type(self).model_fields[sec_name].description or ''}")
@@ -519,6 +529,8 @@ class Config(BaseModel):
                 if dotted in self._auto:
                     sentinel = 0 if name == "batch_size" else -1.0
                     out.append(f"{name} = {_toml_value(sentinel)}  # auto: {_toml_value(value)} now")
+                elif dotted == "store.url" and not show_secrets and redact(value) != value:
+                    out.append(f"{name} = {_toml_value(redact(value))}  # password masked")
                 else:
                     out.append(f"{name} = {_toml_value(value)}")
             out.append("")

@@ -64,7 +64,7 @@ class CameraWorker:
         cfg.update({k: v for k, v in cfg_data.items() if k != "cluster"}, source=f"cluster worker {worker_id}")
         self.cfg = cfg
         self.worker_id = worker_id
-        self.store = open_store(cfg.store.target())  # SQLite on one machine, PostgreSQL across machines
+        self.store = open_store(cfg.store.target(), cfg.store)  # SQLite on one machine, PostgreSQL across machines
         self.analyzer = FaceAnalyzer.from_config(cfg)
         self.gallery = Gallery(self.store, self.analyzer.dim, self.analyzer.model_name, cfg.gallery.index)
         self.metrics = EngineMetrics()
