@@ -345,11 +345,11 @@ class SightingsConfig(Section):
     partition_hours: float = _f(1.0, "Hours of sightings per search-index partition (retention drops whole "
                                      "partitions; a search reads only the partitions of its time range).",
                                 gt=0.0, le=24.0 * 31)
-    ivfpq_min: int = _f(200_000, "A partition with at least this many sightings is rebuilt as IVF-PQ (compressed, "
+    ivfpq_min: int = _f(20_000, "A partition with at least this many sightings is rebuilt as IVF-PQ (compressed, "
                                  "approximate; results re-scored exactly from the store); below it, exact search.",
                         ge=1000, le=1_000_000_000)
     pq_m: int = _f(16, "IVF-PQ sub-quantizers (bytes per vector); must divide the embedding size.", ge=1, le=256)
-    nprobe: int = _f(16, "IVF lists searched per query in IVF-PQ partitions (recall against speed).", ge=1, le=65536)
+    nprobe: int = _f(64, "IVF lists searched per query in IVF-PQ partitions (recall against speed).", ge=1, le=65536)
     search_fpir: float = _f(1e-3, "Share of searches for a person never seen that may still return a sighting (the "
                                   "watchlists' FPIR calibration, applied to search_size sightings).", gt=0.0, lt=1.0)
     search_size: int = _f(1000, "Sightings the derived search threshold is sized for (more = a higher threshold).",
