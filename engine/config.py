@@ -160,6 +160,10 @@ class StoreConfig(Section):
 
 class LimitsConfig(Section):
     max_message_bytes: int = _f(16 * 1024 * 1024, "Largest gRPC message accepted, in bytes.", ge=1024, le=2**31 - 1)
+    max_metadata_bytes: int = _f(
+        8192, "Largest call metadata (headers) accepted, in bytes; a larger call is refused RESOURCE_EXHAUSTED, "
+        "audited and counted as a failed authentication. gRPC itself drops calls over 4x this before they "
+        "reach the engine.", ge=1024, le=1_048_576)
     max_image_side: int = _f(8192, "Largest accepted image width or height in pixels.", ge=16, le=65535)
     max_image_pixels: int = _f(
         16_777_216, "Largest accepted pixel count (width x height), read from the header before decoding; "
@@ -279,6 +283,32 @@ class RetentionConfig(Section):
     interval_s: float = _f(3600.0, "Seconds between background purges in the server (0 = no background purge).",
                            ge=0.0, le=31_536_000.0)
     erase_person_events: bool = _f(True, "RemovePerson also erases that person's past match events and thumbnails.")
+    sightings_days: float = _f(7.0, "Sightings (every track's best shot, when sightings.enabled) older than this many "
+                               "days are erased from the store and the sightings index; 0 = keep.", ge=0.0, le=36500.0)
+
+
+class SightingsConfig(Section):
+    enabled: bool = _f(False, "Keep every track's best shot (embedding, thumbnail, camera, times), matched or not, for "
+                              "search by photo and recurring unknowns. Off by default: storing every face seen is a "
+                              "policy decision (see docs/sightings.md).")
+    partition_hours: float = _f(1.0, "Hours of sightings per search-index partition (retention drops whole "
+                                     "partitions; a search reads only the partitions of its time range).",
+                                gt=0.0, le=24.0 * 31)
+    ivfpq_min: int = _f(200_000, "A partition with at least this many sightings is rebuilt as IVF-PQ (compressed, "
+                                 "approximate; results re-scored exactly from the store); below it, exact search.",
+                        ge=1000, le=1_000_000_000)
+    pq_m: int = _f(16, "IVF-PQ sub-quantizers (bytes per vector); must divide the embedding size.", ge=1, le=256)
+    nprobe: int = _f(16, "IVF lists searched per query in IVF-PQ partitions (recall against speed).", ge=1, le=65536)
+    search_fpir: float = _f(1e-3, "Share of searches for a person never seen that may still return a sighting (the "
+                                  "watchlists' FPIR calibration, applied to search_size sightings).", gt=0.0, lt=1.0)
+    search_size: int = _f(1000, "Sightings the derived search threshold is sized for (more = a higher threshold).",
+                          ge=1, le=1_000_000_000)
+    match_threshold: float = _f(0.0, "Cosine score at or above which a sighting is returned; 0 = derived from "
+                                     "search_fpir and search_size for the embedder.", ge=0.0, le=1.0)
+    queue_size: int = _f(10_000, "Finished tracks waiting to be written; beyond it the oldest is dropped (counted).",
+                         ge=1, le=10_000_000)
+    max_track_s: float = _f(600.0, "A track seen longer than this is written as a sighting and starts a new one.",
+                            gt=0.0, le=86400.0)
 
 
 class ClusterConfig(Section):
@@ -334,6 +364,8 @@ class Config(BaseModel):
     auth: AuthConfig = Field(default_factory=AuthConfig, description="API tokens and roles.")
     tls: TLSConfig = Field(default_factory=TLSConfig, description="TLS and mutual TLS.")
     retention: RetentionConfig = Field(default_factory=RetentionConfig, description="Data retention, erasure.")
+    sightings: SightingsConfig = Field(default_factory=SightingsConfig,
+                                       description="Every face seen, searchable by photo (off by default).")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="Cluster mode (Ray workers).")
     console: ConsoleConfig = Field(default_factory=ConsoleConfig, description="Operator web console.")
 

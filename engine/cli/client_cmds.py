@@ -164,6 +164,9 @@ def _print_event(e: Any, as_json: bool) -> None:
               f"score={e.score:.3f} track={e.track_id}{tag}", flush=True)
 
 
+_CAMERA_GONE = ("NOT_FOUND", "PERMISSION_DENIED")  # frame errors about the camera, not the frame
+
+
 @_grpc_errors
 def cmd_stream(args: argparse.Namespace) -> int:
     from engine.client import video_frames
@@ -176,12 +179,19 @@ def cmd_stream(args: argparse.Namespace) -> int:
         seen_events: set[str] = set()
         t0 = time.monotonic()
         last = None
-        for res in c.stream(frames):
+        call = c.stream(frames)
+        for res in call:
             sent = max(sent, res.sequence)
             last = res
             if res.HasField("error"):
                 if res.error.code_name == "RESOURCE_EXHAUSTED":
                     dropped += 1
+                elif res.error.code_name in _CAMERA_GONE:  # every later frame would fail the same way: stop
+                    call.cancel()
+                    print(f"faceengine: error: frame {res.sequence}: {res.error.code_name}: {res.error.message}; "
+                          f"stopped (an admin can register it: faceengine cameras add {args.camera} push)",
+                          file=sys.stderr)
+                    return 1
                 else:
                     errors += 1
                     print(f"frame {res.sequence}: {res.error.code_name}: {res.error.message}", file=sys.stderr)

@@ -101,7 +101,7 @@ def _add_optional(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     """Server, client and benchmark commands live in their own modules."""
     for module in ("engine.cli.server_cmds", "engine.cli.client_cmds", "engine.cli.bench_cmds",
                    "engine.cli.security_cmds", "engine.cli.demo_cmds", "engine.cli.store_cmds",
-                   "engine.cli.console_cmds"):
+                   "engine.cli.console_cmds", "engine.cli.sightings_cmds"):
         try:
             mod = __import__(module, fromlist=["register"])
         except ImportError as exc:  # pragma: no cover - only while a module is being written

@@ -22,7 +22,7 @@ from engine.retention import RetentionWorker
 from engine.service import validate
 from engine.service.auth import AdminServicer, AuthInterceptor
 from engine.service.interceptors import ErrorCountInterceptor
-from engine.service.proto import pb, rpc
+from engine.service.proto import pb, rpc, spb, srpc
 from engine.service.servicers import (
     CamerasServicer,
     IngestServicer,
@@ -30,7 +30,9 @@ from engine.service.servicers import (
     StreamSlots,
     WatchlistsServicer,
 )
+from engine.service.sightings_servicer import SightingsServicer
 from engine.service.tls import is_loopback, server_credentials
+from engine.sightings.service import Sightings
 from engine.store import open_store
 from engine.store.sqlite import damaged
 from engine.video.decode import Decoders, build_decoders, cpu_decoders
@@ -39,7 +41,13 @@ from engine.video.sources import PullSource
 from engine.vision.analyzer import FaceAnalyzer
 
 log = logging.getLogger(__name__)
-SERVICES = ("Ingest", "Cameras", "Watchlists", "Matches", "Admin")
+SERVICES = ("Ingest", "Cameras", "Watchlists", "Matches", "Admin", "Sightings")
+
+
+def _service_name(short: str) -> str:
+    """Full name of one of SERVICES (the Sightings service has its own proto file)."""
+    desc = spb.DESCRIPTOR if short == "Sightings" else pb.DESCRIPTOR
+    return desc.services_by_name[short].full_name
 
 
 class FaceEngineServer:
@@ -63,16 +71,20 @@ class FaceEngineServer:
         self.metrics = EngineMetrics()
         self.store = open_store(cfg.store.target())  # a damaged SQLite file: StoreDamagedError saying what to do
         try:
-            fixed = self.store.repair()  # start-up consistency check; the index is then rebuilt from the store
+            # start-up consistency check (index rebuild first, refusal if still damaged, every change audited)
+            fixed = self.store.repair()
             if any(fixed.values()):
-                log.warning("store consistency check repaired %s", fixed)
-            self.retention = RetentionWorker(self.store, cfg.retention)
-            self.auth = AuthInterceptor(self.store, cfg.auth)
+                log.warning("store consistency check repaired %s (each change is in the audit log, action "
+                            "store.repair)", fixed)
+            self.auth = AuthInterceptor(self.store, cfg.auth, max_metadata_bytes=cfg.limits.max_metadata_bytes)
             self.analyzer = analyzer or FaceAnalyzer.from_config(cfg)
             self.gallery = Gallery(self.store, self.analyzer.dim, self.analyzer.model_name, cfg.gallery.index)
         except sqlite3.DatabaseError as exc:  # pages damaged past the header: same advice, no traceback
             self.store.close()
             raise damaged(cfg.store.target(), exc) from exc
+        except BaseException:
+            self.store.close()
+            raise
         self.slots = StreamSlots(cfg.server)
         if cfg.cluster.address:  # cameras served by Ray worker actors; this process is a front end
             from engine.cluster.frontend import ClusterEngine
@@ -83,6 +95,17 @@ class FaceEngineServer:
             self.engine = Engine(cfg, self.analyzer, self.gallery, self.store, self.metrics)
             self.decoders = decoders or build_decoders(cfg.decode, cfg.runtime.device_id)
             self.metrics.watch_decoders(self.decoders)
+        self.sightings: Sightings | None = None
+        if cfg.sightings.enabled:  # every track's best shot kept: a policy decision, off by default
+            if cfg.cluster.address:
+                raise ConfigError("sightings.enabled needs the one-process engine for now (cluster.address is set); "
+                                  "turn one of them off")
+            self.sightings = Sightings(cfg, self.store, self.analyzer.dim, self.analyzer.model_name,
+                                       self.engine.recorder.thumbnail, self.analyzer.embedder.spec)
+            log.info("sightings on: %d loaded into the search index", self.sightings.load())
+            self.engine.recorder.observer = self.sightings.recorder
+        self.retention = RetentionWorker(self.store, cfg.retention,
+                                         self.sightings.purge_expired if self.sightings is not None else None)
         self.sources: dict[str, PullSource] = {}
         self.running = False
         self._stopped = threading.Event()
@@ -94,7 +117,11 @@ class FaceEngineServer:
             # the error counter outermost: it also sees the refusals auth makes before a servicer runs
             interceptors=[ErrorCountInterceptor(self.metrics.rpc_errors), self.auth, *(interceptors or [])],
             options=[("grpc.max_receive_message_length", lim), ("grpc.max_send_message_length", lim),
-                     ("grpc.so_reuseport", 0)],
+                     ("grpc.so_reuseport", 0),
+                     # metadata up to 4x the engine's limit reaches the interceptors, which audit, throttle and
+                     # refuse it; gRPC's own soft limit refused a random share of such calls unseen
+                     ("grpc.max_metadata_size", 4 * cfg.limits.max_metadata_bytes),
+                     ("grpc.absolute_max_metadata_size", 4 * cfg.limits.max_metadata_bytes)],
             maximum_concurrent_rpcs=cfg.server.max_workers * 4,
         )
         rpc.add_IngestServicer_to_server(IngestServicer(self), self.grpc)
@@ -102,9 +129,10 @@ class FaceEngineServer:
         rpc.add_WatchlistsServicer_to_server(WatchlistsServicer(self), self.grpc)
         rpc.add_MatchesServicer_to_server(MatchesServicer(self), self.grpc)
         rpc.add_AdminServicer_to_server(AdminServicer(self.store), self.grpc)
+        srpc.add_SightingsServicer_to_server(SightingsServicer(self), self.grpc)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
-        names = [pb.DESCRIPTOR.services_by_name[s].full_name for s in SERVICES]
+        names = [_service_name(s) for s in SERVICES]
         reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.grpc)
         addr = f"{cfg.server.host}:{cfg.server.port}"
         self.port = (self.grpc.add_secure_port(addr, credentials) if credentials
@@ -162,6 +190,8 @@ class FaceEngineServer:
         self.running = True
         for src in self.sources.values():
             src.start()
+        if self.sightings is not None:
+            self.sightings.start()
         self.grpc.start()
         self.retention.start()
         if self.cfg.server.event_relay_s > 0:
@@ -200,7 +230,7 @@ class FaceEngineServer:
 
     def _set_health(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        for s in ("", *[pb.DESCRIPTOR.services_by_name[n].full_name for n in SERVICES]):
+        for s in ("", *[_service_name(n) for n in SERVICES]):
             self.health.set(s, status)
 
     def _watch_storage(self) -> None:
@@ -243,6 +273,8 @@ class FaceEngineServer:
         for src in list(self.sources.values()):
             src.stop()
         self.engine.stop(drain_s=grace)
+        if self.sightings is not None:  # the tracks the engine just ended are written before the store closes
+            self.sightings.stop()
         self.running = False
         self.grpc.stop(grace).wait()
         self.retention.stop()

@@ -20,10 +20,11 @@ from engine.errors import (
     InvalidArgumentError,
     InvalidImageError,
     NotFoundError,
+    PermissionDeniedError,
     ResourceExhaustedError,
 )
 from engine.service import validate
-from engine.service.auth import add_audit_detail, call_revoked, current
+from engine.service.auth import ANONYMOUS, add_audit_detail, call_revoked, current
 from engine.service.convert import (
     box,
     error_msg,
@@ -134,8 +135,12 @@ class IngestServicer(rpc.IngestServicer):
         if refused:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
         srv.metrics.active_streams.inc()
+        info = current()
+        principal = info.principal if info is not None else ANONYMOUS
+        identities = principal.sees_identities()
         out: queue.Queue[object] = queue.Queue(maxsize=512)
         state = {"submitted": 0, "answered": 0, "lost": 0}
+        denied: list[PermissionDeniedError] = []
         counts = threading.Lock()
 
         def put(msg: object) -> None:
@@ -152,7 +157,7 @@ class IngestServicer(rpc.IngestServicer):
                         pass
 
         def reply(o: FrameOutcome) -> None:
-            put(self._result(o))
+            put(self._result(o, identities))
             with counts:
                 state["answered"] += 1
 
@@ -160,6 +165,11 @@ class IngestServicer(rpc.IngestServicer):
             try:
                 for frame in request_iterator:
                     if not context.is_active():
+                        break
+                    try:
+                        principal.check_camera(frame.camera_id)
+                    except PermissionDeniedError as exc:  # a camera outside the token's scope ends the stream
+                        denied.append(exc)
                         break
                     self._accept(frame, reply)
                     with counts:
@@ -180,6 +190,10 @@ class IngestServicer(rpc.IngestServicer):
                     msg = None
                 if msg is _END:
                     reader_done = True
+                    if denied:
+                        if info is not None:
+                            srv.auth.audit_denial(info, str(denied[0]))
+                        context.abort(grpc.StatusCode.PERMISSION_DENIED, str(denied[0]))
                 elif msg is not None:
                     yield msg
                 if reader_done and out.empty():
@@ -229,7 +243,9 @@ class IngestServicer(rpc.IngestServicer):
             srv.metrics.frame_errors.labels(type(exc).__name__).inc()
             reply(FrameOutcome(frame.camera_id, frame.sequence, error=exc))
 
-    def _result(self, o: FrameOutcome) -> pb.FrameResult:
+    def _result(self, o: FrameOutcome, identities: bool = True) -> pb.FrameResult:
+        """The frame's result; without `identities` (a gateway whose scope does not allow them) the
+        faces carry no match: no person, name, score or event."""
         res = pb.FrameResult(camera_id=o.camera_id, sequence=o.seq, latency_ms=o.latency_ms)
         if o.error is not None:
             res.error.CopyFrom(error_msg(o.error))
@@ -239,7 +255,7 @@ class IngestServicer(rpc.IngestServicer):
             face = res.faces.add(box=box(f.box), score=f.score, track_id=f.track_id, quality=f.quality)
             for x, y in f.landmarks:
                 face.landmarks.add(x=float(x), y=float(y))
-            if f.match is not None:
+            if f.match is not None and identities:
                 m = f.match
                 face.match.CopyFrom(pb.Match(watchlist=m.watchlist, person_id=m.person_id,
                                              display_name=m.display_name, score=m.score, event_id=m.event_id))
@@ -256,6 +272,13 @@ class CamerasServicer(rpc.CamerasServicer):
 
     @unary
     def AddCamera(self, request: pb.AddCameraRequest, context: grpc.ServicerContext) -> pb.Camera:  # noqa: N802
+        info = current()
+        if info is not None and info.principal.role == "gateway":  # its own push cameras only
+            validate.camera(request.camera_id, request.uri, dict(request.options), self.srv.cfg)
+            info.principal.check_camera(request.camera_id, "register")
+            if request.uri != "push":
+                raise PermissionDeniedError(f"a gateway token registers push cameras only (uri 'push', no options); "
+                                            f"an admin adds {request.uri!r} cameras or options")
         cam = self.srv.add_camera(request.camera_id, request.uri, dict(request.options))
         return camera_msg(cam)
 
@@ -376,10 +399,13 @@ class WatchlistsServicer(rpc.WatchlistsServicer):
         except NotFoundError:
             if erase:  # a retry after a crash between the two steps still erases the events
                 srv.store.erase_person_events(request.watchlist, request.person_id)
+            if srv.sightings is not None:
+                srv.sightings.erase_person(request.watchlist, request.person_id)
             raise
         srv.engine.forget_person(request.watchlist, request.person_id)
         erased = srv.store.erase_person_events(request.watchlist, request.person_id) if erase else 0
-        add_audit_detail(f"templates={n} events_erased={erased}")
+        seen = srv.sightings.erase_person(request.watchlist, request.person_id) if srv.sightings is not None else 0
+        add_audit_detail(f"templates={n} events_erased={erased}" + (f" sightings_erased={seen}" if seen else ""))
         return pb.RemovePersonResponse(templates_removed=n)
 
     @unary

@@ -90,6 +90,20 @@ CREATE TABLE person_photos (
     PRIMARY KEY (watchlist, person_id),
     FOREIGN KEY (watchlist, person_id) REFERENCES persons(watchlist, person_id) ON DELETE CASCADE);
 """,
+    # a token's scope (JSON: the cameras a gateway token may feed, whether it sees identities)
+    3: "ALTER TABLE tokens ADD COLUMN scope TEXT NOT NULL DEFAULT '';",
+    # sightings (every track's best shot, where sightings are enabled)
+    4: """
+CREATE TABLE sightings (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, camera_id TEXT NOT NULL, track_id BIGINT NOT NULL,
+    first_seen DOUBLE PRECISION NOT NULL, last_seen DOUBLE PRECISION NOT NULL, quality DOUBLE PRECISION NOT NULL,
+    box TEXT NOT NULL, model TEXT NOT NULL, dim INTEGER NOT NULL, embedding BYTEA NOT NULL, thumbnail BYTEA,
+    watchlist TEXT NOT NULL DEFAULT '', person_id TEXT NOT NULL DEFAULT '',
+    score DOUBLE PRECISION NOT NULL DEFAULT 0, created DOUBLE PRECISION NOT NULL);
+CREATE INDEX sightings_time ON sightings(first_seen);
+CREATE INDEX sightings_camera ON sightings(camera_id, first_seen);
+CREATE INDEX sightings_person ON sightings(watchlist, person_id);
+""",
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -223,6 +237,12 @@ class PostgresStore(SQLStore):
 
     def _erased(self, *tables: str) -> None:
         self._vacuum(*tables)
+
+    def _scan_only(self, con: psycopg.Connection[Any]) -> str:
+        """This transaction's plans read the tables' rows, never an index."""
+        for setting in ("enable_indexscan", "enable_indexonlyscan", "enable_bitmapscan"):
+            con.execute(f"SET LOCAL {setting} = off")
+        return ""
 
     def _lock_gallery(self, con: psycopg.Connection[Any]) -> None:
         """Take the gallery counter's row lock first, so concurrent gallery writers run one at a time."""

@@ -14,6 +14,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -36,6 +37,14 @@ UPDATE_EPS_S = 1e-6
 """An event whose `updated` is later than `created` by more than this was updated, not new."""
 
 EventKey = tuple[int, str, str]  # (track id, watchlist, person id)
+
+
+class TrackObserver(Protocol):
+    """Something else kept per track from the same frames (the sightings recorder)."""
+
+    def observe(self, frame: Frame, rec: FrameRecognition) -> None: ...
+    def tracks_ended(self, camera_id: str, track_ids: list[int]) -> None: ...
+    def forget_camera(self, camera_id: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,7 @@ class EventRecorder:
         self.settings = settings or RecorderSettings()
         self.metrics = metrics
         self.still_enrolled = still_enrolled
+        self.observer: TrackObserver | None = None  # sightings, when enabled
         self.published: OrderedDict[str, float] = OrderedDict()  # event id -> `updated` this process sent
         self._events: dict[str, dict[EventKey, MatchEvent]] = {}  # camera -> live tracks' events
         self._lock = threading.Lock()
@@ -72,7 +82,9 @@ class EventRecorder:
     # ---- recording -------------------------------------------------------------------------------
     def record(self, frame: Frame, rec: FrameRecognition) -> list[MatchEvent | None]:
         """Record a frame's decisions; returns, per face, its event (new, updated or its track's best)."""
-        self.tracks_ended(rec.camera_id, rec.ended_tracks)
+        if self.observer is not None:  # before the events: it closes this frame's ended tracks itself
+            self.observer.observe(frame, rec)
+        self._drop_tracks(rec.camera_id, rec.ended_tracks)
         out: list[MatchEvent | None] = [None] * len(rec.detections)
         for m in rec.matches:
             out[m.face] = self.record_match(frame, m)
@@ -133,6 +145,11 @@ class EventRecorder:
     # ---- forgetting ------------------------------------------------------------------------------
     def tracks_ended(self, camera_id: str, track_ids: list[int]) -> None:
         """Drop the cached events of ended tracks (a later match starts a new event)."""
+        if self.observer is not None and track_ids:
+            self.observer.tracks_ended(camera_id, track_ids)
+        self._drop_tracks(camera_id, track_ids)
+
+    def _drop_tracks(self, camera_id: str, track_ids: list[int]) -> None:
         if not track_ids:
             return
         gone = set(track_ids)
@@ -142,6 +159,8 @@ class EventRecorder:
                 del cached[key]
 
     def forget_camera(self, camera_id: str) -> None:
+        if self.observer is not None:
+            self.observer.forget_camera(camera_id)
         with self._lock:
             self._events.pop(camera_id, None)
 
@@ -194,4 +213,4 @@ class EventRecorder:
         return buf.tobytes() if ok else b""
 
 
-__all__ = ["PUBLISHED_MEMORY", "SCORE_RISE_EPS", "EventRecorder", "RecorderSettings"]
+__all__ = ["PUBLISHED_MEMORY", "SCORE_RISE_EPS", "EventRecorder", "RecorderSettings", "TrackObserver"]

@@ -139,7 +139,7 @@ class SourceOptions:
     timeout_s: float = 10.0  # open and read timeout of a network camera
 
 
-# name -> (kind, low, high, what it means): the schema AddCamera checks and the README lists
+# name -> (kind, low, high, what it means): the schema AddCamera checks and docs/operations.md lists
 OPTIONS: dict[str, tuple[str, float, float, str]] = {
     "loop": ("bool", 0, 1, "restart a file at its end (default true)"),
     "realtime": ("bool", 0, 1, "pace reading to the source frame rate (default true)"),
