@@ -140,7 +140,7 @@ def _payloads_and_gallery(cfg: Config, analyzer: FaceAnalyzer, video: str, max_f
     frames, _fps = load_frames(video)
     timed, held_out = split_clip(frames, max_frames)
     if cfg.runtime.runner == "fake":
-        w, h = frame_size or (160, 120)
+        w, h = frame_size or (64, 48)
         payloads = [cv2.imencode(".jpg", cv2.resize(frames[i], (w, h), interpolation=cv2.INTER_AREA),
                                  [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes() for i in timed]
         store, gallery = open_gallery(cfg, analyzer)
@@ -240,10 +240,10 @@ def start_workers(cfg: Config, count: int) -> list[Any]:
     """`count` worker actors, started and loaded once for every point (a point uses the first n)."""
     import ray
 
-    from engine.cluster.worker import config_to_dict, ray_worker_class
+    from engine.cluster.worker import ray_worker_class, worker_config
 
     cls = ray_worker_class()
-    data = config_to_dict(cfg)
+    data = worker_config(cfg)
     handles = [cls.options(num_cpus=cfg.cluster.cpus_per_worker).remote(data, f"worker-{i}") for i in range(count)]
     ray.get([h.ping.remote() for h in handles], timeout=600)
     return handles
@@ -267,7 +267,7 @@ def run(video: str, workers: list[int], cameras: int, max_frames: int, window: i
     # closed loop: a camera never has more than `window` frames out, so none is dropped for a full queue
     cfg.pipeline.queue_size = max(cfg.pipeline.queue_size, window)
     if runner == "fake":
-        w, h = frame_size or (160, 120)
+        w, h = frame_size or (64, 48)
         side = max(64, -(-max(w, h) // 32) * 32)
         cfg.update({"runtime": {"runner": "fake", "fake_cost_ms": fake_cost_ms, "fake_faces": fake_faces},
                     "detector": {"input_size": side, "auto_scale": False, "min_face_size": 8},
@@ -309,7 +309,7 @@ def run(video: str, workers: list[int], cameras: int, max_frames: int, window: i
         ray.shutdown()
     s = summarise(passes, workers, cores, persons)
     s.update(runner=runner, warmup_s=warmup_s, seconds_per_point=seconds, cameras=cameras, window=window,
-             frame_size=list(frame_size or (160, 120)) if runner == "fake" else None,
+             frame_size=list(frame_size or (64, 48)) if runner == "fake" else None,
              fake_cost_ms=fake_cost_ms if runner == "fake" else None,
              fake_faces=fake_faces if runner == "fake" else None)
     if runner == "fake" and s["scaling"]:
@@ -488,7 +488,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", default="1,2", help="comma-separated worker counts (default 1,2)")
     p.add_argument("--cameras", type=int, default=4)
     p.add_argument("--max-frames", type=int, default=120, help="frames of the clip each camera sends")
-    p.add_argument("--window", type=int, default=4, help="frames in flight per camera")
+    p.add_argument("--window", type=int, default=None,
+                   help="frames in flight per camera (default 4; 32 with the fake runner)")
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--out", default="bench-results/cluster.json")
     p.add_argument("--json", action="store_true", help="end with one JSON summary line on stdout")
@@ -497,11 +498,13 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "cluster's own ceiling, frames in and results back a second")
     p.add_argument("--fake-cost-ms", type=float, default=0.0, help="fake runner: ms slept an image a model call")
     p.add_argument("--fake-faces", type=int, default=1, help="fake runner: faces in every frame (default 1)")
-    p.add_argument("--frame-size", default="160x120", help="fake runner: frames resized to WxH (default 160x120)")
+    p.add_argument("--frame-size", default="64x48",
+                   help="fake runner: frames resized to WxH (default 64x48: decode and letterbox stay negligible)")
     p.add_argument("--warmup", type=float, default=5.0, help="seconds run before each point is measured")
     p.add_argument("--seconds", type=float, default=20.0, help="seconds measured a point, steady state (default 20)")
     p.add_argument("--no-single", action="store_true", help="skip the single-process pass")
-    p.add_argument("--frames-per-call", type=int, default=0, help="cluster.frames_per_call (0 = configured)")
+    p.add_argument("--frames-per-call", type=int, default=0,
+                   help="cluster.frames_per_call (0 = configured; 32 with the fake runner)")
     p.add_argument("--calls-per-worker", type=int, default=0, help="cluster.calls_per_worker (0 = configured)")
     p.add_argument("--soak", type=float, default=0.0, metavar="SECONDS",
                    help="instead: a paced soak of this many seconds on max(--workers) workers, RSS sampled")
@@ -516,11 +519,13 @@ def main_args(args: argparse.Namespace) -> int:
         say(f"RSS slope MB/min after warm-up: {s['slope_mb_per_min']}; second half: "
             f"{s['slope_mb_per_min_second_half']}; verdict: {s['verdict']}")
     else:
+        fake = args.runner == "fake"
+        window = args.window or (32 if fake else 4)
         fw, _, fh = str(args.frame_size).partition("x")
-        s = run(args.video, workers, args.cameras, args.max_frames, args.window, args.rounds, say, runner=args.runner,
+        s = run(args.video, workers, args.cameras, args.max_frames, window, args.rounds, say, runner=args.runner,
                 warmup_s=args.warmup, seconds=args.seconds, fake_cost_ms=args.fake_cost_ms,
                 fake_faces=args.fake_faces, frame_size=(int(fw), int(fh)), single=not args.no_single,
-                frames_per_call=args.frames_per_call, calls_per_worker=args.calls_per_worker)
+                frames_per_call=args.frames_per_call or (32 if fake else 0), calls_per_worker=args.calls_per_worker)
         print_table(s, say)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.cluster.worker import WireFrame, config_to_dict, ray_worker_class
+from engine.cluster.worker import WireFrame, ray_worker_class, worker_config
 from engine.config import Config
 from engine.errors import (
     AlreadyExistsError,
@@ -101,7 +101,7 @@ class ClusterEngine:
     def _spawn(self) -> list[Any]:
         c = self.cfg.cluster
         cls = ray_worker_class()
-        data = config_to_dict(self.cfg)
+        data = worker_config(self.cfg)  # model threads sized to the worker's CPUs
         opts: dict[str, Any] = {"num_cpus": c.cpus_per_worker}
         if c.gpus_per_worker > 0:
             opts["num_gpus"] = c.gpus_per_worker

@@ -43,6 +43,17 @@ def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
     return out
 
 
+def worker_config(cfg: Config) -> dict[str, dict[str, Any]]:
+    """What a worker actor is started with: the configuration, with `runtime.intra_op_threads = 0` (auto)
+    sized to the worker's Ray CPUs rather than to half the machine's cores (the single-process default):
+    N workers each running a half-the-cores session would put N/2 threads on every core, and the extra
+    threads then slow every worker down instead of adding throughput."""
+    data = config_to_dict(cfg)
+    if cfg.runtime.intra_op_threads == 0:
+        data["runtime"]["intra_op_threads"] = max(1, int(cfg.cluster.cpus_per_worker))
+    return data
+
+
 def rss_bytes() -> int:
     """This process's resident set size."""
     with open("/proc/self/statm") as fh:
