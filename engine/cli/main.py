@@ -9,6 +9,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from engine import __version__
 from engine.cli import local
 from engine.cli.common import IntermixedParser, add_config_args, setup_logging
 from engine.errors import FaceEngineError
@@ -25,6 +26,7 @@ def _lazy(module: str, func: str) -> Callable[[argparse.Namespace], int]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="faceengine", description="Face-recognition video analytics engine.")
+    p.add_argument("--version", action="version", version=f"faceengine {__version__}")
     # every (sub)command takes its options before, between or after its positionals
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=IntermixedParser)
 

@@ -15,10 +15,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from engine.config import Config
-from engine.errors import ConfigError, InvalidArgumentError, NotFoundError
+from engine.errors import ConfigError, InvalidArgumentError
 from engine.gallery.gallery import Gallery
 from engine.metrics import EngineMetrics
 from engine.retention import RetentionWorker
+from engine.runtime import build_engine
 from engine.service import validate
 from engine.service.auth import AdminServicer, AuthInterceptor
 from engine.service.interceptors import ErrorCountInterceptor
@@ -35,9 +36,10 @@ from engine.service.tls import is_loopback, server_credentials
 from engine.sightings.service import Sightings
 from engine.store import open_store
 from engine.store.sqlite import damaged
-from engine.video.decode import Decoders, build_decoders, cpu_decoders
-from engine.video.pipeline import CameraState, Engine
-from engine.video.sources import PullSource
+from engine.video.cameras import CameraStatus
+from engine.video.decode import Decoders
+from engine.video.engine_api import VideoEngine
+from engine.video.recorder import EventRecorder, RecorderSettings
 from engine.vision.analyzer import FaceAnalyzer
 
 log = logging.getLogger(__name__)
@@ -69,7 +71,8 @@ class FaceEngineServer:
 
             connect(cfg.cluster.address, cfg.cluster.connect_timeout_s)
         self.metrics = EngineMetrics()
-        self.store = open_store(cfg.store.target())  # a damaged SQLite file: StoreDamagedError saying what to do
+        # a damaged SQLite file: StoreDamagedError saying what to do
+        self.store = open_store(cfg.store.target(), cfg.store)
         try:
             # start-up consistency check (index rebuild first, refusal if still damaged, every change audited)
             fixed = self.store.repair()
@@ -86,27 +89,16 @@ class FaceEngineServer:
             self.store.close()
             raise
         self.slots = StreamSlots(cfg.server)
-        if cfg.cluster.address:  # cameras served by Ray worker actors; this process is a front end
-            from engine.cluster.frontend import ClusterEngine
-
-            self.engine: Engine | ClusterEngine = ClusterEngine(cfg, self.metrics)
-            self.decoders = decoders or cpu_decoders()  # frames and pull cameras are decoded by the workers
-        else:
-            self.engine = Engine(cfg, self.analyzer, self.gallery, self.store, self.metrics)
-            self.decoders = decoders or build_decoders(cfg.decode, cfg.runtime.device_id)
-            self.metrics.watch_decoders(self.decoders)
+        self.engine: VideoEngine = build_engine(cfg, self.analyzer, self.gallery, self.store, self.metrics, decoders)
         self.sightings: Sightings | None = None
         if cfg.sightings.enabled:  # every track's best shot kept: a policy decision, off by default
-            if cfg.cluster.address:
-                raise ConfigError("sightings.enabled needs the one-process engine for now (cluster.address is set); "
-                                  "turn one of them off")
+            thumbnail = EventRecorder(self.store, self.engine.bus, RecorderSettings.from_config(cfg)).thumbnail
             self.sightings = Sightings(cfg, self.store, self.analyzer.dim, self.analyzer.model_name,
-                                       self.engine.recorder.thumbnail, self.analyzer.embedder.spec)
+                                       thumbnail, self.analyzer.embedder.spec)
+            self.engine.observe_tracks(self.sightings.recorder)  # ConfigError where the engine cannot
             log.info("sightings on: %d loaded into the search index", self.sightings.load())
-            self.engine.recorder.observer = self.sightings.recorder
         self.retention = RetentionWorker(self.store, cfg.retention,
                                          self.sightings.purge_expired if self.sightings is not None else None)
-        self.sources: dict[str, PullSource] = {}
         self.running = False
         self._stopped = threading.Event()
         self._relay_wake = threading.Event()
@@ -142,7 +134,7 @@ class FaceEngineServer:
         self.address = f"{'127.0.0.1' if cfg.server.host in ('0.0.0.0', '::', '') else cfg.server.host}:{self.port}"
 
     # ---- cameras (engine + persistence + pull threads) -----------------------------------------
-    def add_camera(self, camera_id: str, uri: str, options: dict[str, str], persist: bool = True) -> CameraState:
+    def add_camera(self, camera_id: str, uri: str, options: dict[str, str], persist: bool = True) -> CameraStatus:
         """Validate (URI policy, options, limits), register, save (persist) and start a camera.
 
         A new camera that fails validation raises InvalidArgumentError and nothing is saved; a saved
@@ -152,29 +144,15 @@ class FaceEngineServer:
         except InvalidArgumentError as exc:
             if persist:
                 raise
-            if getattr(self.engine, "remote_decode", False):  # cluster: a worker would try to start it
-                raise
-            cam = self.engine.add_camera(camera_id, uri, options)
-            cam.state, cam.last_error = "error", f"{exc}; fix the camera (remove and add it again) or the config"
             log.error("camera %s not started: %s", camera_id, exc)
-            return cam
+            return self.engine.add_camera(camera_id, uri, options,
+                                          error=f"{exc}; fix the camera (remove and add it again) or the config")
         cam = self.engine.add_camera(camera_id, uri, options)
         if persist:
             self.store.save_camera(camera_id, cam.uri, cam.options)
-        if cam.kind == "pull" and not getattr(self.engine, "remote_decode", False):  # cluster: read by a worker
-            src = PullSource(self.engine, cam, file_roots=self.cfg.cameras.file_roots, video=self.decoders.video)
-            cam.source = src
-            self.sources[camera_id] = src
-            if self.running:
-                src.start()
         return cam
 
     def remove_camera(self, camera_id: str) -> None:
-        if not self.engine.has_camera(camera_id):
-            raise NotFoundError(f"camera {camera_id!r} not found")
-        src = self.sources.pop(camera_id, None)
-        if src is not None:
-            src.stop()
         self.engine.remove_camera(camera_id)
         self.store.delete_camera(camera_id)
 
@@ -186,10 +164,8 @@ class FaceEngineServer:
                     self.add_camera(cid, uri, opts, persist=False)
                 except Exception as exc:  # noqa: BLE001 - one bad saved camera never stops the server
                     log.error("saved camera %r not loaded: %s", cid[:128], exc)
-        self.engine.start()  # type: ignore[union-attr]
+        self.engine.start()
         self.running = True
-        for src in self.sources.values():
-            src.start()
         if self.sightings is not None:
             self.sightings.start()
         self.grpc.start()
@@ -204,10 +180,10 @@ class FaceEngineServer:
             except OSError as exc:
                 log.warning("metrics endpoint not started on port %s: %s", self.cfg.server.metrics_port, exc)
         self._set_health(True)
-        log.info("faceengine serving on %s (detector=%s, embedder=%s, provider=%s, decode %s, gallery=%d templates, "
+        log.info("faceengine serving on %s (detector=%s, embedder=%s, provider=%s, %s, gallery=%d templates, "
                  "match threshold %.4f for FPIR %g at %d people)",
                  self.address, self.analyzer.detector.name, self.analyzer.embedder.name,
-                 self.analyzer.provider, self.decoders.describe(), len(self.gallery), self.cfg.gallery.match_threshold,
+                 self.analyzer.provider, self.engine.describe(), len(self.gallery), self.cfg.gallery.match_threshold,
                  self.cfg.gallery.match_fpir, self.cfg.gallery.watchlist_size)
         return self
 
@@ -270,8 +246,6 @@ class FaceEngineServer:
             return
         grace = self.cfg.server.shutdown_grace_s if grace is None else grace
         self.health.enter_graceful_shutdown()
-        for src in list(self.sources.values()):
-            src.stop()
         self.engine.stop(drain_s=grace)
         if self.sightings is not None:  # the tracks the engine just ended are written before the store closes
             self.sightings.stop()

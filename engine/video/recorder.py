@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -23,18 +22,12 @@ from engine.config import Config
 from engine.errors import NotFoundError
 from engine.metrics import EngineMetrics
 from engine.store.base import EventStore, MatchEvent
-from engine.video.events import EventBus
+from engine.video.events import PUBLISHED_MEMORY, EventBus, PublishOnce
 from engine.video.recognizer import Frame, FrameRecognition, MatchDecision
 
 SCORE_RISE_EPS = 1e-4
 """An update needs a real rise: float noise between two equally good shots must not re-publish."""
 
-PUBLISHED_MEMORY = 10_000
-"""Event ids this process published, remembered so the relay does not send them twice (far more
-than the events written between two relay polls)."""
-
-UPDATE_EPS_S = 1e-6
-"""An event whose `updated` is later than `created` by more than this was updated, not new."""
 
 EventKey = tuple[int, str, str]  # (track id, watchlist, person id)
 
@@ -75,7 +68,8 @@ class EventRecorder:
         self.metrics = metrics
         self.still_enrolled = still_enrolled
         self.observer: TrackObserver | None = None  # sightings, when enabled
-        self.published: OrderedDict[str, float] = OrderedDict()  # event id -> `updated` this process sent
+        self.publisher = PublishOnce(bus)
+        self.published = self.publisher.published  # event id -> `updated` this process sent
         self._events: dict[str, dict[EventKey, MatchEvent]] = {}  # camera -> live tracks' events
         self._lock = threading.Lock()
 
@@ -174,22 +168,10 @@ class EventRecorder:
     # ---- publishing ------------------------------------------------------------------------------
     def relay(self, events: list[MatchEvent]) -> int:
         """Publish to local subscribers the events other processes wrote to the shared store."""
-        n = 0
-        for ev in events:
-            with self._lock:
-                mine = self.published.get(ev.event_id) == ev.updated
-            if not mine:
-                self.bus.publish(ev, ev.updated > ev.created + UPDATE_EPS_S)
-                n += 1
-        return n
+        return self.publisher.relay(events)
 
     def _publish(self, ev: MatchEvent, update: bool) -> None:
-        with self._lock:
-            self.published[ev.event_id] = ev.updated
-            self.published.move_to_end(ev.event_id)
-            while len(self.published) > PUBLISHED_MEMORY:
-                self.published.popitem(last=False)
-        self.bus.publish(ev, update)
+        self.publisher.announce(ev, update)
 
     def _count(self, kind: str) -> None:
         if self.metrics is not None:
