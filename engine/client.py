@@ -13,7 +13,7 @@ import cv2
 import grpc
 import numpy as np
 
-from engine.service.proto import pb, rpc
+from engine.service.proto import pb, rpc, srpc
 
 
 def channel_target(address: str) -> tuple[str, list[tuple[str, object]]]:
@@ -57,6 +57,7 @@ class Client:
         self.watchlists = rpc.WatchlistsStub(self.channel)
         self.matches = rpc.MatchesStub(self.channel)
         self.admin = rpc.AdminStub(self.channel)
+        self.sightings = srpc.SightingsStub(self.channel)
 
     def close(self) -> None:
         self.channel.close()

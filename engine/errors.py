@@ -102,3 +102,9 @@ class StoreUnavailableError(UnavailableError):
 
 class StoreSchemaError(ConfigError):
     """The database holds a schema this engine does not know (written by a newer version)."""
+
+
+class FeatureDisabledError(FaceEngineError):
+    """The call needs a feature this server runs without (e.g. sightings.enabled = false)."""
+
+    grpc_code = "FAILED_PRECONDITION"

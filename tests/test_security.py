@@ -21,7 +21,7 @@ from engine.client import Client, encode_jpeg
 from engine.config import Config
 from engine.errors import ConfigError
 from engine.service.auth import AUDITED, METHOD_ROLES, OPEN_PREFIXES, ROLES, create_token
-from engine.service.proto import pb
+from engine.service.proto import pb, spb
 from engine.service.server import FaceEngineServer
 from engine.store.base import EventQuery, MatchEvent
 from engine.store.sqlite import SQLiteStore
@@ -32,10 +32,19 @@ OBAMA2 = (IMAGES / "obama2.jpg").read_bytes()
 BIDEN = (IMAGES / "biden.jpg").read_bytes()
 
 
+_PROTO_FILES = {mod.DESCRIPTOR.name: mod for mod in (pb, spb)}  # every proto file with services
+
+
 def _all_methods() -> Iterator[tuple[str, object]]:
-    for svc in pb.DESCRIPTOR.services_by_name.values():
-        for m in svc.methods:
-            yield f"/{svc.full_name}/{m.name}", m
+    for mod in _PROTO_FILES.values():
+        for svc in mod.DESCRIPTOR.services_by_name.values():
+            for m in svc.methods:
+                yield f"/{svc.full_name}/{m.name}", m
+
+
+def _message(desc) -> type:  # noqa: ANN001
+    """The generated class of a message descriptor, from whichever proto file defines it."""
+    return getattr(_PROTO_FILES[desc.file.name], desc.name)
 
 
 def _serve(cfg: Config, analyzer, **kw) -> FaceEngineServer:  # noqa: ANN001
@@ -46,6 +55,7 @@ def _serve(cfg: Config, analyzer, **kw) -> FaceEngineServer:  # noqa: ANN001
 @pytest.fixture()
 def secured(cfg: Config, analyzer):  # noqa: ANN001, ANN201
     """An auth-on server and one token per role (plus a revoked one)."""
+    cfg.auth.max_failures = 1000  # the role matrix makes four failed authentications per RPC from one peer
     srv = _serve(cfg, analyzer)
     tokens = {role: create_token(srv.store, f"{role}-1", role, ["gate"] if role == "gateway" else ())[0]
               for role in ROLES}
@@ -65,7 +75,7 @@ def _code(fn) -> grpc.StatusCode:  # noqa: ANN001
 
 def _harmless_request(name: str, m) -> object:  # noqa: ANN001
     """A request that has no side effect whatever the role (fails validation or finds nothing)."""
-    req = getattr(pb, m.input_type.name)()
+    req = _message(m.input_type)()
     if name.endswith("/SubscribeMatches"):
         req.camera_ids.append("no-such-camera")  # NOT_FOUND at once instead of a live stream
     return req
@@ -73,7 +83,7 @@ def _harmless_request(name: str, m) -> object:  # noqa: ANN001
 
 def _generic_call(channel: grpc.Channel, name: str, m, md: tuple) -> grpc.StatusCode:  # noqa: ANN001
     req = _harmless_request(name, m)
-    out = getattr(pb, m.output_type.name).FromString
+    out = _message(m.output_type).FromString
     ser = type(req).SerializeToString
     if m.client_streaming and m.server_streaming:
         return _code(lambda: list(channel.stream_stream(name, ser, out)(iter([]), metadata=md, timeout=30)))

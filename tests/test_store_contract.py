@@ -25,7 +25,7 @@ from engine.errors import (
     StoreUnavailableError,
 )
 from engine.store import base, open_store, redact
-from engine.store.base import EventQuery, MatchEvent, Person, Store
+from engine.store.base import EventQuery, MatchEvent, Person, Sighting, Store
 
 BACKENDS = ["sqlite", "postgresql"]
 
@@ -90,7 +90,7 @@ def _event(i: int, ts: float, camera: str = "c1", person: str = "p1", score: flo
 
 
 # ---- coverage of the interfaces themselves -----------------------------------------------------
-ROLES = (base.GalleryStore, base.EventStore, base.AuditStore, base.CameraStore, base.TokenStore,
+ROLES = (base.GalleryStore, base.EventStore, base.SightingStore, base.AuditStore, base.CameraStore, base.TokenStore,
          base.StoreLifecycle)
 
 
@@ -423,6 +423,54 @@ def test_retried_person_erasure_leaves_no_copy_in_the_wal(backend: Backend, stor
     assert store.erase_person_events("wl", "p9") == 0
     assert not wal.exists() or marker not in wal.read_bytes()
     assert marker not in Path(backend.url).read_bytes()  # secure_delete zeroed the rows in the file
+
+
+# ---- sightings ----------------------------------------------------------------------------------
+def _sighting(i: int, t: float, camera: str = "c1", person: str = "", model: str = "m") -> Sighting:
+    return Sighting(camera, t, t + 2.0, _emb(1, seed=i)[0], model, 0.5 + i / 100, i, (1.0, 2.0, 3.0 + i, 4.0),
+                    b"\xff\xd8face" + bytes([i % 256]), "wl" if person else "", person, 0.6 if person else 0.0)
+
+
+def test_sightings_add_get_scan(store: Store) -> None:
+    t0 = 1_700_000_000.0
+    batch = [_sighting(i, t0 + i * 3600, camera="c1" if i % 2 else "c2", person="p1" if i == 3 else "")
+             for i in range(6)]
+    batch.append(_sighting(9, t0, model="other"))
+    ids = store.add_sightings(batch)
+    assert ids == [s.id for s in batch] and len(set(ids)) == 7 and ids == sorted(ids)
+    assert store.count_sightings() == 7
+    got = store.get_sightings([ids[3], 10**9, ids[0]])  # asked order, unknown ids skipped
+    assert [g.id for g in got] == [ids[3], ids[0]]
+    g = got[0]
+    assert (g.camera_id, g.track_id, g.first_seen, g.last_seen, g.box) == ("c1", 3, t0 + 3 * 3600, t0 + 3 * 3600 + 2,
+                                                                            (1.0, 2.0, 6.0, 4.0))
+    assert (g.watchlist, g.person_id, g.model) == ("wl", "p1", "m") and abs(g.score - 0.6) < 1e-6
+    assert g.thumbnail == b"\xff\xd8face\x03" and g.created > 0
+    np.testing.assert_array_equal(g.embedding, batch[3].embedding)
+    assert store.get_sightings([ids[0]], thumbnails=False)[0].thumbnail == b""
+    scan = store.scan_sightings("m", since=t0 + 3600, until=t0 + 5 * 3600)
+    assert [s.id for s in scan] == ids[1:5] and all(s.thumbnail == b"" for s in scan)
+    assert [s.id for s in store.scan_sightings("m", cameras=("c2",))] == [ids[0], ids[2], ids[4]]
+    assert [s.id for s in store.scan_sightings("m", after_id=ids[2], limit=2)] == ids[3:5]
+    assert [s.id for s in store.scan_sightings("m", unknown_only=True)] == [ids[i] for i in (0, 1, 2, 4, 5)]
+    assert [s.id for s in store.scan_sightings("other")] == [ids[6]]
+
+
+def test_sightings_retention_erasure_and_naming(backend: Backend, store: Store) -> None:
+    t0 = 1_700_000_000.0
+    ids = store.add_sightings([_sighting(i, t0 + i * 3600, camera="c1" if i < 4 else "c2") for i in range(8)])
+    assert store.purge_sightings(t0 + 2 * 3600) == 2
+    assert store.erase_sightings(since=t0 + 3 * 3600, until=t0 + 6 * 3600, cameras=("c2",)) == ids[4:6]
+    assert store.assign_sightings([ids[2], ids[6], 10**9], "wl", "named") == 2
+    assert [s.person_id for s in store.get_sightings([ids[2], ids[3]])] == ["named", ""]
+    assert store.erase_person_sightings("wl", "named") == [ids[2], ids[6]]
+    assert store.erase_person_sightings("wl", "named") == []
+    assert [s.id for s in store.scan_sightings("m")] == [ids[3], ids[7]]
+    assert store.erase_sightings() == [ids[3], ids[7]] and store.count_sightings() == 0
+    if backend.name == "sqlite":  # erased thumbnails leave nothing in the WAL
+        wal = Path(backend.url + "-wal")
+        assert not wal.exists() or b"face" not in wal.read_bytes()
+        assert b"\xff\xd8face" not in Path(backend.url).read_bytes()
 
 
 # ---- audit, cameras, tokens ---------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -18,7 +19,8 @@ DEFAULT_SERVER = "127.0.0.1:50051"
 
 def _client_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("connection")
-    g.add_argument("--server", default=DEFAULT_SERVER, help=f"server address (default {DEFAULT_SERVER})")
+    g.add_argument("--server", default=os.environ.get("FACEENGINE_SERVER") or DEFAULT_SERVER,
+                   help=f"server address, several comma-separated (env FACEENGINE_SERVER, default {DEFAULT_SERVER})")
     g.add_argument("--token", help="API token (env FACEENGINE_TOKEN)")
     g.add_argument("--ca-cert", help="CA certificate (PEM) to verify a TLS server")
     g.add_argument("--client-cert", help="client certificate (PEM) for mutual TLS")

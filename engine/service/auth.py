@@ -21,7 +21,8 @@ Roles:
   operator  live and historical matches, acknowledging or dismissing alerts, search, verify, and
             read-only views of cameras, watchlists, persons and their photos (an operator must know
             what it is looking at); WhoAmI, the console's sign-in check.
-  admin     everything: cameras, watchlists, enrolment and removal, tokens, the audit log.
+  admin     everything: cameras, watchlists, enrolment and removal, tokens, the audit log; erasing
+            sightings and enrolling a recurring unknown (operators search sightings and list clusters).
 """
 
 from __future__ import annotations
@@ -40,7 +41,13 @@ from typing import Any, Protocol
 import grpc
 
 from engine.config import AuthConfig
-from engine.errors import AuditUnavailableError, FaceEngineError, InvalidArgumentError, PermissionDeniedError
+from engine.errors import (
+    AuditUnavailableError,
+    FaceEngineError,
+    InvalidArgumentError,
+    PermissionDeniedError,
+    UnavailableError,
+)
 from engine.service.convert import unary
 from engine.service.interceptors import Undecodable, rewrap
 from engine.service.proto import pb, rpc
@@ -80,6 +87,10 @@ METHOD_ROLES: dict[str, frozenset[str]] = {
     f"{_PKG}Admin/ListTokens": _ADMIN,
     f"{_PKG}Admin/RevokeToken": _ADMIN,
     f"{_PKG}Admin/WhoAmI": _OPERATOR,  # gateway tokens are refused: they cannot sign in to the console
+    f"{_PKG}Sightings/SearchSightings": _OPERATOR,
+    f"{_PKG}Sightings/ListUnknownClusters": _OPERATOR,
+    f"{_PKG}Sightings/EraseSightings": _ADMIN,
+    f"{_PKG}Sightings/EnrollCluster": _ADMIN,
 }
 
 # Open to anyone (no token): liveness probes and API discovery.
@@ -95,6 +106,21 @@ def _query_target(r: Any) -> str:
     parts = [f"{k}={v}" for k, v in (("camera", r.camera_id), ("watchlist", r.watchlist),
                                       ("person", r.person_id)) if v]
     return ";".join(parts) or "*"
+
+
+def _sightings_query_target(r: Any) -> str:
+    """A sightings search is audited with the SHA-256 of its query (photo or embedding), never the photo."""
+    kind = r.WhichOneof("query")
+    digest = hashlib.sha256(getattr(r, kind).SerializeToString() if kind else b"").hexdigest()
+    parts = [f"query_sha256={digest}", f"kind={kind or 'none'}"]
+    parts += [f"{k}={v:.0f}" for k, v in (("since", r.since), ("until", r.until)) if v]
+    parts += [f"camera={c}" for c in r.camera_ids]
+    return ";".join(parts)
+
+
+def _range_target(r: Any) -> str:
+    parts = [f"{k}={v:.0f}" for k, v in (("since", r.since), ("until", r.until)) if v]
+    return ";".join(parts + [f"camera={c}" for c in r.camera_ids]) or "*"
 
 
 # Audited methods -> the audit target taken from the request (action = the method's short name).
@@ -115,6 +141,11 @@ AUDITED: dict[str, Callable[[Any], str]] = {
     f"{_PKG}Admin/CreateToken": lambda r: r.name,
     f"{_PKG}Admin/RevokeToken": lambda r: r.name,
     f"{_PKG}Admin/QueryAudit": lambda r: r.action or "*",
+    f"{_PKG}Sightings/SearchSightings": _sightings_query_target,
+    f"{_PKG}Sightings/EraseSightings": _range_target,
+    f"{_PKG}Sightings/ListUnknownClusters": lambda r: ";".join(
+        f"{k}={v:.0f}" for k, v in (("since", r.since), ("until", r.until)) if v) or "*",
+    f"{_PKG}Sightings/EnrollCluster": _person_target,
 }
 
 
@@ -122,7 +153,7 @@ AUDITED: dict[str, Callable[[Any], str]] = {
 MUTATIONS: frozenset[str] = frozenset(f"{_PKG}{m}" for m in (
     "Cameras/AddCamera", "Cameras/RemoveCamera", "Watchlists/CreateWatchlist", "Watchlists/DeleteWatchlist",
     "Watchlists/EnrollPerson", "Watchlists/RemovePerson", "Admin/CreateToken", "Admin/RevokeToken",
-    "Matches/AcknowledgeMatch"))
+    "Matches/AcknowledgeMatch", "Sightings/EraseSightings", "Sightings/EnrollCluster"))
 
 UNAUTHENTICATED_ACTOR = "(unauthenticated)"
 
@@ -342,7 +373,10 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 raise AuditUnavailableError(
                     f"{info.method.rsplit('/', 1)[-1]} refused: its audit record could not be written ({reason}); "
                     "nothing was changed, retry once the store can write") from exc
-            log.exception("audit record for %s could not be written", info.method)
+            if isinstance(exc, UnavailableError):  # an outage: one line, not a traceback per call
+                log.error("audit record for %s could not be written: %s", info.method, exc)
+            else:
+                log.exception("audit record for %s could not be written", info.method)
 
     def audit_denial(self, info: CallInfo, detail: str) -> None:
         """Record a PERMISSION_DENIED a servicer decided (a token's scope), as the interceptor's own are."""
@@ -428,6 +462,9 @@ class AuthInterceptor(grpc.ServerInterceptor):
                     self._write_throttled_end(peer, ended)
             try:
                 principal = self.authenticate(metadata)
+            except UnavailableError as exc:  # the store does not answer: say so now, not UNKNOWN later
+                log.error("%s: token check failed: %s", method, exc)
+                context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
             except _Denied as exc:
                 log.warning("%s: %s (peer %s)", method, exc.message, context.peer())
                 info = CallInfo(Principal(UNAUTHENTICATED_ACTOR, "none"), method, [f"peer={peer}", exc.message])

@@ -18,7 +18,6 @@ from engine.config import LimitsConfig, ServerConfig
 from engine.errors import (
     FaceEngineError,
     InvalidArgumentError,
-    InvalidImageError,
     MultipleFacesError,
     NoFaceError,
     NotFoundError,
@@ -38,7 +37,7 @@ from engine.service.convert import (
 )
 from engine.service.proto import pb, rpc
 from engine.store.base import EventQuery
-from engine.video.decode import decode_pipeline_frame
+from engine.video.engine_api import EncodedFrame
 from engine.video.events import MatchFilterSpec
 from engine.video.pipeline import DROP_POLICY, FrameJob, FrameOutcome, is_drop
 from engine.video.sources import OPTIONS as SOURCE_OPTIONS
@@ -224,24 +223,15 @@ class IngestServicer(rpc.IngestServicer):
             t0 = time.perf_counter()
             kind = frame.WhichOneof("image")
             ts = capture_time(frame.capture_time, now, srv.cfg.limits, frame.sequence)
-            if kind == "encoded" and getattr(srv.engine, "remote_decode", False):
-                from engine.cluster.worker import WireFrame  # cluster: decoded by the worker that runs it
-
-                srv.engine.submit_wire(WireFrame(frame.camera_id, frame.sequence, ts, encoded=frame.encoded), reply)
+            if kind == "encoded":  # decoded where the engine runs it (here, or by a cluster worker)
+                srv.engine.submit_encoded(EncodedFrame(frame.camera_id, frame.sequence, ts, frame.encoded), reply)
                 return
-            scale, loader = 1.0, None
-            if kind == "encoded":
-                try:
-                    image, scale, loader = decode_pipeline_frame(srv.decoders.jpeg, frame.encoded, srv.cfg)
-                except InvalidImageError as exc:
-                    raise InvalidImageError(f"frame {frame.sequence}: {exc}") from None
-            else:
-                img = pb.Image()
-                if kind == "raw":
-                    img.raw.CopyFrom(frame.raw)
-                image = image_from_proto(img, srv.cfg.limits, what=f"frame {frame.sequence}")
+            img = pb.Image()
+            if kind == "raw":
+                img.raw.CopyFrom(frame.raw)
+            image = image_from_proto(img, srv.cfg.limits, what=f"frame {frame.sequence}")
             srv.metrics.stage_seconds.labels("decode").observe(time.perf_counter() - t0)
-            srv.engine.submit(FrameJob(frame.camera_id, frame.sequence, ts, image, reply, scale=scale, loader=loader))
+            srv.engine.submit(FrameJob(frame.camera_id, frame.sequence, ts, image, reply))
         except FaceEngineError as exc:
             srv.metrics.frame_errors.labels(type(exc).__name__).inc()
             reply(FrameOutcome(frame.camera_id, frame.sequence, error=exc))
@@ -402,10 +392,13 @@ class WatchlistsServicer(rpc.WatchlistsServicer):
         except NotFoundError:
             if erase:  # a retry after a crash between the two steps still erases the events
                 srv.store.erase_person_events(request.watchlist, request.person_id)
+            if srv.sightings is not None:
+                srv.sightings.erase_person(request.watchlist, request.person_id)
             raise
         srv.engine.forget_person(request.watchlist, request.person_id)
         erased = srv.store.erase_person_events(request.watchlist, request.person_id) if erase else 0
-        add_audit_detail(f"templates={n} events_erased={erased}")
+        seen = srv.sightings.erase_person(request.watchlist, request.person_id) if srv.sightings is not None else 0
+        add_audit_detail(f"templates={n} events_erased={erased}" + (f" sightings_erased={seen}" if seen else ""))
         return pb.RemovePersonResponse(templates_removed=n)
 
     @unary
@@ -435,7 +428,7 @@ class MatchesServicer(rpc.MatchesServicer):
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
         flt = MatchFilterSpec(frozenset(request.camera_ids), frozenset(request.watchlists), request.min_score)
         try:
-            sub = srv.engine.bus.subscribe(flt)
+            sub = srv.engine.subscribe(flt)
         except BaseException:
             srv.slots.give_subscription(who)
             raise
@@ -454,7 +447,7 @@ class MatchesServicer(rpc.MatchesServicer):
                 ev, update = item
                 yield event_msg(ev, update)
         finally:
-            srv.engine.bus.unsubscribe(sub)
+            srv.engine.unsubscribe(sub)
             srv.slots.give_subscription(who)
             srv.metrics.subscribers.dec()
 

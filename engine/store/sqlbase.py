@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, StoreDamagedError
-from engine.store.base import EventQuery, GalleryDelta, MatchEvent, Person, Watchlist
+from engine.store.base import EventQuery, GalleryDelta, MatchEvent, Person, Sighting, Watchlist
 from engine.store.integrity import templates_from_rows as _templates
 
 GALLERY_LOG_KEEP = 10_000  # gallery versions of change log kept; a replica further behind rebuilds
@@ -41,6 +41,11 @@ ACK_ACTIONS = ("ack", "dismiss")
 _EVENT_INSERT_COLS = ("event_id, camera_id, ts, watchlist, person_id, display_name, score, box, track_id, "
                       "frame_seq, thumbnail, created, updated")
 _EVENT_COLS = _EVENT_INSERT_COLS + ", ack_action, ack_note, ack_by, ack_time"
+_SIGHTING_COLS = ("id, camera_id, track_id, first_seen, last_seen, quality, box, model, dim, embedding, watchlist, "
+                  "person_id, score, created")
+_SIGHTING_INSERT = ("INSERT INTO sightings (camera_id, track_id, first_seen, last_seen, quality, box, model, dim, "
+                    "embedding, thumbnail, watchlist, person_id, score, created) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 _TEMPLATE_COLS = "t.id, t.embedding, t.dim, t.watchlist, t.person_id, p.display_name"
 _PERSON_SELECT = ("SELECT p.watchlist, p.person_id, p.display_name, p.metadata, "
                   "(SELECT COUNT(*) FROM templates t WHERE t.watchlist=p.watchlist AND t.person_id=p.person_id), "
@@ -358,6 +363,76 @@ class SQLStore:
             self._erased("events")
         return n
 
+    # ---- sightings -------------------------------------------------------------------------------
+    def add_sightings(self, sightings: list[Sighting]) -> list[int]:
+        now = time.time()
+        ids: list[int] = []
+        with self._tx() as db:
+            for s in sightings:
+                emb = np.ascontiguousarray(s.embedding, np.float32).reshape(-1)
+                s.created = s.created or now
+                s.id = self._insert_id(db, _SIGHTING_INSERT, (
+                    s.camera_id, s.track_id, s.first_seen, s.last_seen, float(s.quality),
+                    json.dumps([float(v) for v in s.box]), s.model, int(emb.shape[0]), emb.tobytes(), s.thumbnail,
+                    s.watchlist, s.person_id, float(s.score), s.created))
+                ids.append(s.id)
+        return ids
+
+    def get_sightings(self, ids: list[int], thumbnails: bool = True) -> list[Sighting]:
+        if not ids:
+            return []
+        got: dict[int, Sighting] = {}
+        cols = _SIGHTING_COLS + (", thumbnail" if thumbnails else "")
+        for i in range(0, len(ids), 500):
+            chunk = [int(v) for v in ids[i:i + 500]]
+            for r in self._q(f"SELECT {cols} FROM sightings WHERE id IN ({', '.join('?' * len(chunk))})",
+                             tuple(chunk)):
+                got[int(r[0])] = _sighting(r)
+        return [got[int(i)] for i in ids if int(i) in got]
+
+    def scan_sightings(self, model: str, since: float = 0.0, until: float = 0.0, cameras: tuple[str, ...] = (),
+                       after_id: int = 0, limit: int = 10_000, unknown_only: bool = False) -> list[Sighting]:
+        where, args = _sighting_range(since, until, cameras)
+        where += ["model=?", "id>?"] + (["person_id=''"] if unknown_only else [])
+        rows = self._q(f"SELECT {_SIGHTING_COLS} FROM sightings WHERE {' AND '.join(where)} ORDER BY id LIMIT ?",
+                       (*args, model, after_id, max(1, limit)))
+        return [_sighting(r) for r in rows]
+
+    def count_sightings(self) -> int:
+        return int(self._q("SELECT COUNT(*) FROM sightings")[0][0])
+
+    def purge_sightings(self, before: float) -> int:
+        with self._tx() as db:
+            n = int(self._x(db, "DELETE FROM sightings WHERE first_seen<?", (before,)).rowcount)
+        if n:
+            self._erased("sightings")
+        return n
+
+    def erase_sightings(self, since: float = 0.0, until: float = 0.0, cameras: tuple[str, ...] = ()) -> list[int]:
+        where, args = _sighting_range(since, until, cameras)
+        return self._erase_sightings(" AND ".join(where) or "1=1", tuple(args))
+
+    def erase_person_sightings(self, watchlist: str, person_id: str) -> list[int]:
+        return self._erase_sightings("watchlist=? AND person_id=?", (watchlist, person_id))
+
+    def _erase_sightings(self, where: str, args: tuple[Any, ...]) -> list[int]:
+        with self._tx() as db:
+            ids = [int(r[0]) for r in self._x(db, f"SELECT id FROM sightings WHERE {where} ORDER BY id",
+                                              args).fetchall()]
+            self._x(db, f"DELETE FROM sightings WHERE {where}", args)
+        if ids:
+            self._erased("sightings")
+        return ids
+
+    def assign_sightings(self, ids: list[int], watchlist: str, person_id: str) -> int:
+        n = 0
+        with self._tx() as db:
+            for i in range(0, len(ids), 500):
+                chunk = tuple(int(v) for v in ids[i:i + 500])
+                n += int(self._x(db, f"UPDATE sightings SET watchlist=?, person_id=? WHERE id IN "
+                                     f"({', '.join('?' * len(chunk))})", (watchlist, person_id, *chunk)).rowcount)
+        return n
+
     # ---- audit -----------------------------------------------------------------------------------
     def audit(self, actor: str, role: str, action: str, target: str, result: str, detail: str = "") -> None:
         with self._tx() as db:
@@ -503,6 +578,30 @@ def _box(e: MatchEvent) -> str:
 def _event(r: tuple[Any, ...]) -> MatchEvent:
     return MatchEvent(r[0], r[1], r[2], r[3], r[4], r[5], r[6], tuple(json.loads(r[7])), int(r[8]), int(r[9]),
                       bytes(r[10]) if r[10] is not None else b"", r[11], r[12], r[13], r[14], r[15], r[16])
+
+
+def _sighting_range(since: float, until: float, cameras: tuple[str, ...]) -> tuple[list[str], list[Any]]:
+    """WHERE parts and arguments for `since <= first_seen < until` (0 = open) on some cameras (() = all)."""
+    where: list[str] = []
+    args: list[Any] = []
+    if since:
+        where.append("first_seen>=?")
+        args.append(since)
+    if until:
+        where.append("first_seen<?")
+        args.append(until)
+    if cameras:
+        where.append(f"camera_id IN ({', '.join('?' * len(cameras))})")
+        args.extend(cameras)
+    return where, args
+
+
+def _sighting(r: tuple[Any, ...]) -> Sighting:
+    emb = np.frombuffer(bytes(r[9]), np.float32).copy()
+    box = tuple(float(v) for v in json.loads(r[6]))
+    thumb = bytes(r[14]) if len(r) > 14 and r[14] is not None else b""
+    return Sighting(r[1], float(r[3]), float(r[4]), emb, r[7], float(r[5]), int(r[2]), box,  # type: ignore[arg-type]
+                    thumb, r[10], r[11], float(r[12]), int(r[0]), float(r[13]))
 
 
 def _person(r: tuple[Any, ...]) -> Person:

@@ -87,7 +87,19 @@ CREATE TABLE IF NOT EXISTS person_photos (
 SCHEMA_V4 = """
 ALTER TABLE tokens ADD COLUMN scope TEXT NOT NULL DEFAULT '';
 """
-MIGRATIONS = {1: SCHEMA_V1, 2: SCHEMA_V2, 3: SCHEMA_V3, 4: SCHEMA_V4}
+# version 5: sightings (every track's best shot, where sightings are enabled)
+SCHEMA_V5 = """
+CREATE TABLE IF NOT EXISTS sightings (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, camera_id TEXT NOT NULL, track_id INTEGER NOT NULL,
+    first_seen REAL NOT NULL, last_seen REAL NOT NULL, quality REAL NOT NULL, box TEXT NOT NULL,
+    model TEXT NOT NULL, dim INTEGER NOT NULL, embedding BLOB NOT NULL, thumbnail BLOB,
+    watchlist TEXT NOT NULL DEFAULT '', person_id TEXT NOT NULL DEFAULT '', score REAL NOT NULL DEFAULT 0,
+    created REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS sightings_time ON sightings(first_seen);
+CREATE INDEX IF NOT EXISTS sightings_camera ON sightings(camera_id, first_seen);
+CREATE INDEX IF NOT EXISTS sightings_person ON sightings(watchlist, person_id);
+"""
+MIGRATIONS = {1: SCHEMA_V1, 2: SCHEMA_V2, 3: SCHEMA_V3, 4: SCHEMA_V4, 5: SCHEMA_V5}
 SCHEMA_VERSION = max(MIGRATIONS)
 
 
