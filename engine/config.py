@@ -25,7 +25,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from engine.errors import ConfigError
 
@@ -89,11 +89,55 @@ class RuntimeConfig(Section):
                                   "CPU used), standing in for a model's cost.", ge=0.0, le=10_000.0)
     fake_faces: int = _f(1, "runner = fake: faces the fake detector reports in every frame (0 = none).",
                          ge=0, le=16)
+    shape_buckets: Literal["auto", "on", "off"] = _f(
+        "auto", "Pad every detector and embedder batch up to the next of bucket_sizes, so each session runs a "
+        "few fixed shapes: auto = on for GPU providers (a new input shape costs the CUDA provider tens to "
+        "hundreds of ms of algorithm search and allocation), off on the CPU (measured: padding costs more there "
+        "than new shapes do; benchmarks/results/buckets-cpu.json).")
+    bucket_sizes: list[int] = _f(
+        [1, 2, 4, 8, 16, 32], "Batch buckets (frames for the detector, faces for the embedder), ascending; larger "
+        "batches run in chunks of the largest.", min_length=1, max_length=16)
+    warmup: Literal["auto", "on", "off"] = _f(
+        "auto", "Run every bucket once at load (each logged with its time), so steady state never meets a new "
+        "shape: auto = on for GPU providers when shape_buckets is on.")
+    warmup_frame_sizes: list[str] = _f(
+        ["1920x1080"], "Frame sizes (WIDTHxHEIGHT, one per stream class) the detector's buckets are warmed at.",
+        max_length=8)
+    cudnn_conv_algo_search: Literal["HEURISTIC", "EXHAUSTIVE", "DEFAULT"] = _f(
+        "HEURISTIC", "CUDA provider convolution algorithm search: HEURISTIC (cuDNN's pick, no timing runs: "
+        "inference default), EXHAUSTIVE (times every algorithm per new shape: fastest kernels, slow first "
+        "calls), DEFAULT.")
+    cuda_graphs: bool = _f(
+        False, "CUDA provider: capture one CUDA graph per batch bucket with preallocated device buffers and "
+        "replay it (needs shape_buckets; a model that cannot be captured runs without, with a warning).")
+    fp16: Literal["auto", "on", "off"] = _f(
+        "auto", "Convert models to float16 at load, kept only when the embeddings match fp32 (cosine >= 0.999) "
+        "and the detections pass the batch check (verdict logged): auto = on for GPU providers.")
+    profile_dir: str = _f(
+        "", "Write onnxruntime's per-node profile of each session here (after profile_runs calls) with a "
+        "top-operators summary; empty = off.")
+    profile_runs: int = _f(200, "Session calls profiled before the profile is written.", ge=1, le=100_000)
     tensorrt_fp16: bool = _f(False, "TensorRT: build fp16 engines (faster; embeddings move slightly vs fp32).")
     tensorrt_cache_dir: str = Field(
         default_factory=lambda: str(Path(default_data_dir()) / "tensorrt"),
         description="TensorRT: folder caching built engines (a first build takes minutes); empty = no cache.")
 
+
+    @field_validator("bucket_sizes")
+    @classmethod
+    def _ascending_buckets(cls, v: list[int]) -> list[int]:
+        if any(b < 1 or b > 4096 for b in v) or any(a >= b for a, b in zip(v, v[1:], strict=False)):
+            raise ValueError("bucket sizes must be strictly ascending whole numbers from 1 to 4096, e.g. 1,2,4,8")
+        return v
+
+    @field_validator("warmup_frame_sizes")
+    @classmethod
+    def _frame_sizes(cls, v: list[str]) -> list[str]:
+        for s in v:
+            w, _, h = s.lower().partition("x")
+            if not (w.isdigit() and h.isdigit() and 16 <= int(w) <= 8192 and 16 <= int(h) <= 8192):
+                raise ValueError(f"frame size {s!r} is not WIDTHxHEIGHT (16..8192 each), e.g. 1920x1080")
+        return [s.lower() for s in v]
 
 class DecodeConfig(Section):
     jpeg: Literal["auto", "cpu", "nvjpeg"] = _f(
