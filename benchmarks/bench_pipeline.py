@@ -580,6 +580,7 @@ def run(video: str | Path = DEFAULT_VIDEO, cameras: int = 4, rounds: int = 3, wi
     checks = [check_identities(p, reference, clip_persons) for p in passes]
     summary = _summarise(passes, per_round, cam_counts, cameras, stage_rounds, baselines, grpc, (w, h))
     summary["latency_at_load"] = load_passes
+    summary["sessions"] = analyzer.session_stats()  # distinct shapes each session ran vs its buckets
     summary["gpu"] = mon.summary()
     summary["identities"] = {
         "reference": sorted(reference),
@@ -784,6 +785,9 @@ def main_args(args: argparse.Namespace, model_dir: str | None = None, config_fil
                                 "identities_ok": s["identities"]["all_passes_ok"],
                                 "stages_ms_per_frame": s["modes"][f"engine{s['cameras']}"]["stages_ms_per_frame"],
                                 "gpu": describe(s["gpu"]),
+                                "sessions": {role: {k: st[k] for k in ("model", "distinct_shapes", "buckets",
+                                                                       "bucketing", "warmup_s", "fp16")}
+                                             for role, st in s["sessions"].items()},
                                 "latency_at_load": [{k: p[k] for k in ("load", "p50_latency_ms", "p95_latency_ms",
                                                                        "p99_latency_ms", "dropped")}
                                                     for p in s["latency_at_load"]]}

@@ -90,7 +90,9 @@ def run_load(address: str, admin_token: str, *, gateways: int = 32, frames: int 
     stamp = time.strftime("%H%M%S")
     tokens = {}
     for role in ("gateway", "operator"):
-        tokens[role] = admin.admin.CreateToken(pb.CreateTokenRequest(name=f"load-{role}-{stamp}", role=role),
+        scope = ["load-*"] if role == "gateway" else []  # a gateway token names the cameras it feeds
+        tokens[role] = admin.admin.CreateToken(pb.CreateTokenRequest(name=f"load-{role}-{stamp}", role=role,
+                                                                     cameras=scope, identities=bool(scope)),
                                                metadata=admin.metadata).token
     admin.ensure_watchlist("load")
     admin.enroll("load", "obama", [(images / "obama.jpg").read_bytes()], "Barack Obama", replace=True)

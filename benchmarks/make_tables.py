@@ -1,11 +1,11 @@
 #!/usr/bin/env python
-"""Generate the performance tables of README.md and benchmarks/README.md from benchmarks/results/*.json.
+"""Generate the performance tables of docs/performance.md and benchmarks/README.md from benchmarks/results/*.json.
 
 The prose quotes no figure that is not in a committed result file: every table sits between
 `<!-- bench:NAME:start -->` and `<!-- bench:NAME:end -->` and is rewritten from the JSON.
 
     python benchmarks/make_tables.py            # rewrite the tables in place
-    python benchmarks/make_tables.py --check    # exit 1 if a README differs from what the JSON gives
+    python benchmarks/make_tables.py --check    # exit 1 if a page differs from what the JSON gives
 
 tests/test_bench_tables.py runs the check.
 """
@@ -23,7 +23,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-READMES = (ROOT / "README.md", ROOT / "benchmarks" / "README.md")
+PAGES = (ROOT / "docs" / "performance.md", ROOT / "benchmarks" / "README.md")
 CLIPS = ("multiface_1080p", "stage_360p")
 MARK = re.compile(r"(<!-- bench:(?P<name>[a-z0-9_-]+):start -->\n)(?P<body>.*?)(<!-- bench:(?P=name):end -->)",
                   re.S)
@@ -65,7 +65,7 @@ def _pipelines(res: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 
 def summary_table(res: dict[str, Any]) -> str:
-    """README.md: the headline figures, each naming both sides of its ratio."""
+    """docs/performance.md: the headline figures, each naming both sides of its ratio."""
     pl = _pipelines(res)
     lines: list[str] = []
     if pl:
@@ -350,11 +350,11 @@ def render(text: str, res: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--check", action="store_true", help="only compare; exit 1 if a README is out of date")
+    p.add_argument("--check", action="store_true", help="only compare; exit 1 if a page is out of date")
     a = p.parse_args(argv)
     res = load()
     stale = []
-    for path in READMES:
+    for path in PAGES:
         old = path.read_text()
         new = render(old, res)
         if new != old:

@@ -13,7 +13,7 @@ import cv2
 import grpc
 import numpy as np
 
-from engine.service.proto import pb, rpc
+from engine.service.proto import pb, rpc, srpc
 
 
 def channel_target(address: str) -> tuple[str, list[tuple[str, object]]]:
@@ -57,6 +57,7 @@ class Client:
         self.watchlists = rpc.WatchlistsStub(self.channel)
         self.matches = rpc.MatchesStub(self.channel)
         self.admin = rpc.AdminStub(self.channel)
+        self.sightings = srpc.SightingsStub(self.channel)
 
     def close(self) -> None:
         self.channel.close()
@@ -72,12 +73,13 @@ class Client:
 
     # convenience wrappers ----------------------------------------------------------------------
     def ensure_push_camera(self, camera_id: str) -> None:
-        """Register a push camera if missing. A gateway token may not add cameras (an admin
-        registers them): then this does nothing and frames for an unknown camera fail in-band."""
+        """Register a push camera if missing. A gateway token may register the cameras its scope
+        names; for any other camera it gets PERMISSION_DENIED, whose message says what an admin must
+        run (raised: streaming into a camera it may not feed would fail anyway)."""
         try:
             self.cameras.AddCamera(pb.AddCameraRequest(camera_id=camera_id, uri="push"), metadata=self.metadata)
         except grpc.RpcError as exc:
-            if exc.code() not in (grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.PERMISSION_DENIED):
+            if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
                 raise
 
     def ensure_watchlist(self, name: str) -> None:

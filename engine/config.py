@@ -25,7 +25,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from engine.errors import ConfigError
 
@@ -81,11 +81,63 @@ class RuntimeConfig(Section):
         "auto", "onnxruntime IO binding: a batch is uploaded to the device once and outputs are copied straight "
         "into CPU buffers, without onnxruntime's per-call staging; auto = on for CUDA/TensorRT sessions, off on "
         "the CPU (where it saves nothing).")
+    runner: Literal["onnx", "fake"] = _f(
+        "onnx", "Inference backend: onnx (onnxruntime on the provider above) or fake (canned detections and "
+        "embeddings after fake_cost_ms an image, no model files read: orchestration tests and benchmarks only; "
+        "it recognises nobody).")
+    fake_cost_ms: float = _f(0.0, "runner = fake: milliseconds slept per image of a model call (GIL released, no "
+                                  "CPU used), standing in for a model's cost.", ge=0.0, le=10_000.0)
+    fake_faces: int = _f(1, "runner = fake: faces the fake detector reports in every frame (0 = none).",
+                         ge=0, le=16)
+    shape_buckets: Literal["auto", "on", "off"] = _f(
+        "auto", "Pad every detector and embedder batch up to the next of bucket_sizes, so each session runs a "
+        "few fixed shapes: auto = on for GPU providers (a new input shape costs the CUDA provider tens to "
+        "hundreds of ms of algorithm search and allocation), off on the CPU (measured: padding costs more there "
+        "than new shapes do; benchmarks/results/buckets-cpu.json).")
+    bucket_sizes: list[int] = _f(
+        [1, 2, 4, 8, 16, 32], "Batch buckets (frames for the detector, faces for the embedder), ascending; larger "
+        "batches run in chunks of the largest.", min_length=1, max_length=16)
+    warmup: Literal["auto", "on", "off"] = _f(
+        "auto", "Run every bucket once at load (each logged with its time), so steady state never meets a new "
+        "shape: auto = on for GPU providers when shape_buckets is on.")
+    warmup_frame_sizes: list[str] = _f(
+        ["1920x1080"], "Frame sizes (WIDTHxHEIGHT, one per stream class) the detector's buckets are warmed at.",
+        max_length=8)
+    cudnn_conv_algo_search: Literal["HEURISTIC", "EXHAUSTIVE", "DEFAULT"] = _f(
+        "HEURISTIC", "CUDA provider convolution algorithm search: HEURISTIC (cuDNN's pick, no timing runs: "
+        "inference default), EXHAUSTIVE (times every algorithm per new shape: fastest kernels, slow first "
+        "calls), DEFAULT.")
+    cuda_graphs: bool = _f(
+        False, "CUDA provider: capture one CUDA graph per batch bucket with preallocated device buffers and "
+        "replay it (needs shape_buckets; a model that cannot be captured runs without, with a warning).")
+    fp16: Literal["auto", "on", "off"] = _f(
+        "auto", "Convert models to float16 at load, kept only when the embeddings match fp32 (cosine >= 0.999) "
+        "and the detections pass the batch check (verdict logged): auto = on for GPU providers.")
+    profile_dir: str = _f(
+        "", "Write onnxruntime's per-node profile of each session here (after profile_runs calls) with a "
+        "top-operators summary; empty = off.")
+    profile_runs: int = _f(200, "Session calls profiled before the profile is written.", ge=1, le=100_000)
     tensorrt_fp16: bool = _f(False, "TensorRT: build fp16 engines (faster; embeddings move slightly vs fp32).")
     tensorrt_cache_dir: str = Field(
         default_factory=lambda: str(Path(default_data_dir()) / "tensorrt"),
         description="TensorRT: folder caching built engines (a first build takes minutes); empty = no cache.")
 
+
+    @field_validator("bucket_sizes")
+    @classmethod
+    def _ascending_buckets(cls, v: list[int]) -> list[int]:
+        if any(b < 1 or b > 4096 for b in v) or any(a >= b for a, b in zip(v, v[1:], strict=False)):
+            raise ValueError("bucket sizes must be strictly ascending whole numbers from 1 to 4096, e.g. 1,2,4,8")
+        return v
+
+    @field_validator("warmup_frame_sizes")
+    @classmethod
+    def _frame_sizes(cls, v: list[str]) -> list[str]:
+        for s in v:
+            w, _, h = s.lower().partition("x")
+            if not (w.isdigit() and h.isdigit() and 16 <= int(w) <= 8192 and 16 <= int(h) <= 8192):
+                raise ValueError(f"frame size {s!r} is not WIDTHxHEIGHT (16..8192 each), e.g. 1920x1080")
+        return [s.lower() for s in v]
 
 class DecodeConfig(Section):
     jpeg: Literal["auto", "cpu", "nvjpeg"] = _f(
@@ -144,6 +196,13 @@ class StoreConfig(Section):
                       description="SQLite database file for watchlists, events and audit (used when url is empty).")
     url: str = Field("", description="Store URL: postgresql://USER:PASS@HOST:PORT/DB (shared by several engines) "
                      "or sqlite:///FILE; empty = the SQLite file at path.")
+    pg_wait_s: float = _f(
+        3.0, "PostgreSQL: how long a call waits for a database connection before it fails UNAVAILABLE (an "
+        "outage is reported at once instead of blocking every call).", gt=0.0, le=600.0)
+    pg_reconnect_s: float = _f(
+        5.0, "PostgreSQL: a failing reconnection is retried with backoff for at most this long, then started "
+        "afresh by the next call or health probe, so the engine is back within seconds of the database.",
+        gt=0.0, le=3600.0)
 
     def target(self) -> str:
         """What `engine.store.open_store` opens: the URL if set, else the SQLite file."""
@@ -152,6 +211,10 @@ class StoreConfig(Section):
 
 class LimitsConfig(Section):
     max_message_bytes: int = _f(16 * 1024 * 1024, "Largest gRPC message accepted, in bytes.", ge=1024, le=2**31 - 1)
+    max_metadata_bytes: int = _f(
+        8192, "Largest call metadata (headers) accepted, in bytes; a larger call is refused RESOURCE_EXHAUSTED, "
+        "audited and counted as a failed authentication. gRPC itself drops calls over 4x this before they "
+        "reach the engine.", ge=1024, le=1_048_576)
     max_image_side: int = _f(8192, "Largest accepted image width or height in pixels.", ge=16, le=65535)
     max_image_pixels: int = _f(
         16_777_216, "Largest accepted pixel count (width x height), read from the header before decoding; "
@@ -293,6 +356,32 @@ class RetentionConfig(Section):
     interval_s: float = _f(3600.0, "Seconds between background purges in the server (0 = no background purge).",
                            ge=0.0, le=31_536_000.0)
     erase_person_events: bool = _f(True, "RemovePerson also erases that person's past match events and thumbnails.")
+    sightings_days: float = _f(7.0, "Sightings (every track's best shot, when sightings.enabled) older than this many "
+                               "days are erased from the store and the sightings index; 0 = keep.", ge=0.0, le=36500.0)
+
+
+class SightingsConfig(Section):
+    enabled: bool = _f(False, "Keep every track's best shot (embedding, thumbnail, camera, times), matched or not, for "
+                              "search by photo and recurring unknowns. Off by default: storing every face seen is a "
+                              "policy decision (see docs/sightings.md).")
+    partition_hours: float = _f(1.0, "Hours of sightings per search-index partition (retention drops whole "
+                                     "partitions; a search reads only the partitions of its time range).",
+                                gt=0.0, le=24.0 * 31)
+    ivfpq_min: int = _f(200_000, "A partition with at least this many sightings is rebuilt as IVF-PQ (compressed, "
+                                 "approximate; results re-scored exactly from the store); below it, exact search.",
+                        ge=1000, le=1_000_000_000)
+    pq_m: int = _f(16, "IVF-PQ sub-quantizers (bytes per vector); must divide the embedding size.", ge=1, le=256)
+    nprobe: int = _f(16, "IVF lists searched per query in IVF-PQ partitions (recall against speed).", ge=1, le=65536)
+    search_fpir: float = _f(1e-3, "Share of searches for a person never seen that may still return a sighting (the "
+                                  "watchlists' FPIR calibration, applied to search_size sightings).", gt=0.0, lt=1.0)
+    search_size: int = _f(1000, "Sightings the derived search threshold is sized for (more = a higher threshold).",
+                          ge=1, le=1_000_000_000)
+    match_threshold: float = _f(0.0, "Cosine score at or above which a sighting is returned; 0 = derived from "
+                                     "search_fpir and search_size for the embedder.", ge=0.0, le=1.0)
+    queue_size: int = _f(10_000, "Finished tracks waiting to be written; beyond it the oldest is dropped (counted).",
+                         ge=1, le=10_000_000)
+    max_track_s: float = _f(600.0, "A track seen longer than this is written as a sighting and starts a new one.",
+                            gt=0.0, le=86400.0)
 
 
 class ClusterConfig(Section):
@@ -348,6 +437,8 @@ class Config(BaseModel):
     auth: AuthConfig = Field(default_factory=AuthConfig, description="API tokens and roles.")
     tls: TLSConfig = Field(default_factory=TLSConfig, description="TLS and mutual TLS.")
     retention: RetentionConfig = Field(default_factory=RetentionConfig, description="Data retention, erasure.")
+    sightings: SightingsConfig = Field(default_factory=SightingsConfig,
+                                       description="Every face seen, searchable by photo (off by default).")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="Cluster mode (Ray workers).")
     console: ConsoleConfig = Field(default_factory=ConsoleConfig, description="Operator web console.")
 
@@ -444,9 +535,12 @@ class Config(BaseModel):
                 rows.append((f"{sec_name}.{name}", getattr(section, name), doc))
         return rows
 
-    def to_toml(self) -> str:
+    def to_toml(self, show_secrets: bool = False) -> str:
         """The configuration as a commented TOML document (auto fields written as auto, with the
-        value chosen now in the comment, so the file stays portable between CPU and GPU hosts)."""
+        value chosen now in the comment, so the file stays portable between CPU and GPU hosts).
+        The store URL's password is masked unless `show_secrets`."""
+        from engine.store import redact
+
         out: list[str] = []
         for sec_name, section in self._sections():
             out.append(f"[{sec_name}]  # {type(self).model_fields[sec_name].description or ''}")
@@ -457,6 +551,8 @@ class Config(BaseModel):
                 if dotted in self._auto:
                     sentinel = 0 if name == "batch_size" else -1.0
                     out.append(f"{name} = {_toml_value(sentinel)}  # auto: {_toml_value(value)} now")
+                elif dotted == "store.url" and not show_secrets and redact(value) != value:
+                    out.append(f"{name} = {_toml_value(redact(value))}  # password masked")
                 else:
                     out.append(f"{name} = {_toml_value(value)}")
             out.append("")

@@ -36,6 +36,12 @@ class NotFoundError(FaceEngineError):
     grpc_code = "NOT_FOUND"
 
 
+class PermissionDeniedError(FaceEngineError):
+    """The caller's token may not do this (its role or its scope forbids it)."""
+
+    grpc_code = "PERMISSION_DENIED"
+
+
 class AlreadyExistsError(FaceEngineError):
     """Creating something that already exists."""
 
@@ -96,3 +102,9 @@ class StoreUnavailableError(UnavailableError):
 
 class StoreSchemaError(ConfigError):
     """The database holds a schema this engine does not know (written by a newer version)."""
+
+
+class FeatureDisabledError(FaceEngineError):
+    """The call needs a feature this server runs without (e.g. sightings.enabled = false)."""
+
+    grpc_code = "FAILED_PRECONDITION"

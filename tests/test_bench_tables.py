@@ -1,6 +1,7 @@
-"""The README performance tables are what benchmarks/make_tables.py makes of the committed results.
+"""The performance tables (docs/performance.md, benchmarks/README.md) are what benchmarks/make_tables.py
+makes of the committed results.
 
-Prose and data cannot drift: a figure edited by hand in a README, or a result file replaced without
+Prose and data cannot drift: a figure edited by hand in a page, or a result file replaced without
 regenerating the tables, fails here. Needs no models or media (only the JSON in benchmarks/results)."""
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def test_result_files_are_committed_with_the_machine(results: dict[str, Any]) ->
         assert (BENCH / "results" / f"{name}.png").is_file(), f"{name}.png plot missing"
 
 
-@pytest.mark.parametrize("readme", ["README.md", "benchmarks/README.md"])
+@pytest.mark.parametrize("readme", ["docs/performance.md", "benchmarks/README.md"])
 def test_readme_tables_match_the_results(tables: ModuleType, results: dict[str, Any], readme: str) -> None:
     text = (ROOT / readme).read_text()
     blocks = re.findall(r"<!-- bench:([a-z0-9_-]+):start -->\n(.*?)<!-- bench:\1:end -->", text, re.S)
@@ -56,8 +57,8 @@ def test_readme_tables_match_the_results(tables: ModuleType, results: dict[str, 
 
 
 def test_a_changed_figure_is_caught(tables: ModuleType, results: dict[str, Any]) -> None:
-    """The comparison above can fail: one ratio changed in the data changes the README."""
-    text = (ROOT / "README.md").read_text()
+    """The comparison above can fail: one ratio changed in the data changes the page."""
+    text = (ROOT / "docs" / "performance.md").read_text()
     changed = copy.deepcopy(results)
     r = changed["pipeline-multiface_1080p"]["ratios"]["grpc_vs_inprocess_same_jpeg"]
     r["value"] += 0.1234

@@ -59,7 +59,8 @@ def stack(model_dir: Path, analyzer, tmp_path_factory: pytest.TempPathFactory) -
     cfg.store.path = str(tmp / "engine.db")
     cfg.server.host, cfg.server.port, cfg.server.metrics_port = "127.0.0.1", 0, 0
     srv = FaceEngineServer(cfg, analyzer=analyzer).start()
-    tokens = {role: create_token(srv.store, f"{role}-1", role)[0] for role in ("admin", "operator", "gateway")}
+    tokens = {role: create_token(srv.store, f"{role}-1", role, ["*"] if role == "gateway" else ())[0]
+              for role in ("admin", "operator", "gateway")}
     cap = cv2.VideoCapture(str(VIDEOS / "stage_360p.mp4"))
     cap.set(cv2.CAP_PROP_POS_FRAMES, 100)
     ok, frame = cap.read()
@@ -370,3 +371,17 @@ def test_failed_sign_ins_are_paced_per_browser_address(stack: Stack) -> None:
         assert "fe_session" not in c.cookies
     # the pause is the console's own: the shared console of this module still signs people in
     sign_in(stack.url, stack.tokens["operator"])
+
+
+def test_search_upload_of_a_jpeg_scan_bomb_is_refused(stack: Stack) -> None:
+    """A progressive JPEG repeating its last scan thousands of times is refused by the engine before any
+    decoding; the console shows why (400), as for any other bad photo."""
+    from tests.test_hardening_input import progressive_bomb
+
+    c, csrf = sign_in(stack.url, stack.tokens["operator"])
+    try:
+        r = c.post("/search", data={"csrf": csrf, "top_k": "5"},
+                   files={"photo": ("photo.jpg", progressive_bomb(1024, 3000), "image/jpeg")})
+        assert r.status_code == 400 and "3010 scans" in r.text, r.text[-500:]
+    finally:
+        c.close()

@@ -269,3 +269,79 @@ def test_startup_check_repairs_a_damaged_store(cfg: Config, analyzer, caplog: py
     finally:
         srv.stop(grace=1)
     _integrity(Path(cfg.store.path))
+
+
+def _gallery_of(cfg: Config, analyzer, n: int) -> list[str]:  # noqa: ANN001
+    """Enrol `n` persons (real embeddings of real photos) into watchlist vip; their ids."""
+    store = SQLiteStore(cfg.store.path)
+    g = Gallery(store, analyzer.dim, analyzer.model_name)
+    g.create_watchlist("vip")
+    embs = [analyzer.single_face(cv2.imdecode(np.frombuffer(ph, np.uint8), 1))[1] for ph in PHOTOS]
+    ids = [f"p{i:03d}" for i in range(n)]
+    for i, pid in enumerate(ids):
+        g.enroll("vip", pid, embs[i % len(embs)][None])
+    store.close()
+    return ids
+
+
+def _damage_template_index(db: str) -> None:
+    """The index templates_person loses every entry while the table rows stay intact (what a torn
+    write or a bad copy of the file can leave): an empty partial index renamed to the full one."""
+    con = sqlite3.connect(db)
+    con.execute("DROP INDEX templates_person")
+    con.execute("CREATE INDEX templates_person ON templates(watchlist, person_id) WHERE 0")
+    con.execute("PRAGMA writable_schema=ON")
+    con.execute("UPDATE sqlite_master SET sql='CREATE INDEX templates_person ON templates(watchlist, person_id)' "
+                "WHERE name='templates_person'")
+    con.commit()
+    con.close()
+
+
+def test_startup_rebuilds_a_damaged_index_and_keeps_every_person(cfg: Config, analyzer) -> None:  # noqa: ANN001
+    from engine.cli.store_cmds import check_store
+
+    ids = _gallery_of(cfg, analyzer, 12)
+    _damage_template_index(cfg.store.path)
+    problems, _ = check_store(cfg.store.path)
+    assert any("missing from index templates_person" in p for p in problems)  # store check: DAMAGED
+    cfg.auth.enabled = False
+    srv = _restart(cfg, Path(cfg.store.path), analyzer)
+    try:
+        assert [p.person_id for p in srv.store.list_persons("vip")] == ids  # nobody erased
+        assert len(srv.gallery) == len(ids)
+        rows = srv.store.query_audit(action="store.repair")
+        assert [(r["target"], r["result"]) for r in rows] == [("indexes", "REBUILT")]
+        assert "missing from index templates_person" in rows[0]["detail"]
+    finally:
+        srv.stop(grace=1)
+    assert check_store(cfg.store.path)[0] == []
+    _integrity(Path(cfg.store.path))
+
+
+def test_startup_refuses_a_store_still_damaged_after_reindex(cfg: Config, analyzer) -> None:  # noqa: ANN001
+    from engine.errors import StoreDamagedError
+
+    _gallery_of(cfg, analyzer, 3)
+    con = sqlite3.connect(cfg.store.path)
+    root = con.execute("SELECT rootpage FROM sqlite_master WHERE name='templates'").fetchone()[0]
+    size = con.execute("PRAGMA page_size").fetchone()[0]
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+    with open(cfg.store.path, "r+b") as f:  # the table's own page garbled: no index rebuild can help
+        f.seek((root - 1) * size)
+        f.write(b"\xee" * 64)
+    def rows() -> list[tuple]:
+        con = sqlite3.connect(cfg.store.path)
+        try:
+            return con.execute("SELECT * FROM persons").fetchall() + con.execute("SELECT * FROM audit").fetchall()
+        finally:
+            con.close()
+
+    before = rows()
+    assert len(before) == 3
+    cfg.auth.enabled = False
+    cfg.store.path, cfg.server.host, cfg.server.port, cfg.server.metrics_port = cfg.store.path, "127.0.0.1", 0, 0
+    with pytest.raises(StoreDamagedError, match="restore it from a backup") as err:
+        FaceEngineServer(cfg, analyzer=analyzer)
+    assert "nothing was changed" in str(err.value)
+    assert rows() == before  # refused: no person dropped, nothing written

@@ -264,7 +264,7 @@ def test_server_decodes_gateway_frames_and_pull_cameras_through_the_injected_dec
     decoders = Decoders(NvJpegDecoder(gpu), NvdecVideo(open_gpu))
     srv = FaceEngineServer(make_cfg(cfg), analyzer=analyzer, decoders=decoders).start()
     try:
-        assert srv.decoders is decoders
+        assert srv.engine.decoders is decoders
         c = Client(srv.address)
         c.ensure_push_camera("gw")
         res = list(c.stream(pb.Frame(camera_id="gw", sequence=i, capture_time=time.time(), encoded=jpg)

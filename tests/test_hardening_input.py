@@ -222,6 +222,64 @@ def test_bombs_over_every_image_rpc(server: FaceEngineServer, decoder_spy: Decod
     assert _healthy(server)
 
 
+# ---- CPU bombs: JPEG scans -----------------------------------------------------------------------
+def progressive_bomb(side: int, repeats: int) -> bytes:
+    """A flat progressive JPEG of side x side whose last scan is repeated `repeats` times (about 80
+    bytes a repeat): inside the pixel limit, yet a decoder passes over the whole image once per scan
+    (4096 px, 2,000 repeats: 165 kB, about 30 CPU-seconds to decode)."""
+    data = cv2.imencode(".jpg", np.full((side, side, 3), 128, np.uint8), [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1]
+    data = data.tobytes()
+    last = data.rfind(b"\xff\xda")
+    return data[:-2] + data[last:-2] * repeats + b"\xff\xd9"
+
+
+def test_jpeg_scan_bombs_are_refused_before_decoding(decoder_spy: DecoderCalls) -> None:
+    from engine.vision.image import MAX_JPEG_SCANS, jpeg_scans
+
+    bomb = progressive_bomb(4096, 2000)
+    assert len(bomb) < 200_000 and jpeg_scans(bomb) == 2010
+    decoder_spy.guard.add(bomb)
+    with pytest.raises(InvalidImageError, match="4096x4096 has 2010 scans, more than the limit of 24"):
+        decode_image(bomb)
+    with pytest.raises(InvalidImageError, match="2010 scans"):
+        decode_for_detection(bomb, 1280)
+    small = progressive_bomb(256, MAX_JPEG_SCANS)  # a small image may have more scans, up to the cap
+    decoder_spy.guard.add(small)
+    with pytest.raises(InvalidImageError, match=f"more than the limit of {MAX_JPEG_SCANS}"):
+        decode_image(small)
+    assert decoder_spy == []
+    # real photos: baseline (1 scan), progressive from Pillow and OpenCV (10-14 scans) still decode
+    photo = (IMAGES / "obama_and_biden.jpg").read_bytes()
+    assert jpeg_scans(photo) == 14 and decode_image(photo).shape[2] == 3
+    big = cv2.resize(cv2.imdecode(np.frombuffer(photo, np.uint8), 1), (2048, 2048))
+    prog = cv2.imencode(".jpg", big, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
+    assert jpeg_scans(prog) == 10 and decode_image(prog).shape == (2048, 2048, 3)
+    assert jpeg_scans((IMAGES / "obama.jpg").read_bytes()) == 1
+    assert decode_image(progressive_bomb(256, 80)).shape == (256, 256, 3)  # within the cap: decoded
+
+
+def test_jpeg_scan_bombs_over_every_image_rpc(server: FaceEngineServer, decoder_spy: DecoderCalls) -> None:
+    c: Client = server.client  # type: ignore[attr-defined]
+    c.ensure_watchlist("w")
+    c.ensure_push_camera("gate")
+    bomb = progressive_bomb(4096, 2000)
+    decoder_spy.guard.add(bomb)
+    img, good = pb.Image(encoded=bomb), pb.Image(encoded=(IMAGES / "obama.jpg").read_bytes())
+    calls = {
+        "EnrollPerson": lambda: c.watchlists.EnrollPerson(pb.EnrollPersonRequest(watchlist="w", person_id="p",
+                                                                                 images=[img])),
+        "DetectFaces": lambda: c.watchlists.DetectFaces(pb.DetectFacesRequest(image=img)),
+        "SearchByImage": lambda: c.matches.SearchByImage(pb.SearchRequest(image=img)),
+        "Verify": lambda: c.matches.Verify(pb.VerifyRequest(image_a=good, image_b=img)),
+    }
+    for rpc_name, call in calls.items():
+        code, msg = _code(call)
+        assert code == "INVALID_ARGUMENT" and "2010 scans" in msg, (rpc_name, code, msg)
+    res = list(c.stream(iter([pb.Frame(camera_id="gate", sequence=1, encoded=bomb)])))
+    assert res[0].error.code_name == "INVALID_ARGUMENT" and "2010 scans" in res[0].error.message
+    assert _healthy(server)
+
+
 # ---- camera credentials ------------------------------------------------------------------------
 def test_redact_uri() -> None:
     from engine.video.sources import redact_uri

@@ -45,7 +45,8 @@ def _serve(cfg: Config, analyzer) -> FaceEngineServer:  # noqa: ANN001
 
 
 def _tokens(srv: FaceEngineServer) -> dict[str, str]:
-    return {role: create_token(srv.store, f"{role}-1", role)[0] for role in ROLES}
+    return {role: create_token(srv.store, f"{role}-1", role, ["door"] if role == "gateway" else ())[0]
+            for role in ROLES}
 
 
 def _code(fn) -> grpc.StatusCode:  # noqa: ANN001

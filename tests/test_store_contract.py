@@ -25,7 +25,7 @@ from engine.errors import (
     StoreUnavailableError,
 )
 from engine.store import base, open_store, redact
-from engine.store.base import EventQuery, MatchEvent, Person, Store
+from engine.store.base import EventQuery, MatchEvent, Person, Sighting, Store
 
 BACKENDS = ["sqlite", "postgresql"]
 
@@ -90,7 +90,7 @@ def _event(i: int, ts: float, camera: str = "c1", person: str = "p1", score: flo
 
 
 # ---- coverage of the interfaces themselves -----------------------------------------------------
-ROLES = (base.GalleryStore, base.EventStore, base.AuditStore, base.CameraStore, base.TokenStore,
+ROLES = (base.GalleryStore, base.EventStore, base.SightingStore, base.AuditStore, base.CameraStore, base.TokenStore,
          base.StoreLifecycle)
 
 
@@ -127,7 +127,8 @@ def test_open_health_url_and_reopen(backend: Backend) -> None:
     assert isinstance(s, Store)
     assert s.health() == ""
     assert s.url.startswith("sqlite:///" if backend.name == "sqlite" else "postgresql://")
-    assert s.repair() == {"orphan_templates": 0, "empty_persons": 0, "persons_without_watchlist": 0}
+    assert s.repair() == {"indexes_rebuilt": 0, "orphan_templates": 0, "empty_persons": 0,
+                          "persons_without_watchlist": 0}
     s.create_watchlist("kept")
     s.close()
     s2 = open_store(backend.url)  # acknowledged writes survive a reopen; migrations are idempotent
@@ -154,8 +155,12 @@ def test_repair_drops_persons_without_templates(backend: Backend, store: Store) 
     store.upsert_person(Person("wl", "b"), _emb(1), "m")
     backend.raw("DELETE FROM templates WHERE person_id='b'")  # a hand edit behind the store's back
     v = store.gallery_version()
-    assert store.repair() == {"orphan_templates": 0, "empty_persons": 1, "persons_without_watchlist": 0}
+    assert store.repair() == {"indexes_rebuilt": 0, "orphan_templates": 0, "empty_persons": 1,
+                              "persons_without_watchlist": 0}
     assert [p.person_id for p in store.list_persons("wl")] == ["a"]
+    audit = store.query_audit(action="store.repair")  # every change the repair made is audited
+    assert [(r["actor"], r["target"], r["result"]) for r in audit] == [("faceengine", "wl/b", "DELETED")]
+    assert "no template" in audit[0]["detail"]
     assert store.gallery_version() > v
     assert store.gallery_changes_since(v, "m") is None  # unlogged change: replicas must rebuild
 
@@ -420,6 +425,54 @@ def test_retried_person_erasure_leaves_no_copy_in_the_wal(backend: Backend, stor
     assert marker not in Path(backend.url).read_bytes()  # secure_delete zeroed the rows in the file
 
 
+# ---- sightings ----------------------------------------------------------------------------------
+def _sighting(i: int, t: float, camera: str = "c1", person: str = "", model: str = "m") -> Sighting:
+    return Sighting(camera, t, t + 2.0, _emb(1, seed=i)[0], model, 0.5 + i / 100, i, (1.0, 2.0, 3.0 + i, 4.0),
+                    b"\xff\xd8face" + bytes([i % 256]), "wl" if person else "", person, 0.6 if person else 0.0)
+
+
+def test_sightings_add_get_scan(store: Store) -> None:
+    t0 = 1_700_000_000.0
+    batch = [_sighting(i, t0 + i * 3600, camera="c1" if i % 2 else "c2", person="p1" if i == 3 else "")
+             for i in range(6)]
+    batch.append(_sighting(9, t0, model="other"))
+    ids = store.add_sightings(batch)
+    assert ids == [s.id for s in batch] and len(set(ids)) == 7 and ids == sorted(ids)
+    assert store.count_sightings() == 7
+    got = store.get_sightings([ids[3], 10**9, ids[0]])  # asked order, unknown ids skipped
+    assert [g.id for g in got] == [ids[3], ids[0]]
+    g = got[0]
+    assert (g.camera_id, g.track_id, g.first_seen, g.last_seen, g.box) == ("c1", 3, t0 + 3 * 3600, t0 + 3 * 3600 + 2,
+                                                                            (1.0, 2.0, 6.0, 4.0))
+    assert (g.watchlist, g.person_id, g.model) == ("wl", "p1", "m") and abs(g.score - 0.6) < 1e-6
+    assert g.thumbnail == b"\xff\xd8face\x03" and g.created > 0
+    np.testing.assert_array_equal(g.embedding, batch[3].embedding)
+    assert store.get_sightings([ids[0]], thumbnails=False)[0].thumbnail == b""
+    scan = store.scan_sightings("m", since=t0 + 3600, until=t0 + 5 * 3600)
+    assert [s.id for s in scan] == ids[1:5] and all(s.thumbnail == b"" for s in scan)
+    assert [s.id for s in store.scan_sightings("m", cameras=("c2",))] == [ids[0], ids[2], ids[4]]
+    assert [s.id for s in store.scan_sightings("m", after_id=ids[2], limit=2)] == ids[3:5]
+    assert [s.id for s in store.scan_sightings("m", unknown_only=True)] == [ids[i] for i in (0, 1, 2, 4, 5)]
+    assert [s.id for s in store.scan_sightings("other")] == [ids[6]]
+
+
+def test_sightings_retention_erasure_and_naming(backend: Backend, store: Store) -> None:
+    t0 = 1_700_000_000.0
+    ids = store.add_sightings([_sighting(i, t0 + i * 3600, camera="c1" if i < 4 else "c2") for i in range(8)])
+    assert store.purge_sightings(t0 + 2 * 3600) == 2
+    assert store.erase_sightings(since=t0 + 3 * 3600, until=t0 + 6 * 3600, cameras=("c2",)) == ids[4:6]
+    assert store.assign_sightings([ids[2], ids[6], 10**9], "wl", "named") == 2
+    assert [s.person_id for s in store.get_sightings([ids[2], ids[3]])] == ["named", ""]
+    assert store.erase_person_sightings("wl", "named") == [ids[2], ids[6]]
+    assert store.erase_person_sightings("wl", "named") == []
+    assert [s.id for s in store.scan_sightings("m")] == [ids[3], ids[7]]
+    assert store.erase_sightings() == [ids[3], ids[7]] and store.count_sightings() == 0
+    if backend.name == "sqlite":  # erased thumbnails leave nothing in the WAL
+        wal = Path(backend.url + "-wal")
+        assert not wal.exists() or b"face" not in wal.read_bytes()
+        assert b"\xff\xd8face" not in Path(backend.url).read_bytes()
+
+
 # ---- audit, cameras, tokens ---------------------------------------------------------------------
 def test_audit_is_append_only(backend: Backend, store: Store) -> None:
     t0 = time.time()
@@ -455,7 +508,10 @@ def test_cameras(store: Store) -> None:
 
 def test_tokens(store: Store) -> None:
     created = store.create_token("ops", "operator", "h1")
-    assert created > 0 and store.token_by_hash("h1") == ("ops", "operator")
+    assert created > 0 and store.token_by_hash("h1") == ("ops", "operator", "")
+    store.create_token("gate", "gateway", "h5", '{"cameras": ["door-*"], "identities": false}')
+    assert store.token_by_hash("h5") == ("gate", "gateway", '{"cameras": ["door-*"], "identities": false}')
+    store.revoke_token("gate")
     with pytest.raises(AlreadyExistsError, match="revoke it first"):
         store.create_token("ops", "admin", "h2")
     with pytest.raises(InvalidArgumentError):
@@ -468,7 +524,7 @@ def test_tokens(store: Store) -> None:
         store.revoke_token("ops")
     store.create_token("ops", "admin", "h4")  # the name is free again
     assert [(t["name"], t["role"], t["revoked"] > 0) for t in store.list_tokens()] == [
-        ("ops", "operator", True), ("ops", "admin", False)]
+        ("ops", "operator", True), ("gate", "gateway", True), ("ops", "admin", False)]
 
 
 # ---- opening --------------------------------------------------------------------------------------

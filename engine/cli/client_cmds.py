@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -18,7 +19,8 @@ DEFAULT_SERVER = "127.0.0.1:50051"
 
 def _client_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("connection")
-    g.add_argument("--server", default=DEFAULT_SERVER, help=f"server address (default {DEFAULT_SERVER})")
+    g.add_argument("--server", default=os.environ.get("FACEENGINE_SERVER") or DEFAULT_SERVER,
+                   help=f"server address, several comma-separated (env FACEENGINE_SERVER, default {DEFAULT_SERVER})")
     g.add_argument("--token", help="API token (env FACEENGINE_TOKEN)")
     g.add_argument("--ca-cert", help="CA certificate (PEM) to verify a TLS server")
     g.add_argument("--client-cert", help="client certificate (PEM) for mutual TLS")
@@ -164,6 +166,9 @@ def _print_event(e: Any, as_json: bool) -> None:
               f"score={e.score:.3f} track={e.track_id}{tag}", flush=True)
 
 
+_CAMERA_GONE = ("NOT_FOUND", "PERMISSION_DENIED")  # frame errors about the camera, not the frame
+
+
 @_grpc_errors
 def cmd_stream(args: argparse.Namespace) -> int:
     from engine.client import video_frames
@@ -176,12 +181,19 @@ def cmd_stream(args: argparse.Namespace) -> int:
         seen_events: set[str] = set()
         t0 = time.monotonic()
         last = None
-        for res in c.stream(frames):
+        call = c.stream(frames)
+        for res in call:
             sent = max(sent, res.sequence)
             last = res
             if res.HasField("error"):
                 if res.error.code_name == "RESOURCE_EXHAUSTED":
                     dropped += 1
+                elif res.error.code_name in _CAMERA_GONE:  # every later frame would fail the same way: stop
+                    call.cancel()
+                    print(f"faceengine: error: frame {res.sequence}: {res.error.code_name}: {res.error.message}; "
+                          f"stopped (an admin can register it: faceengine cameras add {args.camera} push)",
+                          file=sys.stderr)
+                    return 1
                 else:
                     errors += 1
                     print(f"frame {res.sequence}: {res.error.code_name}: {res.error.message}", file=sys.stderr)

@@ -9,6 +9,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from engine import __version__
 from engine.cli import local
 from engine.cli.common import IntermixedParser, add_config_args, setup_logging
 from engine.errors import FaceEngineError
@@ -25,6 +26,7 @@ def _lazy(module: str, func: str) -> Callable[[argparse.Namespace], int]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="faceengine", description="Face-recognition video analytics engine.")
+    p.add_argument("--version", action="version", version=f"faceengine {__version__}")
     # every (sub)command takes its options before, between or after its positionals
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=IntermixedParser)
 
@@ -101,7 +103,7 @@ def _add_optional(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     """Server, client and benchmark commands live in their own modules."""
     for module in ("engine.cli.server_cmds", "engine.cli.client_cmds", "engine.cli.bench_cmds",
                    "engine.cli.security_cmds", "engine.cli.demo_cmds", "engine.cli.store_cmds",
-                   "engine.cli.console_cmds"):
+                   "engine.cli.console_cmds", "engine.cli.sightings_cmds"):
         try:
             mod = __import__(module, fromlist=["register"])
         except ImportError as exc:  # pragma: no cover - only while a module is being written

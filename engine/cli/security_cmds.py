@@ -24,6 +24,11 @@ def register(sub: Any, lazy: Callable[[str, str], Callable[[argparse.Namespace],
     add_config_args(tc)
     tc.add_argument("--name", required=True, help="who or what uses the token (unique among active tokens)")
     tc.add_argument("--role", required=True, choices=["gateway", "operator", "admin"])
+    tc.add_argument("--camera", action="append", default=[], metavar="ID",
+                    help="gateway tokens (required): a camera it may feed and register as a push camera; "
+                         "repeat it, or give a pattern such as 'door-*'")
+    tc.add_argument("--identities", action="store_true",
+                    help="gateway tokens: its frame results name the persons recognised (default: boxes only)")
     tc.add_argument("--json", action="store_true")
     tc.set_defaults(func=lazy(M, "cmd_token_create"))
     tl = tsub.add_parser("list", help="list tokens (names, roles, dates; never the secrets)")
@@ -60,18 +65,25 @@ def _time(ts: float) -> str:
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
+    from engine.errors import InvalidArgumentError
     from engine.service.auth import create_token
 
     store = _store(args)
     try:
-        token, created = create_token(store, args.name, args.role)
+        token, created = create_token(store, args.name, args.role, args.camera, args.identities)
+    except InvalidArgumentError as exc:
+        print(f"faceengine: error: {exc}", file=sys.stderr)
+        return 2
     finally:
         store.close()
     if args.json:
-        jprint({"name": args.name, "role": args.role, "created": created, "token": token})
+        jprint({"name": args.name, "role": args.role, "created": created, "token": token, "cameras": args.camera,
+                "identities": args.identities})
     else:
         print(token)
-        print(f"faceengine: token {args.name!r} ({args.role}) created; it is shown only now", file=sys.stderr)
+        scope = f", cameras {', '.join(args.camera)}{', with identities' if args.identities else ''}" \
+            if args.role == "gateway" else ""
+        print(f"faceengine: token {args.name!r} ({args.role}{scope}) created; it is shown only now", file=sys.stderr)
     return 0
 
 
@@ -81,12 +93,17 @@ def cmd_token_list(args: argparse.Namespace) -> int:
         rows = store.list_tokens()
     finally:
         store.close()
+    from engine.service.auth import TokenScope
+
     for r in rows:
+        scope = TokenScope.from_json(r.pop("scope", ""))
         if args.json:
-            jprint(r)
+            jprint({**r, "cameras": list(scope.cameras), "identities": scope.identities})
         else:
             state = f"revoked {_time(r['revoked'])}" if r["revoked"] else "active"
-            print(f"{r['name']:<24} {r['role']:<9} created {_time(r['created'])}  {state}")
+            where = f"  cameras {','.join(scope.cameras) or '(none)'}{' +identities' if scope.identities else ''}" \
+                if r["role"] == "gateway" else ""
+            print(f"{r['name']:<24} {r['role']:<9} created {_time(r['created'])}  {state}{where}")
     return 0
 
 

@@ -17,37 +17,25 @@ import logging
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from engine.cluster.worker import WireFrame, config_to_dict, ray_worker_class
 from engine.config import Config
 from engine.errors import (
-    AlreadyExistsError,
     FaceEngineError,
-    InvalidArgumentError,
     NotFoundError,
     UnavailableError,
 )
 from engine.metrics import EngineMetrics
 from engine.store.base import MatchEvent
-from engine.video.events import EventBus
-from engine.video.scheduler import CameraStatus, _Dropped
-from engine.video.scheduler import RateMeter as SchedulerRateMeter
+from engine.video.cameras import CameraPhase, CameraRegistry, CameraStatus
+from engine.video.engine_api import EncodedFrame, Reply, VideoEngine
+from engine.video.events import EventBus, PublishOnce
+from engine.video.scheduler import FrameJob, _Dropped
 
 log = logging.getLogger(__name__)
-
-
-class RateMeter(SchedulerRateMeter):
-    """The scheduler's sliding-window rate, or the figure a worker reported (pull cameras run there)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.value: float | None = None
-
-    def rate(self) -> float:
-        return self.value if self.value is not None else super().rate()
 
 
 @dataclass
@@ -61,10 +49,8 @@ class _Pending:
 class ClusterCamera(CameraStatus):
     """A camera as the front end sees it: status counters, its queue and the worker serving it."""
 
-    queue: deque[_Pending] = field(default_factory=deque)
+    queue: deque[_Pending] = field(default_factory=deque)  # type: ignore[assignment]
     worker: int = -1
-    fps_in: RateMeter = field(default_factory=RateMeter)
-    fps_out: RateMeter = field(default_factory=RateMeter)
     moves: int = 0  # times the camera moved to another worker after a failure
 
 
@@ -76,19 +62,18 @@ class _Worker:
     failures: int = 0
 
 
-class ClusterEngine:
-    """Front-end engine that schedules cameras onto Ray worker actors."""
-
-    remote_decode = True  # the servicer hands compressed frames over as they came
+class ClusterEngine(VideoEngine):
+    """Front-end engine that schedules cameras onto Ray worker actors (they decode and run frames)."""
 
     def __init__(self, cfg: Config, metrics: EngineMetrics | None = None, workers: list[Any] | None = None) -> None:
         self.cfg = cfg
         self.metrics = metrics or EngineMetrics()
         self.bus = EventBus()
-        self.published: OrderedDict[str, float] = OrderedDict()
-        self._cams: dict[str, ClusterCamera] = {}
-        self._cv = threading.Condition()
-        self._events_lock = threading.Lock()
+        self.publisher = PublishOnce(self.bus)
+        self.published: OrderedDict[str, float] = self.publisher.published
+        self.registry: CameraRegistry[ClusterCamera] = CameraRegistry(ClusterCamera)
+        self._cams = self.registry.by_id
+        self._cv = self.registry.cv
         self._given = workers
         self._workers: list[_Worker] = []
         self._threads: list[threading.Thread] = []
@@ -149,6 +134,8 @@ class ClusterEngine:
     def _assign(self, cam: ClusterCamera) -> None:
         """Give the camera to the live worker with the fewest cameras (holding self._cv)."""
         live = [w for w in self._workers if w.alive]
+        if cam.state is CameraPhase.ERROR:  # refused by the config: listed, never started
+            return
         if not live:
             cam.worker = -1
             return
@@ -160,7 +147,7 @@ class ClusterEngine:
         if cam.kind == "pull":
             h = self._workers[cam.worker].handle
             h.start_pull.remote(cam.camera_id, cam.uri, cam.options)
-            cam.state = "connecting"
+            cam.set_state(CameraPhase.CONNECTING)
 
     def _fail_worker(self, w: _Worker, exc: BaseException) -> None:
         """A worker call failed at the Ray level: move its cameras, watch for its restart."""
@@ -198,63 +185,27 @@ class ClusterEngine:
             return
 
     # ---- cameras -------------------------------------------------------------------------------
-    def add_camera(self, camera_id: str, uri: str = "push", options: dict[str, str] | None = None) -> ClusterCamera:
-        if not camera_id or len(camera_id) > 128:
-            raise InvalidArgumentError("camera id must be 1-128 characters")
-        kind = "push" if uri in ("", "push", "push://") else "pull"
-        cam = ClusterCamera(camera_id, uri or "push", kind, dict(options or {}))
+    def add_camera(self, camera_id: str, uri: str = "push", options: dict[str, str] | None = None,
+                   error: str = "") -> ClusterCamera:
+        cam = self.registry.add(camera_id, uri, options, error)
+        if cam.kind == "pull":
+            cam.fps_in.value = cam.fps_out.value = 0.0
         with self._cv:
-            if camera_id in self._cams:
-                raise AlreadyExistsError(f"camera {camera_id!r} already exists; remove it first")
-            self._cams[camera_id] = cam
             if self._running:
                 self._assign(cam)
-        if kind == "pull":
-            cam.fps_in.value = cam.fps_out.value = 0.0
         return cam
 
     def remove_camera(self, camera_id: str) -> ClusterCamera:
-        with self._cv:
-            cam = self._cams.pop(camera_id, None)
-            if cam is None:
-                raise NotFoundError(f"camera {camera_id!r} not found")
-            pending = list(cam.queue)
-            cam.queue.clear()
-        cam.state = "stopped"
+        cam, pending = self.registry.remove(camera_id)
         if cam.worker >= 0 and self._workers:
             self._workers[cam.worker].handle.stop_camera.remote(camera_id)
         for p in pending:
             self._answer(p, self._outcome(p.frame, NotFoundError("camera removed")))
         return cam
 
-    def camera(self, camera_id: str, live: bool = True) -> ClusterCamera:
-        """The camera from this front end's table, or NotFoundError with the fix. `live` reads a pull
-        camera's counters from the worker that runs it (a Ray call, up to 2 s): status queries only; the
-        ingest path passes live=False, since kind and URI are known here."""
-        cam = self._cams.get(camera_id)
-        if cam is None:
-            raise NotFoundError(f"camera {camera_id!r} not found; register it with AddCamera "
-                                "(uri 'push' for a gateway camera)")
-        if live and cam.kind == "pull":
-            self._refresh_pulls([cam])
-        return cam
-
-    def cameras(self) -> list[ClusterCamera]:
-        with self._cv:
-            cams = list(self._cams.values())
-        self._refresh_pulls([c for c in cams if c.kind == "pull"])
-        return cams
-
-    def has_camera(self, camera_id: str) -> bool:
-        return camera_id in self._cams
-
-    def find_camera(self, camera_id: str) -> ClusterCamera | None:
-        """The camera (last known counters, no worker call), or None if this front end does not run it."""
-        return self._cams.get(camera_id)
-
-    def camera_ids(self) -> list[str]:
-        with self._cv:
-            return list(self._cams)
+    def refresh(self, cams: Sequence[CameraStatus]) -> None:
+        """Pull cameras run inside their workers: read their counters from there (a Ray call, up to 2 s)."""
+        self._refresh_pulls([c for c in cams if isinstance(c, ClusterCamera) and c.kind == "pull"])
 
     def _refresh_pulls(self, cams: list[ClusterCamera]) -> None:
         """Pull cameras run inside their workers: read their status from there. Every call is sent
@@ -270,13 +221,14 @@ class ClusterEngine:
             try:
                 st = ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
             except Exception as exc:  # noqa: BLE001 - report, don't fail a status read
-                cam.last_error = f"worker unreachable: {type(exc).__name__}"
+                cam.set_state(cam.state, f"worker unreachable: {type(exc).__name__}")
                 continue
             self._apply_status(cam, st)
 
     @staticmethod
     def _apply_status(cam: ClusterCamera, st: dict[str, Any]) -> None:
-        cam.state, cam.last_error, cam.reconnects = st["state"], st["last_error"], st["reconnects"]
+        cam.set_state(st["state"], st["last_error"])
+        cam.reconnects = st["reconnects"]
         cam.frames_in, cam.frames_processed, cam.frames_dropped = (st["frames_in"], st["frames_processed"],
                                                                     st["frames_dropped"])
         cam.fps_in.value, cam.fps_out.value, cam.last_frame_time = st["fps_in"], st["fps_out"], st["last_frame_time"]
@@ -284,24 +236,20 @@ class ClusterEngine:
     # ---- ingest --------------------------------------------------------------------------------
     def submit_wire(self, frame: WireFrame, reply: Callable[[Any], None] | None) -> None:
         """Queue a frame for its camera's worker; a full queue drops its oldest frame (newest wins)."""
-        cam = self.camera(frame.camera_id, live=False)
-        dropped: _Pending | None = None
-        with self._cv:
-            cam.frames_in += 1
-            cam.fps_in.tick()
-            if len(cam.queue) >= max(1, self.cfg.pipeline.queue_size):
-                dropped = cam.queue.popleft()
-                cam.frames_dropped += 1
-            cam.queue.append(_Pending(frame, reply))
-            self._cv.notify_all()
+        cam = self.registry.get(frame.camera_id)
+        dropped: _Pending | None = self.registry.enqueue(cam, _Pending(frame, reply), self.cfg.pipeline.queue_size)
         self.metrics.frames_in.labels(frame.camera_id).inc()
         if dropped is not None:
             self.metrics.frames_dropped.labels(frame.camera_id).inc()
             self._answer(dropped, self._outcome(dropped.frame,
                                                 _Dropped(f"frame {dropped.frame.seq} dropped: engine behind")))
 
-    def submit(self, job: Any) -> None:
-        """A decoded frame (from code that decodes itself): sent as raw pixels."""
+    def submit_encoded(self, frame: EncodedFrame, reply: Reply | None) -> None:
+        """The gateway's compressed bytes go to the worker as received: it decodes them."""
+        self.submit_wire(WireFrame(frame.camera_id, frame.seq, frame.capture_time, encoded=frame.data), reply)
+
+    def submit(self, job: FrameJob) -> None:
+        """A decoded frame (raw gateway pixels): sent as pixels."""
         self.submit_wire(WireFrame(job.camera_id, job.seq, job.capture_time, raw=job.image), job.reply)
 
     def pending(self) -> int:
@@ -346,7 +294,7 @@ class ClusterEngine:
                         cam.frames_processed += 1
                         cam.fps_out.tick(now)
                         cam.last_frame_time = p.frame.capture_time
-                        cam.state = "running"
+                        cam.set_state(CameraPhase.RUNNING)
                         self.metrics.frames_processed.labels(cam.camera_id).inc()
                         out.latency_ms = (now - p.arrival) * 1000
                         self.metrics.frame_latency.observe(now - p.arrival)
@@ -354,7 +302,7 @@ class ClusterEngine:
                             if face.match is not None:
                                 self._publish_once(face.match)
                     else:
-                        cam.last_error = str(out.error)
+                        cam.set_state(cam.state, str(out.error))
                     self._answer(p, out)
             finally:
                 with self._cv:
@@ -365,27 +313,13 @@ class ClusterEngine:
     # ---- events ----------------------------------------------------------------------------------
     def _publish_once(self, ev: MatchEvent) -> None:
         """Publish a worker's event (new, or updated with a higher score) once to local subscribers."""
-        with self._events_lock:
-            if self.published.get(ev.event_id) == ev.updated:
-                return
-            update = ev.event_id in self.published
-            self.published[ev.event_id] = ev.updated
-            self.published.move_to_end(ev.event_id)
-            while len(self.published) > 10_000:
-                self.published.popitem(last=False)
-        self.metrics.matches.labels("update" if update else "new").inc()
-        self.bus.publish(ev, update)
+        update = ev.event_id in self.publisher.published
+        if self.publisher.publish(ev, update):
+            self.metrics.matches.labels("update" if update else "new").inc()
 
     def relay(self, events: list[MatchEvent]) -> int:
         """Publish events read from the store's change feed that no result brought here."""
-        n = 0
-        for ev in events:
-            with self._events_lock:
-                known = self.published.get(ev.event_id) == ev.updated
-            if not known:
-                self._publish_once(ev)
-                n += 1
-        return n
+        return self.publisher.relay(events)
 
     def forget_person(self, watchlist: str, person_id: str) -> None:
         """Tell every worker to drop live caches of an erased person."""
@@ -414,6 +348,9 @@ class ClusterEngine:
                     pass
                 ray.kill(w.handle, no_restart=True)
         self.bus.close()
+
+    def describe(self) -> str:
+        return f"cluster front end, {len(self._workers)} Ray workers (they decode and run frames)"
 
     @staticmethod
     def _outcome(frame: WireFrame, err: FaceEngineError) -> Any:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from engine.config import Config
-from engine.errors import FaceEngineError, InvalidImageError, UnavailableError
+from engine.errors import FaceEngineError, UnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -64,18 +64,17 @@ class CameraWorker:
         cfg.update({k: v for k, v in cfg_data.items() if k != "cluster"}, source=f"cluster worker {worker_id}")
         self.cfg = cfg
         self.worker_id = worker_id
-        self.store = open_store(cfg.store.target())  # SQLite on one machine, PostgreSQL across machines
+        self.store = open_store(cfg.store.target(), cfg.store)  # SQLite on one machine, PostgreSQL across machines
         self.analyzer = FaceAnalyzer.from_config(cfg)
         self.gallery = Gallery(self.store, self.analyzer.dim, self.analyzer.model_name, cfg.gallery.index)
         self.metrics = EngineMetrics()
-        self.engine = Engine(cfg, self.analyzer, self.gallery, self.store, self.metrics)
-        self.engine.start()
         self.decoders = build_decoders(cfg.decode, cfg.runtime.device_id)  # this process's frames and cameras
+        self.engine = Engine(cfg, self.analyzer, self.gallery, self.store, self.metrics, self.decoders)
+        self.engine.start()
         # PostgreSQL pushes gallery changes (LISTEN/NOTIFY): enrolments reach this worker's FAISS replica
         # at once rather than at its next poll; SQLite never calls back and the poll stays
         self._unsubscribe = self.store.subscribe_changes(
             lambda what: self.gallery.sync(force=True) if what in ("gallery", "reconnect") else None)
-        self.sources: dict[str, Any] = {}
         self._lock = threading.Lock()
         self.started = time.time()
         log.info("cluster worker %s ready (pid %d, decode %s)", worker_id, os.getpid(), self.decoders.describe())
@@ -83,7 +82,7 @@ class CameraWorker:
     # ---- frames ----------------------------------------------------------------------------------
     def process(self, frames: list[WireFrame]) -> list[Any]:
         """Decode and run a camera's frames through the engine; one FrameOutcome per frame, in order."""
-        from engine.video.decode import decode_pipeline_frame
+        from engine.video.engine_api import EncodedFrame
         from engine.video.pipeline import FrameJob, FrameOutcome
 
         results: list[FrameOutcome | None] = [None] * len(frames)
@@ -102,15 +101,12 @@ class CameraWorker:
         for i, f in enumerate(frames):
             try:
                 self._ensure_camera(f.camera_id)
-                scale, loader = 1.0, None
                 if f.raw is not None:
-                    image = f.raw
-                else:
-                    image, scale, loader = decode_pipeline_frame(self.decoders.jpeg, f.encoded, self.cfg)
-                self.engine.submit(FrameJob(f.camera_id, f.seq, f.capture_time, image,
-                                            reply=lambda o, i=i: answer(i, o), scale=scale, loader=loader))
-            except InvalidImageError as exc:
-                answer(i, FrameOutcome(f.camera_id, f.seq, error=InvalidImageError(f"frame {f.seq}: {exc}")))
+                    self.engine.submit(FrameJob(f.camera_id, f.seq, f.capture_time, f.raw,
+                                                reply=lambda o, i=i: answer(i, o)))
+                else:  # decoded by this process's engine, with its decoders
+                    self.engine.submit_encoded(EncodedFrame(f.camera_id, f.seq, f.capture_time, f.encoded),
+                                               lambda o, i=i: answer(i, o))
             except FaceEngineError as exc:
                 answer(i, FrameOutcome(f.camera_id, f.seq, error=exc))
         if frames and not done.wait(self.cfg.cluster.call_timeout_s):
@@ -129,23 +125,11 @@ class CameraWorker:
     # ---- pull cameras run where they are processed ----------------------------------------------
     def start_pull(self, camera_id: str, uri: str, options: dict[str, str]) -> None:
         """Read a pull camera (RTSP/HTTP/file) in this worker: its frames never cross a process boundary."""
-        from engine.video.sources import PullSource
-
         with self._lock:
-            if camera_id in self.sources:
-                return
-            cam = self.engine.add_camera(camera_id, uri, options)
-            src = PullSource(self.engine, cam, file_roots=self.engine.cfg.cameras.file_roots,
-                             video=self.decoders.video)
-            cam.source = src
-            self.sources[camera_id] = src
-        src.start()
+            if not self.engine.has_camera(camera_id):
+                self.engine.add_camera(camera_id, uri, options)  # the engine starts its reader
 
     def stop_camera(self, camera_id: str) -> None:
-        with self._lock:
-            src = self.sources.pop(camera_id, None)
-        if src is not None:
-            src.stop()
         try:
             self.engine.remove_camera(camera_id)
         except FaceEngineError:
@@ -191,7 +175,7 @@ class CameraWorker:
         return True
 
     def shutdown(self) -> None:
-        for cid in list(self.sources):
+        for cid in self.engine.camera_ids():
             self.stop_camera(cid)
         self.engine.stop(drain_s=2.0)
         self._unsubscribe()

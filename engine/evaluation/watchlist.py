@@ -319,7 +319,7 @@ def evaluate(analyzer: FaceAnalyzer, cfg: Config, data: Path, conditions: Sequen
 
 
 def format_table(res: WatchlistResult) -> str:
-    """A markdown table of the conditions (what the README shows)."""
+    """A markdown table of the conditions (what docs/accuracy.md shows)."""
     head = ("| condition | found | rank-1 | FNIR@FPIR 1e-2 | FNIR@FPIR 1e-3 | matched | false alerts "
             "| gate pass | matched (gated) | false alerts (gated) |")
     lines = [head, "|" + "---|" * 10]

@@ -5,7 +5,7 @@ threshold, so the per-comparison false-match rate (FMR) allowed for a false-posi
 rate (FPIR) is 1 - (1 - FPIR)^(1/N) (about FPIR / N). Each embedder's manifest entry carries
 ``nonmated_tail`` = [a, b]: threshold = a + b * log10(FMR), a straight-line fit of its non-mated
 cosine-score quantiles between FMR 1e-3 and 1e-6 (every cross-person pair of lfw-dev photos; see the
-README's Accuracy section). The threshold therefore rises with the watchlist size.
+docs/accuracy.md). The threshold therefore rises with the watchlist size.
 
 The quality gate (``pipeline.min_quality``) is per embedder the same way: negative (the default) takes
 the embedder's manifest ``min_quality``, the gate that keeps the same share of correctly recognised faces

@@ -15,16 +15,21 @@ row first and is refused with UNAVAILABLE when that row cannot be written (fail 
 streams re-check their token every `auth.recheck_s` and end with UNAUTHENTICATED once it is revoked.
 
 Roles:
-  gateway   Ingest.StreamFrames only (camera gateways).
+  gateway   Ingest.StreamFrames, and AddCamera for push cameras, both only for the cameras its scope
+            names (`TokenScope.cameras`, exact ids or patterns such as `door-*`); its frame results carry
+            no identities (person, name, score) unless its scope says `identities`.
   operator  live and historical matches, acknowledging or dismissing alerts, search, verify, and
             read-only views of cameras, watchlists, persons and their photos (an operator must know
             what it is looking at); WhoAmI, the console's sign-in check.
-  admin     everything: cameras, watchlists, enrolment and removal, tokens, the audit log.
+  admin     everything: cameras, watchlists, enrolment and removal, tokens, the audit log; erasing
+            sightings and enrolling a recurring unknown (operators search sightings and list clusters).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
+import json
 import logging
 import secrets
 import threading
@@ -36,9 +41,15 @@ from typing import Any, Protocol
 import grpc
 
 from engine.config import AuthConfig
-from engine.errors import AuditUnavailableError, FaceEngineError, InvalidArgumentError
+from engine.errors import (
+    AuditUnavailableError,
+    FaceEngineError,
+    InvalidArgumentError,
+    PermissionDeniedError,
+    UnavailableError,
+)
 from engine.service.convert import unary
-from engine.service.interceptors import rewrap
+from engine.service.interceptors import Undecodable, rewrap
 from engine.service.proto import pb, rpc
 from engine.store.base import AuditStore, TokenStore
 
@@ -53,7 +64,7 @@ _GATEWAY = frozenset({"gateway", "admin"})
 # The ONE access table: full method name -> roles allowed. Unlisted methods are denied.
 METHOD_ROLES: dict[str, frozenset[str]] = {
     f"{_PKG}Ingest/StreamFrames": _GATEWAY,
-    f"{_PKG}Cameras/AddCamera": _ADMIN,
+    f"{_PKG}Cameras/AddCamera": _GATEWAY,  # a gateway: push cameras of its scope only (CamerasServicer)
     f"{_PKG}Cameras/RemoveCamera": _ADMIN,
     f"{_PKG}Cameras/GetCamera": _OPERATOR,
     f"{_PKG}Cameras/ListCameras": _OPERATOR,
@@ -76,6 +87,10 @@ METHOD_ROLES: dict[str, frozenset[str]] = {
     f"{_PKG}Admin/ListTokens": _ADMIN,
     f"{_PKG}Admin/RevokeToken": _ADMIN,
     f"{_PKG}Admin/WhoAmI": _OPERATOR,  # gateway tokens are refused: they cannot sign in to the console
+    f"{_PKG}Sightings/SearchSightings": _OPERATOR,
+    f"{_PKG}Sightings/ListUnknownClusters": _OPERATOR,
+    f"{_PKG}Sightings/EraseSightings": _ADMIN,
+    f"{_PKG}Sightings/EnrollCluster": _ADMIN,
 }
 
 # Open to anyone (no token): liveness probes and API discovery.
@@ -91,6 +106,21 @@ def _query_target(r: Any) -> str:
     parts = [f"{k}={v}" for k, v in (("camera", r.camera_id), ("watchlist", r.watchlist),
                                       ("person", r.person_id)) if v]
     return ";".join(parts) or "*"
+
+
+def _sightings_query_target(r: Any) -> str:
+    """A sightings search is audited with the SHA-256 of its query (photo or embedding), never the photo."""
+    kind = r.WhichOneof("query")
+    digest = hashlib.sha256(getattr(r, kind).SerializeToString() if kind else b"").hexdigest()
+    parts = [f"query_sha256={digest}", f"kind={kind or 'none'}"]
+    parts += [f"{k}={v:.0f}" for k, v in (("since", r.since), ("until", r.until)) if v]
+    parts += [f"camera={c}" for c in r.camera_ids]
+    return ";".join(parts)
+
+
+def _range_target(r: Any) -> str:
+    parts = [f"{k}={v:.0f}" for k, v in (("since", r.since), ("until", r.until)) if v]
+    return ";".join(parts + [f"camera={c}" for c in r.camera_ids]) or "*"
 
 
 # Audited methods -> the audit target taken from the request (action = the method's short name).
@@ -111,6 +141,11 @@ AUDITED: dict[str, Callable[[Any], str]] = {
     f"{_PKG}Admin/CreateToken": lambda r: r.name,
     f"{_PKG}Admin/RevokeToken": lambda r: r.name,
     f"{_PKG}Admin/QueryAudit": lambda r: r.action or "*",
+    f"{_PKG}Sightings/SearchSightings": _sightings_query_target,
+    f"{_PKG}Sightings/EraseSightings": _range_target,
+    f"{_PKG}Sightings/ListUnknownClusters": lambda r: ";".join(
+        f"{k}={v:.0f}" for k, v in (("since", r.since), ("until", r.until)) if v) or "*",
+    f"{_PKG}Sightings/EnrollCluster": _person_target,
 }
 
 
@@ -118,7 +153,7 @@ AUDITED: dict[str, Callable[[Any], str]] = {
 MUTATIONS: frozenset[str] = frozenset(f"{_PKG}{m}" for m in (
     "Cameras/AddCamera", "Cameras/RemoveCamera", "Watchlists/CreateWatchlist", "Watchlists/DeleteWatchlist",
     "Watchlists/EnrollPerson", "Watchlists/RemovePerson", "Admin/CreateToken", "Admin/RevokeToken",
-    "Matches/AcknowledgeMatch"))
+    "Matches/AcknowledgeMatch", "Sightings/EraseSightings", "Sightings/EnrollCluster"))
 
 UNAUTHENTICATED_ACTOR = "(unauthenticated)"
 
@@ -129,18 +164,83 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_token(store: TokenStore, name: str, role: str) -> tuple[str, float]:
-    """Make and store a new token; returns (the token, shown once, creation time)."""
+@dataclass(frozen=True)
+class TokenScope:
+    """What a gateway token may reach beyond its role: the cameras it may feed and register as push
+    cameras (exact ids or fnmatch patterns, e.g. `door-*`), and whether its frame results name the
+    persons recognised. Operator and admin tokens are not narrowed by a scope."""
+
+    cameras: tuple[str, ...] = ()
+    identities: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps({"cameras": list(self.cameras), "identities": self.identities}) if self != TokenScope() \
+            else ""
+
+    @classmethod
+    def from_json(cls, text: str) -> TokenScope:
+        """The stored scope; an empty or unreadable one is the narrowest (no camera, no identities)."""
+        try:
+            d = json.loads(text) if text else {}
+            return cls(tuple(str(c) for c in d.get("cameras", ()) if c), bool(d.get("identities", False)))
+        except (ValueError, TypeError, AttributeError):
+            log.error("token scope %r is unreadable: treated as empty (no cameras)", text[:200])
+            return cls()
+
+    def allows_camera(self, camera_id: str) -> bool:
+        return any(fnmatch.fnmatchcase(camera_id, pattern) for pattern in self.cameras)
+
+    def describe(self) -> str:
+        return (f"cameras {', '.join(self.cameras) or '(none)'}, "
+                f"{'with' if self.identities else 'without'} identities")
+
+
+def create_token(store: TokenStore, name: str, role: str, cameras: tuple[str, ...] | list[str] = (),
+                 identities: bool = False) -> tuple[str, float]:
+    """Make and store a new token; returns (the token, shown once, creation time).
+
+    A gateway token must name its cameras (`cameras`: ids or patterns); for other roles a scope is
+    refused, since they are not narrowed by one."""
     if role not in ROLES:
         raise InvalidArgumentError(f"role {role!r} unknown; use one of {', '.join(ROLES)}")
+    cams = tuple(c.strip() for c in cameras if c.strip())
+    if role == "gateway" and not cams:
+        raise InvalidArgumentError(
+            "a gateway token must name the cameras it may feed: --camera ID (repeat it, or a pattern such as "
+            "'door-*'); add --identities if its frame results may name the persons recognised")
+    if role != "gateway" and (cams or identities):
+        raise InvalidArgumentError(f"a scope (--camera, --identities) narrows gateway tokens only; an {role} "
+                                   "token reaches every camera and identity its role allows")
+    for c in cams:
+        if len(c) > 128:
+            raise InvalidArgumentError(f"camera scope {c[:40]!r}... is longer than 128 characters")
     token = "fe_" + secrets.token_urlsafe(32)
-    return token, store.create_token(name, role, hash_token(token))
+    return token, store.create_token(name, role, hash_token(token), TokenScope(cams, identities).to_json())
 
 
 @dataclass(frozen=True)
 class Principal:
     name: str
     role: str
+    scope_json: str = ""
+
+    @property
+    def scope(self) -> TokenScope:
+        return TokenScope.from_json(self.scope_json)
+
+    def sees_identities(self) -> bool:
+        """Whether results for this caller may name persons (gateways only when their scope says so)."""
+        return self.role != "gateway" or self.scope.identities
+
+    def check_camera(self, camera_id: str, what: str = "feed") -> None:
+        """Raise PermissionDeniedError unless this caller may feed (or register) this camera; the
+        message says what an admin must run."""
+        if self.role != "gateway" or self.scope.allows_camera(camera_id):
+            return
+        raise PermissionDeniedError(
+            f"gateway token {self.name!r} may not {what} camera {camera_id!r} (its scope: {self.scope.describe()}); "
+            f"an admin must run: faceengine token revoke {self.name} && faceengine token create --name {self.name} "
+            f"--role gateway --camera {camera_id}")
 
 
 ANONYMOUS = Principal("anonymous", "auth-off")
@@ -189,9 +289,11 @@ class AuthInterceptor(grpc.ServerInterceptor):
     The checks run inside the wrapped handler, on the call's worker thread, so a slow store never
     stalls the server's dispatch loop (and health checks)."""
 
-    def __init__(self, store: _AuthStore, cfg: AuthConfig | None = None, enabled: bool | None = None) -> None:
+    def __init__(self, store: _AuthStore, cfg: AuthConfig | None = None, enabled: bool | None = None,
+                 max_metadata_bytes: int = 8192) -> None:
         self.store = store
         self.cfg = cfg or AuthConfig()
+        self.max_metadata_bytes = max_metadata_bytes
         self.enabled = self.cfg.enabled if enabled is None else enabled
         self.throttle = _Throttle(self.cfg.max_failures, self.cfg.failure_window_s)
         self._open: dict[int, CallInfo] = {}  # streams whose token is re-checked
@@ -208,13 +310,24 @@ class AuthInterceptor(grpc.ServerInterceptor):
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
         handler = continuation(details)
         method: str = details.method
-        if handler is None or method.startswith(OPEN_PREFIXES):
+        if handler is None:
             return handler
+        if method.startswith(OPEN_PREFIXES):  # no token needed; a body that does not parse is still refused
+            return rewrap(handler, lambda behavior, streaming: self._open_guard(behavior, method, streaming),
+                          lenient_requests=True)
         metadata = details.invocation_metadata or ()
-        return rewrap(handler, lambda behavior, streaming: self._guard(behavior, method, metadata, streaming))
+        return rewrap(handler, lambda behavior, streaming: self._guard(behavior, method, metadata, streaming),
+                      lenient_requests=True)
 
     def authenticate(self, metadata: Any) -> Principal:
-        """Resolve the bearer token; raises _Denied(UNAUTHENTICATED) when missing, bad or revoked."""
+        """Resolve the bearer token; raises _Denied(UNAUTHENTICATED) when missing, bad or revoked, and
+        _Denied(RESOURCE_EXHAUSTED) when the call's metadata is larger than limits.max_metadata_bytes
+        (counted as a failed authentication, so a flood of them is throttled like bad tokens)."""
+        size = sum(len(k) + len(v) for k, v in metadata)
+        if size > self.max_metadata_bytes:
+            raise _Denied(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"call metadata is {size} bytes, more than limits.max_metadata_bytes "
+                          f"({self.max_metadata_bytes})")
         if not self.enabled:
             return ANONYMOUS
         values = [v for k, v in metadata if k == "authorization"]
@@ -260,7 +373,15 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 raise AuditUnavailableError(
                     f"{info.method.rsplit('/', 1)[-1]} refused: its audit record could not be written ({reason}); "
                     "nothing was changed, retry once the store can write") from exc
-            log.exception("audit record for %s could not be written", info.method)
+            if isinstance(exc, UnavailableError):  # an outage: one line, not a traceback per call
+                log.error("audit record for %s could not be written: %s", info.method, exc)
+            else:
+                log.exception("audit record for %s could not be written", info.method)
+
+    def audit_denial(self, info: CallInfo, detail: str) -> None:
+        """Record a PERMISSION_DENIED a servicer decided (a token's scope), as the interceptor's own are."""
+        info.details.append(detail)
+        self._audit(info, None, "PERMISSION_DENIED", denial=True)
 
     def _write_throttled_start(self, peer: str) -> None:
         self._raw_audit("THROTTLED", f"peer={peer} {self.throttle.max_failures} failed authentications within "
@@ -309,6 +430,20 @@ class AuthInterceptor(grpc.ServerInterceptor):
                                 c.method.rsplit("/", 1)[-1])
                     c.revoked.set()
 
+    def _open_guard(self, behavior: Callable[..., Any], method: str, streaming: tuple[bool, bool]
+                    ) -> Callable[..., Any]:
+        """Open methods (health, reflection): INVALID_ARGUMENT for a body that does not parse."""
+
+        def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+            if isinstance(request, Undecodable):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"the {method.rsplit('/', 1)[-1]} request body is not a valid protobuf message")
+            if streaming[0]:
+                request = self._checked_stream(request, method, context)
+            return behavior(request, context)
+
+        return guarded
+
     def _guard(self, behavior: Callable[..., Any], method: str, metadata: Any, streaming: tuple[bool, bool]
                ) -> Callable[..., Any]:
         request_streaming, response_streaming = streaming
@@ -327,6 +462,9 @@ class AuthInterceptor(grpc.ServerInterceptor):
                     self._write_throttled_end(peer, ended)
             try:
                 principal = self.authenticate(metadata)
+            except UnavailableError as exc:  # the store does not answer: say so now, not UNKNOWN later
+                log.error("%s: token check failed: %s", method, exc)
+                context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
             except _Denied as exc:
                 log.warning("%s: %s (peer %s)", method, exc.message, context.peer())
                 info = CallInfo(Principal(UNAUTHENTICATED_ACTOR, "none"), method, [f"peer={peer}", exc.message])
@@ -342,6 +480,10 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 info.details.append(f"peer={peer}")
                 self._audit(info, audited_request, exc.code.name, denial=True)
                 context.abort(exc.code, exc.message)
+            if isinstance(request, Undecodable):  # after the checks: anonymous garbage was refused above
+                self._refuse_undecodable(method, request, peer, principal, context)
+            if request_streaming:
+                request = self._checked_stream(request, method, context)
             if method in MUTATIONS:  # fail closed: no record, no change
                 try:
                     self._audit(info, audited_request, "ATTEMPT", strict=True)
@@ -367,6 +509,30 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 self._audit(info, audited_request, result)
 
         return guarded
+
+    def _refuse_undecodable(self, method: str, request: Undecodable, peer: str, principal: Principal,
+                            context: grpc.ServicerContext) -> None:
+        """Audit and refuse a request whose body did not parse (one warning line, no traceback)."""
+        name = method.rsplit("/", 1)[-1]
+        message = f"the {name} request body is not a valid protobuf message ({request.error})"
+        log.warning("%s from %s/%s (peer %s): %s", name, principal.name, principal.role, peer, message)
+        info = CallInfo(principal, method, [f"peer={peer}", message])
+        self._audit(info, None, "INVALID_ARGUMENT", denial=True)
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+    @staticmethod
+    def _checked_stream(it: Iterator[Any], method: str, context: grpc.ServicerContext) -> Iterator[Any]:
+        """The request stream up to its first undecodable message, which ends it and sets the call's
+        status to INVALID_ARGUMENT (the servicer sees the end of input)."""
+        for item in it:
+            if isinstance(item, Undecodable):
+                message = (f"a {method.rsplit('/', 1)[-1]} stream message is not a valid protobuf message "
+                           f"({item.error}); the stream was ended")
+                log.warning("%s", message)
+                context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
+                context.set_details(message)
+                return
+            yield item
 
     def _stream(self, it: Iterator[Any], info: CallInfo, request: Any, context: grpc.ServicerContext
                 ) -> Iterator[Any]:
@@ -490,7 +656,9 @@ class _Denied(Exception):
 
 # ---- Admin service -----------------------------------------------------------------------------
 def _token_info(d: dict[str, Any]) -> pb.TokenInfo:
-    return pb.TokenInfo(name=d["name"], role=d["role"], created=d["created"], revoked=d.get("revoked") or 0.0)
+    scope = TokenScope.from_json(d.get("scope") or "")
+    return pb.TokenInfo(name=d["name"], role=d["role"], created=d["created"], revoked=d.get("revoked") or 0.0,
+                        cameras=list(scope.cameras), identities=scope.identities)
 
 
 class AdminServicer(rpc.AdminServicer):
@@ -509,9 +677,13 @@ class AdminServicer(rpc.AdminServicer):
 
     @unary
     def CreateToken(self, request: pb.CreateTokenRequest, context: grpc.ServicerContext) -> pb.CreateTokenResponse:  # noqa: N802
-        token, created = create_token(self.store, request.name, request.role)
+        token, created = create_token(self.store, request.name, request.role, list(request.cameras),
+                                      request.identities)
         add_audit_detail(f"role={request.role}")
-        return pb.CreateTokenResponse(info=pb.TokenInfo(name=request.name, role=request.role, created=created),
+        if request.cameras or request.identities:
+            add_audit_detail(f"scope={TokenScope(tuple(request.cameras), request.identities).describe()}")
+        return pb.CreateTokenResponse(info=pb.TokenInfo(name=request.name, role=request.role, created=created,
+                                                        cameras=list(request.cameras), identities=request.identities),
                                       token=token)
 
     @unary
@@ -522,7 +694,7 @@ class AdminServicer(rpc.AdminServicer):
     def WhoAmI(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.TokenInfo:  # noqa: N802
         info = current()
         p = info.principal if info is not None else ANONYMOUS
-        return pb.TokenInfo(name=p.name, role=p.role)
+        return pb.TokenInfo(name=p.name, role=p.role, cameras=list(p.scope.cameras), identities=p.scope.identities)
 
     @unary
     def RevokeToken(self, request: pb.RevokeTokenRequest, context: grpc.ServicerContext) -> pb.TokenInfo:  # noqa: N802

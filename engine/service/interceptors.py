@@ -11,9 +11,36 @@ from prometheus_client import Counter
 Behavior = Callable[..., Any]
 
 
-def rewrap(handler: Any, wrap: Callable[[Behavior, tuple[bool, bool]], Behavior]) -> Any:
-    """A method handler of the same kind whose behaviour is wrap(behaviour, (request_streaming, response_streaming))."""
-    ser = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+class Undecodable:
+    """Stands in for a request message whose bytes did not parse: the call still reaches the
+    interceptors (authentication, audit, throttling) and is then refused with INVALID_ARGUMENT,
+    instead of gRPC logging a traceback and answering INTERNAL before any of them ran."""
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """A request deserializer that returns `Undecodable` instead of raising."""
+    if deserializer is None or getattr(deserializer, "_lenient", False):
+        return deserializer
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # noqa: BLE001 - any parse failure is the caller's bad input
+            return Undecodable(f"{type(exc).__name__}: {exc}"[:300])
+
+    parse._lenient = True  # type: ignore[attr-defined]
+    return parse
+
+
+def rewrap(handler: Any, wrap: Callable[[Behavior, tuple[bool, bool]], Behavior], lenient_requests: bool = False
+           ) -> Any:
+    """A method handler of the same kind whose behaviour is wrap(behaviour, (request_streaming, response_streaming));
+    with `lenient_requests` undecodable request messages arrive as `Undecodable` instead of failing in gRPC."""
+    deserializer = lenient(handler.request_deserializer) if lenient_requests else handler.request_deserializer
+    ser = {"request_deserializer": deserializer, "response_serializer": handler.response_serializer}
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary, (False, False)), **ser)
     if handler.unary_stream:

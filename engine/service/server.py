@@ -15,14 +15,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from engine.config import Config
-from engine.errors import ConfigError, InvalidArgumentError, NotFoundError
+from engine.errors import ConfigError, InvalidArgumentError
 from engine.gallery.gallery import Gallery
 from engine.metrics import EngineMetrics
 from engine.retention import RetentionWorker
+from engine.runtime import build_engine
 from engine.service import validate
 from engine.service.auth import AdminServicer, AuthInterceptor
 from engine.service.interceptors import ErrorCountInterceptor
-from engine.service.proto import pb, rpc
+from engine.service.proto import pb, rpc, spb, srpc
 from engine.service.servicers import (
     CamerasServicer,
     IngestServicer,
@@ -30,16 +31,25 @@ from engine.service.servicers import (
     StreamSlots,
     WatchlistsServicer,
 )
+from engine.service.sightings_servicer import SightingsServicer
 from engine.service.tls import is_loopback, server_credentials
+from engine.sightings.service import Sightings
 from engine.store import open_store
 from engine.store.sqlite import damaged
-from engine.video.decode import Decoders, build_decoders, cpu_decoders
-from engine.video.pipeline import CameraState, Engine
-from engine.video.sources import PullSource
+from engine.video.cameras import CameraStatus
+from engine.video.decode import Decoders
+from engine.video.engine_api import VideoEngine
+from engine.video.recorder import EventRecorder, RecorderSettings
 from engine.vision.analyzer import FaceAnalyzer
 
 log = logging.getLogger(__name__)
-SERVICES = ("Ingest", "Cameras", "Watchlists", "Matches", "Admin")
+SERVICES = ("Ingest", "Cameras", "Watchlists", "Matches", "Admin", "Sightings")
+
+
+def _service_name(short: str) -> str:
+    """Full name of one of SERVICES (the Sightings service has its own proto file)."""
+    desc = spb.DESCRIPTOR if short == "Sightings" else pb.DESCRIPTOR
+    return desc.services_by_name[short].full_name
 
 
 class FaceEngineServer:
@@ -61,29 +71,34 @@ class FaceEngineServer:
 
             connect(cfg.cluster.address, cfg.cluster.connect_timeout_s)
         self.metrics = EngineMetrics()
-        self.store = open_store(cfg.store.target())  # a damaged SQLite file: StoreDamagedError saying what to do
+        # a damaged SQLite file: StoreDamagedError saying what to do
+        self.store = open_store(cfg.store.target(), cfg.store)
         try:
-            fixed = self.store.repair()  # start-up consistency check; the index is then rebuilt from the store
+            # start-up consistency check (index rebuild first, refusal if still damaged, every change audited)
+            fixed = self.store.repair()
             if any(fixed.values()):
-                log.warning("store consistency check repaired %s", fixed)
-            self.retention = RetentionWorker(self.store, cfg.retention)
-            self.auth = AuthInterceptor(self.store, cfg.auth)
+                log.warning("store consistency check repaired %s (each change is in the audit log, action "
+                            "store.repair)", fixed)
+            self.auth = AuthInterceptor(self.store, cfg.auth, max_metadata_bytes=cfg.limits.max_metadata_bytes)
             self.analyzer = analyzer or FaceAnalyzer.from_config(cfg)
             self.gallery = Gallery(self.store, self.analyzer.dim, self.analyzer.model_name, cfg.gallery.index)
         except sqlite3.DatabaseError as exc:  # pages damaged past the header: same advice, no traceback
             self.store.close()
             raise damaged(cfg.store.target(), exc) from exc
+        except BaseException:
+            self.store.close()
+            raise
         self.slots = StreamSlots(cfg.server)
-        if cfg.cluster.address:  # cameras served by Ray worker actors; this process is a front end
-            from engine.cluster.frontend import ClusterEngine
-
-            self.engine: Engine | ClusterEngine = ClusterEngine(cfg, self.metrics)
-            self.decoders = decoders or cpu_decoders()  # frames and pull cameras are decoded by the workers
-        else:
-            self.engine = Engine(cfg, self.analyzer, self.gallery, self.store, self.metrics)
-            self.decoders = decoders or build_decoders(cfg.decode, cfg.runtime.device_id)
-            self.metrics.watch_decoders(self.decoders)
-        self.sources: dict[str, PullSource] = {}
+        self.engine: VideoEngine = build_engine(cfg, self.analyzer, self.gallery, self.store, self.metrics, decoders)
+        self.sightings: Sightings | None = None
+        if cfg.sightings.enabled:  # every track's best shot kept: a policy decision, off by default
+            thumbnail = EventRecorder(self.store, self.engine.bus, RecorderSettings.from_config(cfg)).thumbnail
+            self.sightings = Sightings(cfg, self.store, self.analyzer.dim, self.analyzer.model_name,
+                                       thumbnail, self.analyzer.embedder.spec)
+            self.engine.observe_tracks(self.sightings.recorder)  # ConfigError where the engine cannot
+            log.info("sightings on: %d loaded into the search index", self.sightings.load())
+        self.retention = RetentionWorker(self.store, cfg.retention,
+                                         self.sightings.purge_expired if self.sightings is not None else None)
         self.running = False
         self._stopped = threading.Event()
         self._relay_wake = threading.Event()
@@ -94,7 +109,11 @@ class FaceEngineServer:
             # the error counter outermost: it also sees the refusals auth makes before a servicer runs
             interceptors=[ErrorCountInterceptor(self.metrics.rpc_errors), self.auth, *(interceptors or [])],
             options=[("grpc.max_receive_message_length", lim), ("grpc.max_send_message_length", lim),
-                     ("grpc.so_reuseport", 0)],
+                     ("grpc.so_reuseport", 0),
+                     # metadata up to 4x the engine's limit reaches the interceptors, which audit, throttle and
+                     # refuse it; gRPC's own soft limit refused a random share of such calls unseen
+                     ("grpc.max_metadata_size", 4 * cfg.limits.max_metadata_bytes),
+                     ("grpc.absolute_max_metadata_size", 4 * cfg.limits.max_metadata_bytes)],
             maximum_concurrent_rpcs=cfg.server.max_workers * 4,
         )
         rpc.add_IngestServicer_to_server(IngestServicer(self), self.grpc)
@@ -102,9 +121,10 @@ class FaceEngineServer:
         rpc.add_WatchlistsServicer_to_server(WatchlistsServicer(self), self.grpc)
         rpc.add_MatchesServicer_to_server(MatchesServicer(self), self.grpc)
         rpc.add_AdminServicer_to_server(AdminServicer(self.store), self.grpc)
+        srpc.add_SightingsServicer_to_server(SightingsServicer(self), self.grpc)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
-        names = [pb.DESCRIPTOR.services_by_name[s].full_name for s in SERVICES]
+        names = [_service_name(s) for s in SERVICES]
         reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.grpc)
         addr = f"{cfg.server.host}:{cfg.server.port}"
         self.port = (self.grpc.add_secure_port(addr, credentials) if credentials
@@ -114,7 +134,7 @@ class FaceEngineServer:
         self.address = f"{'127.0.0.1' if cfg.server.host in ('0.0.0.0', '::', '') else cfg.server.host}:{self.port}"
 
     # ---- cameras (engine + persistence + pull threads) -----------------------------------------
-    def add_camera(self, camera_id: str, uri: str, options: dict[str, str], persist: bool = True) -> CameraState:
+    def add_camera(self, camera_id: str, uri: str, options: dict[str, str], persist: bool = True) -> CameraStatus:
         """Validate (URI policy, options, limits), register, save (persist) and start a camera.
 
         A new camera that fails validation raises InvalidArgumentError and nothing is saved; a saved
@@ -124,29 +144,15 @@ class FaceEngineServer:
         except InvalidArgumentError as exc:
             if persist:
                 raise
-            if getattr(self.engine, "remote_decode", False):  # cluster: a worker would try to start it
-                raise
-            cam = self.engine.add_camera(camera_id, uri, options)
-            cam.state, cam.last_error = "error", f"{exc}; fix the camera (remove and add it again) or the config"
             log.error("camera %s not started: %s", camera_id, exc)
-            return cam
+            return self.engine.add_camera(camera_id, uri, options,
+                                          error=f"{exc}; fix the camera (remove and add it again) or the config")
         cam = self.engine.add_camera(camera_id, uri, options)
         if persist:
             self.store.save_camera(camera_id, cam.uri, cam.options)
-        if cam.kind == "pull" and not getattr(self.engine, "remote_decode", False):  # cluster: read by a worker
-            src = PullSource(self.engine, cam, file_roots=self.cfg.cameras.file_roots, video=self.decoders.video)
-            cam.source = src
-            self.sources[camera_id] = src
-            if self.running:
-                src.start()
         return cam
 
     def remove_camera(self, camera_id: str) -> None:
-        if not self.engine.has_camera(camera_id):
-            raise NotFoundError(f"camera {camera_id!r} not found")
-        src = self.sources.pop(camera_id, None)
-        if src is not None:
-            src.stop()
         self.engine.remove_camera(camera_id)
         self.store.delete_camera(camera_id)
 
@@ -158,10 +164,10 @@ class FaceEngineServer:
                     self.add_camera(cid, uri, opts, persist=False)
                 except Exception as exc:  # noqa: BLE001 - one bad saved camera never stops the server
                     log.error("saved camera %r not loaded: %s", cid[:128], exc)
-        self.engine.start()  # type: ignore[union-attr]
+        self.engine.start()
         self.running = True
-        for src in self.sources.values():
-            src.start()
+        if self.sightings is not None:
+            self.sightings.start()
         self.grpc.start()
         self.retention.start()
         if self.cfg.server.event_relay_s > 0:
@@ -174,10 +180,10 @@ class FaceEngineServer:
             except OSError as exc:
                 log.warning("metrics endpoint not started on port %s: %s", self.cfg.server.metrics_port, exc)
         self._set_health(True)
-        log.info("faceengine serving on %s (detector=%s, embedder=%s, provider=%s, decode %s, gallery=%d templates, "
+        log.info("faceengine serving on %s (detector=%s, embedder=%s, provider=%s, %s, gallery=%d templates, "
                  "match threshold %.4f for FPIR %g at %d people)",
                  self.address, self.analyzer.detector.name, self.analyzer.embedder.name,
-                 self.analyzer.provider, self.decoders.describe(), len(self.gallery), self.cfg.gallery.match_threshold,
+                 self.analyzer.provider, self.engine.describe(), len(self.gallery), self.cfg.gallery.match_threshold,
                  self.cfg.gallery.match_fpir, self.cfg.gallery.watchlist_size)
         return self
 
@@ -200,7 +206,7 @@ class FaceEngineServer:
 
     def _set_health(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        for s in ("", *[pb.DESCRIPTOR.services_by_name[n].full_name for n in SERVICES]):
+        for s in ("", *[_service_name(n) for n in SERVICES]):
             self.health.set(s, status)
 
     def _watch_storage(self) -> None:
@@ -240,9 +246,9 @@ class FaceEngineServer:
             return
         grace = self.cfg.server.shutdown_grace_s if grace is None else grace
         self.health.enter_graceful_shutdown()
-        for src in list(self.sources.values()):
-            src.stop()
         self.engine.stop(drain_s=grace)
+        if self.sightings is not None:  # the tracks the engine just ended are written before the store closes
+            self.sightings.stop()
         self.running = False
         self.grpc.stop(grace).wait()
         self.retention.stop()

@@ -18,12 +18,12 @@ from engine.config import LimitsConfig, ServerConfig
 from engine.errors import (
     FaceEngineError,
     InvalidArgumentError,
-    InvalidImageError,
     NotFoundError,
+    PermissionDeniedError,
     ResourceExhaustedError,
 )
 from engine.service import validate
-from engine.service.auth import add_audit_detail, call_revoked, current
+from engine.service.auth import ANONYMOUS, add_audit_detail, call_revoked, current
 from engine.service.convert import (
     box,
     error_msg,
@@ -35,7 +35,7 @@ from engine.service.convert import (
 )
 from engine.service.proto import pb, rpc
 from engine.store.base import EventQuery
-from engine.video.decode import decode_pipeline_frame
+from engine.video.engine_api import EncodedFrame
 from engine.video.events import MatchFilterSpec
 from engine.video.pipeline import DROP_POLICY, FrameJob, FrameOutcome, is_drop
 from engine.video.sources import OPTIONS as SOURCE_OPTIONS
@@ -134,8 +134,12 @@ class IngestServicer(rpc.IngestServicer):
         if refused:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
         srv.metrics.active_streams.inc()
+        info = current()
+        principal = info.principal if info is not None else ANONYMOUS
+        identities = principal.sees_identities()
         out: queue.Queue[object] = queue.Queue(maxsize=512)
         state = {"submitted": 0, "answered": 0, "lost": 0}
+        denied: list[PermissionDeniedError] = []
         counts = threading.Lock()
 
         def put(msg: object) -> None:
@@ -152,7 +156,7 @@ class IngestServicer(rpc.IngestServicer):
                         pass
 
         def reply(o: FrameOutcome) -> None:
-            put(self._result(o))
+            put(self._result(o, identities))
             with counts:
                 state["answered"] += 1
 
@@ -160,6 +164,11 @@ class IngestServicer(rpc.IngestServicer):
             try:
                 for frame in request_iterator:
                     if not context.is_active():
+                        break
+                    try:
+                        principal.check_camera(frame.camera_id)
+                    except PermissionDeniedError as exc:  # a camera outside the token's scope ends the stream
+                        denied.append(exc)
                         break
                     self._accept(frame, reply)
                     with counts:
@@ -180,6 +189,10 @@ class IngestServicer(rpc.IngestServicer):
                     msg = None
                 if msg is _END:
                     reader_done = True
+                    if denied:
+                        if info is not None:
+                            srv.auth.audit_denial(info, str(denied[0]))
+                        context.abort(grpc.StatusCode.PERMISSION_DENIED, str(denied[0]))
                 elif msg is not None:
                     yield msg
                 if reader_done and out.empty():
@@ -207,29 +220,22 @@ class IngestServicer(rpc.IngestServicer):
             t0 = time.perf_counter()
             kind = frame.WhichOneof("image")
             ts = capture_time(frame.capture_time, now, srv.cfg.limits, frame.sequence)
-            if kind == "encoded" and getattr(srv.engine, "remote_decode", False):
-                from engine.cluster.worker import WireFrame  # cluster: decoded by the worker that runs it
-
-                srv.engine.submit_wire(WireFrame(frame.camera_id, frame.sequence, ts, encoded=frame.encoded), reply)
+            if kind == "encoded":  # decoded where the engine runs it (here, or by a cluster worker)
+                srv.engine.submit_encoded(EncodedFrame(frame.camera_id, frame.sequence, ts, frame.encoded), reply)
                 return
-            scale, loader = 1.0, None
-            if kind == "encoded":
-                try:
-                    image, scale, loader = decode_pipeline_frame(srv.decoders.jpeg, frame.encoded, srv.cfg)
-                except InvalidImageError as exc:
-                    raise InvalidImageError(f"frame {frame.sequence}: {exc}") from None
-            else:
-                img = pb.Image()
-                if kind == "raw":
-                    img.raw.CopyFrom(frame.raw)
-                image = image_from_proto(img, srv.cfg.limits, what=f"frame {frame.sequence}")
+            img = pb.Image()
+            if kind == "raw":
+                img.raw.CopyFrom(frame.raw)
+            image = image_from_proto(img, srv.cfg.limits, what=f"frame {frame.sequence}")
             srv.metrics.stage_seconds.labels("decode").observe(time.perf_counter() - t0)
-            srv.engine.submit(FrameJob(frame.camera_id, frame.sequence, ts, image, reply, scale=scale, loader=loader))
+            srv.engine.submit(FrameJob(frame.camera_id, frame.sequence, ts, image, reply))
         except FaceEngineError as exc:
             srv.metrics.frame_errors.labels(type(exc).__name__).inc()
             reply(FrameOutcome(frame.camera_id, frame.sequence, error=exc))
 
-    def _result(self, o: FrameOutcome) -> pb.FrameResult:
+    def _result(self, o: FrameOutcome, identities: bool = True) -> pb.FrameResult:
+        """The frame's result; without `identities` (a gateway whose scope does not allow them) the
+        faces carry no match: no person, name, score or event."""
         res = pb.FrameResult(camera_id=o.camera_id, sequence=o.seq, latency_ms=o.latency_ms)
         if o.error is not None:
             res.error.CopyFrom(error_msg(o.error))
@@ -239,7 +245,7 @@ class IngestServicer(rpc.IngestServicer):
             face = res.faces.add(box=box(f.box), score=f.score, track_id=f.track_id, quality=f.quality)
             for x, y in f.landmarks:
                 face.landmarks.add(x=float(x), y=float(y))
-            if f.match is not None:
+            if f.match is not None and identities:
                 m = f.match
                 face.match.CopyFrom(pb.Match(watchlist=m.watchlist, person_id=m.person_id,
                                              display_name=m.display_name, score=m.score, event_id=m.event_id))
@@ -256,6 +262,13 @@ class CamerasServicer(rpc.CamerasServicer):
 
     @unary
     def AddCamera(self, request: pb.AddCameraRequest, context: grpc.ServicerContext) -> pb.Camera:  # noqa: N802
+        info = current()
+        if info is not None and info.principal.role == "gateway":  # its own push cameras only
+            validate.camera(request.camera_id, request.uri, dict(request.options), self.srv.cfg)
+            info.principal.check_camera(request.camera_id, "register")
+            if request.uri != "push":
+                raise PermissionDeniedError(f"a gateway token registers push cameras only (uri 'push', no options); "
+                                            f"an admin adds {request.uri!r} cameras or options")
         cam = self.srv.add_camera(request.camera_id, request.uri, dict(request.options))
         return camera_msg(cam)
 
@@ -376,10 +389,13 @@ class WatchlistsServicer(rpc.WatchlistsServicer):
         except NotFoundError:
             if erase:  # a retry after a crash between the two steps still erases the events
                 srv.store.erase_person_events(request.watchlist, request.person_id)
+            if srv.sightings is not None:
+                srv.sightings.erase_person(request.watchlist, request.person_id)
             raise
         srv.engine.forget_person(request.watchlist, request.person_id)
         erased = srv.store.erase_person_events(request.watchlist, request.person_id) if erase else 0
-        add_audit_detail(f"templates={n} events_erased={erased}")
+        seen = srv.sightings.erase_person(request.watchlist, request.person_id) if srv.sightings is not None else 0
+        add_audit_detail(f"templates={n} events_erased={erased}" + (f" sightings_erased={seen}" if seen else ""))
         return pb.RemovePersonResponse(templates_removed=n)
 
     @unary
@@ -409,7 +425,7 @@ class MatchesServicer(rpc.MatchesServicer):
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
         flt = MatchFilterSpec(frozenset(request.camera_ids), frozenset(request.watchlists), request.min_score)
         try:
-            sub = srv.engine.bus.subscribe(flt)
+            sub = srv.engine.subscribe(flt)
         except BaseException:
             srv.slots.give_subscription(who)
             raise
@@ -428,7 +444,7 @@ class MatchesServicer(rpc.MatchesServicer):
                 ev, update = item
                 yield event_msg(ev, update)
         finally:
-            srv.engine.bus.unsubscribe(sub)
+            srv.engine.unsubscribe(sub)
             srv.slots.give_subscription(who)
             srv.metrics.subscribers.dec()
 

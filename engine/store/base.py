@@ -1,7 +1,7 @@
 """Store role interfaces and records.
 
 Above `engine/store/` only these protocols are used as types: `GalleryStore`, `EventStore`,
-`AuditStore`, `CameraStore`, `TokenStore`, and `Store` (all roles plus lifecycle). Every store
+`SightingStore`, `AuditStore`, `CameraStore`, `TokenStore`, and `Store` (all roles plus lifecycle). Every store
 method used from outside the package belongs to exactly one of them, and none has a
 database-specific meaning (journal checkpoints, vacuum and secure deletion happen inside the
 backend). `engine.store.open_store(url)` builds a backend: SQLite (embedded default) or PostgreSQL.
@@ -79,6 +79,31 @@ class EventQuery:
 
 
 @dataclass
+class Sighting:
+    """One track's best shot, kept whether or not it matched anyone (only where sightings are enabled).
+
+    first_seen/last_seen: the track's time span (seconds since the epoch; `first_seen` places it in
+    time partitions and retention). embedding: (D,) float32 unit vector of `model`. box: the best
+    shot's face box in original pixels. watchlist/person_id: the person it matched or was named as
+    ('' = unknown). id: assigned by the store."""
+
+    camera_id: str
+    first_seen: float
+    last_seen: float
+    embedding: np.ndarray
+    model: str
+    quality: float = 0.0
+    track_id: int = -1
+    box: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    thumbnail: bytes = b""
+    watchlist: str = ""
+    person_id: str = ""
+    score: float = 0.0
+    id: int = 0
+    created: float = 0.0
+
+
+@dataclass
 class GalleryDelta:
     """What changed in the gallery after a version: the persons touched (enrolled, re-enrolled,
     renamed, removed, or in a deleted watchlist) and the current templates of those still present
@@ -147,6 +172,36 @@ class EventStore(Protocol):
         ...
 
 
+class SightingStore(Protocol):
+    """Every track's best shot (embedding, thumbnail, camera, time span), for search by photo and
+    recurring unknowns. Erasures leave no copy in the journal."""
+
+    def add_sightings(self, sightings: list[Sighting]) -> list[int]:
+        """Store a batch in one transaction; returns their new ids (also set on each `Sighting.id`)."""
+        ...
+    def get_sightings(self, ids: list[int], thumbnails: bool = True) -> list[Sighting]:
+        """The sightings with these ids that still exist, in the order asked."""
+        ...
+    def scan_sightings(self, model: str, since: float = 0.0, until: float = 0.0, cameras: tuple[str, ...] = (),
+                       after_id: int = 0, limit: int = 10_000, unknown_only: bool = False) -> list[Sighting]:
+        """Sightings of one embedding model with `since <= first_seen < until` (0 = open), ids above
+        `after_id` in id order, without thumbnails: for index rebuilds and clustering, page by page."""
+        ...
+    def count_sightings(self) -> int: ...
+    def purge_sightings(self, before: float) -> int:
+        """Erase sightings first seen before `before` (retention); returns how many."""
+        ...
+    def erase_sightings(self, since: float = 0.0, until: float = 0.0, cameras: tuple[str, ...] = ()) -> list[int]:
+        """Erase the sightings of a time range (0 = open) on some cameras (() = all); returns their ids."""
+        ...
+    def erase_person_sightings(self, watchlist: str, person_id: str) -> list[int]:
+        """Erase every sighting matched to (or named as) one person; returns their ids."""
+        ...
+    def assign_sightings(self, ids: list[int], watchlist: str, person_id: str) -> int:
+        """Name sightings as a person (a recurring unknown enrolled); returns how many were changed."""
+        ...
+
+
 class AuditStore(Protocol):
     """Append-only audit log: the backend refuses updates and deletes."""
 
@@ -166,8 +221,8 @@ class CameraStore(Protocol):
 class TokenStore(Protocol):
     """API tokens; only SHA-256 hashes are stored."""
 
-    def create_token(self, name: str, role: str, token_hash: str) -> float: ...
-    def token_by_hash(self, token_hash: str) -> tuple[str, str] | None: ...
+    def create_token(self, name: str, role: str, token_hash: str, scope: str = "") -> float: ...
+    def token_by_hash(self, token_hash: str) -> tuple[str, str, str] | None: ...
     def list_tokens(self) -> list[dict[str, Any]]: ...
     def revoke_token(self, name: str) -> dict[str, Any]: ...
 
@@ -197,5 +252,5 @@ class StoreLifecycle(Protocol):
 
 
 @runtime_checkable
-class Store(GalleryStore, EventStore, AuditStore, CameraStore, TokenStore, StoreLifecycle, Protocol):
+class Store(GalleryStore, EventStore, SightingStore, AuditStore, CameraStore, TokenStore, StoreLifecycle, Protocol):
     """Everything one backend provides: all roles plus lifecycle."""

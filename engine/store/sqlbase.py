@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
-from engine.store.base import EventQuery, GalleryDelta, MatchEvent, Person, Watchlist
+from engine.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, StoreDamagedError
+from engine.store.base import EventQuery, GalleryDelta, MatchEvent, Person, Sighting, Watchlist
 from engine.store.integrity import templates_from_rows as _templates
 
 GALLERY_LOG_KEEP = 10_000  # gallery versions of change log kept; a replica further behind rebuilds
@@ -41,6 +41,11 @@ ACK_ACTIONS = ("ack", "dismiss")
 _EVENT_INSERT_COLS = ("event_id, camera_id, ts, watchlist, person_id, display_name, score, box, track_id, "
                       "frame_seq, thumbnail, created, updated")
 _EVENT_COLS = _EVENT_INSERT_COLS + ", ack_action, ack_note, ack_by, ack_time"
+_SIGHTING_COLS = ("id, camera_id, track_id, first_seen, last_seen, quality, box, model, dim, embedding, watchlist, "
+                  "person_id, score, created")
+_SIGHTING_INSERT = ("INSERT INTO sightings (camera_id, track_id, first_seen, last_seen, quality, box, model, dim, "
+                    "embedding, thumbnail, watchlist, person_id, score, created) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 _TEMPLATE_COLS = "t.id, t.embedding, t.dim, t.watchlist, t.person_id, p.display_name"
 _PERSON_SELECT = ("SELECT p.watchlist, p.person_id, p.display_name, p.metadata, "
                   "(SELECT COUNT(*) FROM templates t WHERE t.watchlist=p.watchlist AND t.person_id=p.person_id), "
@@ -358,6 +363,76 @@ class SQLStore:
             self._erased("events")
         return n
 
+    # ---- sightings -------------------------------------------------------------------------------
+    def add_sightings(self, sightings: list[Sighting]) -> list[int]:
+        now = time.time()
+        ids: list[int] = []
+        with self._tx() as db:
+            for s in sightings:
+                emb = np.ascontiguousarray(s.embedding, np.float32).reshape(-1)
+                s.created = s.created or now
+                s.id = self._insert_id(db, _SIGHTING_INSERT, (
+                    s.camera_id, s.track_id, s.first_seen, s.last_seen, float(s.quality),
+                    json.dumps([float(v) for v in s.box]), s.model, int(emb.shape[0]), emb.tobytes(), s.thumbnail,
+                    s.watchlist, s.person_id, float(s.score), s.created))
+                ids.append(s.id)
+        return ids
+
+    def get_sightings(self, ids: list[int], thumbnails: bool = True) -> list[Sighting]:
+        if not ids:
+            return []
+        got: dict[int, Sighting] = {}
+        cols = _SIGHTING_COLS + (", thumbnail" if thumbnails else "")
+        for i in range(0, len(ids), 500):
+            chunk = [int(v) for v in ids[i:i + 500]]
+            for r in self._q(f"SELECT {cols} FROM sightings WHERE id IN ({', '.join('?' * len(chunk))})",
+                             tuple(chunk)):
+                got[int(r[0])] = _sighting(r)
+        return [got[int(i)] for i in ids if int(i) in got]
+
+    def scan_sightings(self, model: str, since: float = 0.0, until: float = 0.0, cameras: tuple[str, ...] = (),
+                       after_id: int = 0, limit: int = 10_000, unknown_only: bool = False) -> list[Sighting]:
+        where, args = _sighting_range(since, until, cameras)
+        where += ["model=?", "id>?"] + (["person_id=''"] if unknown_only else [])
+        rows = self._q(f"SELECT {_SIGHTING_COLS} FROM sightings WHERE {' AND '.join(where)} ORDER BY id LIMIT ?",
+                       (*args, model, after_id, max(1, limit)))
+        return [_sighting(r) for r in rows]
+
+    def count_sightings(self) -> int:
+        return int(self._q("SELECT COUNT(*) FROM sightings")[0][0])
+
+    def purge_sightings(self, before: float) -> int:
+        with self._tx() as db:
+            n = int(self._x(db, "DELETE FROM sightings WHERE first_seen<?", (before,)).rowcount)
+        if n:
+            self._erased("sightings")
+        return n
+
+    def erase_sightings(self, since: float = 0.0, until: float = 0.0, cameras: tuple[str, ...] = ()) -> list[int]:
+        where, args = _sighting_range(since, until, cameras)
+        return self._erase_sightings(" AND ".join(where) or "1=1", tuple(args))
+
+    def erase_person_sightings(self, watchlist: str, person_id: str) -> list[int]:
+        return self._erase_sightings("watchlist=? AND person_id=?", (watchlist, person_id))
+
+    def _erase_sightings(self, where: str, args: tuple[Any, ...]) -> list[int]:
+        with self._tx() as db:
+            ids = [int(r[0]) for r in self._x(db, f"SELECT id FROM sightings WHERE {where} ORDER BY id",
+                                              args).fetchall()]
+            self._x(db, f"DELETE FROM sightings WHERE {where}", args)
+        if ids:
+            self._erased("sightings")
+        return ids
+
+    def assign_sightings(self, ids: list[int], watchlist: str, person_id: str) -> int:
+        n = 0
+        with self._tx() as db:
+            for i in range(0, len(ids), 500):
+                chunk = tuple(int(v) for v in ids[i:i + 500])
+                n += int(self._x(db, f"UPDATE sightings SET watchlist=?, person_id=? WHERE id IN "
+                                     f"({', '.join('?' * len(chunk))})", (watchlist, person_id, *chunk)).rowcount)
+        return n
+
     # ---- audit -----------------------------------------------------------------------------------
     def audit(self, actor: str, role: str, action: str, target: str, result: str, detail: str = "") -> None:
         with self._tx() as db:
@@ -376,27 +451,29 @@ class SQLStore:
         return [dict(zip(keys, (int(r[0]), *r[1:]), strict=True)) for r in rows]
 
     # ---- API tokens (only SHA-256 hashes are stored) ---------------------------------------------
-    def create_token(self, name: str, role: str, token_hash: str) -> float:
-        """Store a new active token; a name may be reused once its previous token is revoked."""
+    def create_token(self, name: str, role: str, token_hash: str, scope: str = "") -> float:
+        """Store a new active token; a name may be reused once its previous token is revoked.
+        `scope` (JSON, see engine.service.auth.TokenScope) narrows what the token may reach."""
         if not name or len(name) > 128:
             raise InvalidArgumentError("token name must be 1-128 characters")
         now = time.time()
         try:
             with self._tx() as db:
-                self._x(db, "INSERT INTO tokens (name, role, hash, created) VALUES (?, ?, ?, ?)",
-                        (name, role, token_hash, now))
+                self._x(db, "INSERT INTO tokens (name, role, hash, created, scope) VALUES (?, ?, ?, ?, ?)",
+                        (name, role, token_hash, now, scope))
         except self._unique_violation as exc:
             raise AlreadyExistsError(f"an active token named {name!r} already exists; revoke it first") from exc
         return now
 
-    def token_by_hash(self, token_hash: str) -> tuple[str, str] | None:
-        """(name, role) of the active token with this hash, or None (unknown or revoked)."""
-        rows = self._q("SELECT name, role FROM tokens WHERE hash=? AND revoked IS NULL", (token_hash,))
-        return (rows[0][0], rows[0][1]) if rows else None
+    def token_by_hash(self, token_hash: str) -> tuple[str, str, str] | None:
+        """(name, role, scope) of the active token with this hash, or None (unknown or revoked)."""
+        rows = self._q("SELECT name, role, scope FROM tokens WHERE hash=? AND revoked IS NULL", (token_hash,))
+        return (rows[0][0], rows[0][1], rows[0][2] or "") if rows else None
 
     def list_tokens(self) -> list[dict[str, Any]]:
-        rows = self._q("SELECT name, role, created, revoked FROM tokens ORDER BY id")
-        return [{"name": n, "role": r, "created": c, "revoked": v or 0.0} for n, r, c, v in rows]
+        rows = self._q("SELECT name, role, created, revoked, scope FROM tokens ORDER BY id")
+        return [{"name": n, "role": r, "created": c, "revoked": v or 0.0, "scope": sc or ""}
+                for n, r, c, v, sc in rows]
 
     def revoke_token(self, name: str) -> dict[str, Any]:
         now = time.time()
@@ -409,23 +486,74 @@ class SQLStore:
         return {"name": name, "role": row[1], "created": row[2], "revoked": now}
 
     # ---- consistency -----------------------------------------------------------------------------
+    REPAIR_ACTOR = "faceengine"
+    """Audit actor of the start-up repair's changes."""
+
+    def _check_gallery_tables(self) -> list[str]:
+        """Problems the database itself finds in the gallery tables and their indexes; [] where the
+        dialect cannot check cheaply (PostgreSQL: its own tools, amcheck)."""
+        return []
+
+    def _rebuild_gallery_indexes(self) -> None:
+        """Rebuild the gallery tables' indexes from their rows (SQLite: REINDEX)."""
+
+    def _scan_only(self, db: Conn) -> str:
+        """Make this transaction's reads scan tables rather than trust indexes; returns the clause
+        to put after a table name for that (SQLite: NOT INDEXED), or '' where a setting did it."""
+        return ""
+
     def repair(self) -> dict[str, int]:
-        """Start-up check: drop templates whose person is gone, persons left with no template and
-        persons whose watchlist is gone. Foreign keys make these impossible through this store;
-        they appear only after a hand edit (or, for SQLite, an edit with foreign keys off).
-        Returns the counts removed."""
+        """Start-up check. First the database's own check of the gallery tables and indexes: a
+        damaged index is rebuilt from the table rows (REINDEX) and checked again; still damaged, the
+        start is refused (StoreDamagedError) and nothing is changed. Only then are rows dropped that
+        foreign keys make impossible through this store (they appear only after a hand edit):
+        templates whose person is gone, persons with no template and persons whose watchlist is
+        gone, each found by a scan of the table rows (never through an index) and each audited.
+        Returns the counts: indexes rebuilt (0/1) and rows removed."""
+        rebuilt = 0
+        problems = self._check_gallery_tables()
+        if problems:
+            self._rebuild_gallery_indexes()
+            still = self._check_gallery_tables()
+            if still:
+                raise StoreDamagedError(
+                    f"the store {self.url} is damaged beyond an index rebuild ({'; '.join(still[:5])}): nothing "
+                    "was changed; stop every process using it, restore it from a backup (the file and its -wal) "
+                    "and run `faceengine store check` to see what is wrong")
+            rebuilt = 1
         with self._tx() as db:
             self._lock_gallery(db)
-            orphans = int(self._x(db, "DELETE FROM templates WHERE NOT EXISTS (SELECT 1 FROM persons p WHERE "
-                                      "p.watchlist=templates.watchlist AND p.person_id=templates.person_id)").rowcount)
-            empty = int(self._x(db, "DELETE FROM persons WHERE NOT EXISTS (SELECT 1 FROM templates t WHERE "
-                                    "t.watchlist=persons.watchlist AND t.person_id=persons.person_id)").rowcount)
-            lost = int(self._x(db, "DELETE FROM persons WHERE NOT EXISTS (SELECT 1 FROM watchlists w "
-                                   "WHERE w.name=persons.watchlist)").rowcount)
-            if orphans or empty or lost:  # which persons changed is not logged: replicas rebuild
+            if rebuilt:
+                self._x(db, "INSERT INTO audit (ts, actor, role, action, target, result, detail) "
+                            "VALUES (?, ?, 'system', 'store.repair', 'indexes', 'REBUILT', ?)",
+                        (time.time(), self.REPAIR_ACTOR, "; ".join(problems[:20])[:1000]))
+            noidx = self._scan_only(db)
+            orphans = [r[0] for r in self._x(
+                db, f"SELECT id FROM templates{noidx} WHERE (watchlist, person_id) NOT IN "
+                    f"(SELECT watchlist, person_id FROM persons{noidx})").fetchall()]
+            empty = [(w, p) for w, p in self._x(
+                db, f"SELECT watchlist, person_id FROM persons{noidx} WHERE (watchlist, person_id) NOT IN "
+                    f"(SELECT watchlist, person_id FROM templates{noidx})").fetchall()]
+            lost = [(w, p) for w, p in self._x(
+                db, f"SELECT watchlist, person_id FROM persons{noidx} WHERE watchlist NOT IN "
+                    f"(SELECT name FROM watchlists{noidx})").fetchall()]
+            audit = [(f"template {t}", "template whose person is gone") for t in orphans]
+            audit += [(f"{w}/{p}", "person with no template") for w, p in empty]
+            audit += [(f"{w}/{p}", "person whose watchlist is gone") for w, p in lost if (w, p) not in empty]
+            for t in orphans:
+                self._x(db, "DELETE FROM templates WHERE id=?", (t,))
+            for w, p in dict.fromkeys(empty + lost):
+                self._x(db, "DELETE FROM persons WHERE watchlist=? AND person_id=?", (w, p))
+            now = time.time()
+            for target, why in audit:
+                self._x(db, "INSERT INTO audit (ts, actor, role, action, target, result, detail) "
+                            "VALUES (?, ?, 'system', 'store.repair', ?, 'DELETED', ?)",
+                        (now, self.REPAIR_ACTOR, target, f"{why} (found by a table scan at start-up)"))
+            if audit:  # which persons changed is not logged: replicas rebuild
                 version = self._bump(db)
                 self._x(db, "UPDATE meta SET value=? WHERE key='gallery_log_floor'", (version,))
-        return {"orphan_templates": orphans, "empty_persons": empty, "persons_without_watchlist": lost}
+        return {"indexes_rebuilt": rebuilt, "orphan_templates": len(orphans), "empty_persons": len(empty),
+                "persons_without_watchlist": len([x for x in lost if x not in empty])}
 
     # ---- pull cameras ----------------------------------------------------------------------------
     def save_camera(self, camera_id: str, uri: str, options: dict[str, str]) -> None:
@@ -450,6 +578,30 @@ def _box(e: MatchEvent) -> str:
 def _event(r: tuple[Any, ...]) -> MatchEvent:
     return MatchEvent(r[0], r[1], r[2], r[3], r[4], r[5], r[6], tuple(json.loads(r[7])), int(r[8]), int(r[9]),
                       bytes(r[10]) if r[10] is not None else b"", r[11], r[12], r[13], r[14], r[15], r[16])
+
+
+def _sighting_range(since: float, until: float, cameras: tuple[str, ...]) -> tuple[list[str], list[Any]]:
+    """WHERE parts and arguments for `since <= first_seen < until` (0 = open) on some cameras (() = all)."""
+    where: list[str] = []
+    args: list[Any] = []
+    if since:
+        where.append("first_seen>=?")
+        args.append(since)
+    if until:
+        where.append("first_seen<?")
+        args.append(until)
+    if cameras:
+        where.append(f"camera_id IN ({', '.join('?' * len(cameras))})")
+        args.extend(cameras)
+    return where, args
+
+
+def _sighting(r: tuple[Any, ...]) -> Sighting:
+    emb = np.frombuffer(bytes(r[9]), np.float32).copy()
+    box = tuple(float(v) for v in json.loads(r[6]))
+    thumb = bytes(r[14]) if len(r) > 14 and r[14] is not None else b""
+    return Sighting(r[1], float(r[3]), float(r[4]), emb, r[7], float(r[5]), int(r[2]), box,  # type: ignore[arg-type]
+                    thumb, r[10], r[11], float(r[12]), int(r[0]), float(r[13]))
 
 
 def _person(r: tuple[Any, ...]) -> Person:

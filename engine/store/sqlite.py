@@ -83,7 +83,23 @@ CREATE TABLE IF NOT EXISTS person_photos (
     PRIMARY KEY (watchlist, person_id),
     FOREIGN KEY (watchlist, person_id) REFERENCES persons(watchlist, person_id) ON DELETE CASCADE);
 """
-MIGRATIONS = {1: SCHEMA_V1, 2: SCHEMA_V2, 3: SCHEMA_V3}
+# version 4: a token's scope (JSON: the cameras a gateway token may feed, whether it sees identities)
+SCHEMA_V4 = """
+ALTER TABLE tokens ADD COLUMN scope TEXT NOT NULL DEFAULT '';
+"""
+# version 5: sightings (every track's best shot, where sightings are enabled)
+SCHEMA_V5 = """
+CREATE TABLE IF NOT EXISTS sightings (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, camera_id TEXT NOT NULL, track_id INTEGER NOT NULL,
+    first_seen REAL NOT NULL, last_seen REAL NOT NULL, quality REAL NOT NULL, box TEXT NOT NULL,
+    model TEXT NOT NULL, dim INTEGER NOT NULL, embedding BLOB NOT NULL, thumbnail BLOB,
+    watchlist TEXT NOT NULL DEFAULT '', person_id TEXT NOT NULL DEFAULT '', score REAL NOT NULL DEFAULT 0,
+    created REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS sightings_time ON sightings(first_seen);
+CREATE INDEX IF NOT EXISTS sightings_camera ON sightings(camera_id, first_seen);
+CREATE INDEX IF NOT EXISTS sightings_person ON sightings(watchlist, person_id);
+"""
+MIGRATIONS = {1: SCHEMA_V1, 2: SCHEMA_V2, 3: SCHEMA_V3, 4: SCHEMA_V4, 5: SCHEMA_V5}
 SCHEMA_VERSION = max(MIGRATIONS)
 
 
@@ -186,6 +202,33 @@ class SQLiteStore(SQLStore):
         return n
 
     # ---- dialect hooks of SQLStore ---------------------------------------------------------------
+    _GALLERY_TABLES = ("watchlists", "persons", "templates")
+
+    def _check_gallery_tables(self) -> list[str]:
+        """SQLite's integrity check of the gallery tables and their indexes (rows missing from an
+        index, wrong entry counts, damaged pages); [] when sound."""
+        problems = []
+        for table in self._GALLERY_TABLES:
+            try:
+                rows = [str(r[0]) for r in self._q(f"PRAGMA integrity_check({table})")]
+            except sqlite3.DatabaseError as exc:  # pages too damaged to walk
+                rows = [f"table {table} unreadable: {exc}"]
+            if rows != ["ok"]:
+                problems += rows
+        return problems
+
+    def _rebuild_gallery_indexes(self) -> None:
+        log.warning("store %s: gallery indexes damaged; rebuilding them from the table rows (REINDEX)", self.path)
+        try:
+            with self._tx() as db:
+                for table in self._GALLERY_TABLES:
+                    db.execute(f"REINDEX {table}")
+        except sqlite3.DatabaseError as exc:  # rolled back; the check that follows says what is left
+            log.error("store %s: index rebuild failed: %s", self.path, exc)
+
+    def _scan_only(self, db: sqlite3.Connection) -> str:
+        return " NOT INDEXED"
+
     def _incr(self, db: sqlite3.Connection, key: str) -> int:
         """Add one to a meta counter (BEGIN IMMEDIATE holds the write lock to commit: commit order)."""
         db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key=?", (key,))

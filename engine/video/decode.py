@@ -26,7 +26,7 @@ import numpy as np
 
 from engine.config import Config, DecodeConfig
 from engine.vision import image as cpu_image
-from engine.vision.image import check_dims, probe
+from engine.vision.image import check_dims, check_image
 from engine.vision.scale import reduced_decode_min_side
 
 log = logging.getLogger(__name__)
@@ -180,8 +180,7 @@ class NvJpegDecoder:
     def decode(self, data: bytes, max_side: int = 8192, max_pixels: int = 16_777_216) -> np.ndarray:
         if not data:
             return cpu_image.decode_image(data, max_side, max_pixels)  # the CPU's error for empty data
-        fmt, width, height = probe(data)
-        check_dims(width, height, max_side, max_pixels)
+        fmt, width, height = check_image(data, max_side, max_pixels)
         if fmt != "JPEG":
             return cpu_image.decode_image(data, max_side, max_pixels)
         try:

@@ -13,18 +13,21 @@ benchmarks use; it holds no pipeline logic of its own.
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 
 from engine.config import Config
-from engine.errors import NotFoundError
+from engine.errors import InvalidImageError
 from engine.gallery.calibration import resolve_match_threshold, resolve_min_quality
 from engine.gallery.gallery import Gallery
 from engine.metrics import EngineMetrics
 from engine.store.base import EventStore, MatchEvent
 from engine.video.bestshot import TrackState
+from engine.video.decode import Decoders, cpu_decoders, decode_pipeline_frame
+from engine.video.engine_api import EncodedFrame, Reply, VideoEngine
 from engine.video.events import EventBus
 from engine.video.recognizer import Recognizer, RecognizerSettings
-from engine.video.recorder import EventRecorder, RecorderSettings
+from engine.video.recorder import EventRecorder, RecorderSettings, TrackObserver
 from engine.video.scheduler import (
     DROP_POLICY,
     CameraState,
@@ -36,14 +39,17 @@ from engine.video.scheduler import (
     _Dropped,
     is_drop,
 )
+from engine.video.sources import PullSource
 from engine.vision.analyzer import FaceAnalyzer
 
 
-class Engine:
-    """Cameras in, frame results and match events out: a facade over scheduler, recognizer, recorder."""
+class Engine(VideoEngine):
+    """Cameras in, frame results and match events out: a facade over scheduler, recognizer, recorder,
+    decoding gateway frames and reading pull cameras in this process."""
 
     def __init__(self, cfg: Config, analyzer: FaceAnalyzer, gallery: Gallery, store: EventStore,
-                 metrics: EngineMetrics | None = None) -> None:
+                 metrics: EngineMetrics | None = None, decoders: Decoders | None = None) -> None:
+        """`decoders` decode gateway JPEG frames and read pull cameras (default: the CPU's)."""
         self.cfg = cfg
         self.analyzer = analyzer
         resolve_match_threshold(cfg, analyzer.embedder.spec)  # gallery.match_threshold 0 = from match_fpir
@@ -51,6 +57,7 @@ class Engine:
         self.gallery = gallery
         self.store = store
         self.metrics = metrics or EngineMetrics()
+        self.decoders = decoders or cpu_decoders()
         self.bus = EventBus()
         p = cfg.pipeline
         self.recognizer = Recognizer(analyzer, gallery, RecognizerSettings.from_config(cfg), self.metrics)
@@ -58,42 +65,34 @@ class Engine:
                                       still_enrolled=gallery.has_template)
         self.scheduler = Scheduler(SchedulerSettings(p.queue_size, p.batch_size, p.batch_wait_ms, p.workers),
                                    self.recognizer, self.recorder, self.metrics)
+        self.registry = self.scheduler.registry
+        self.sources: dict[str, PullSource] = {}
 
     # ---- cameras ---------------------------------------------------------------------------------
-    def add_camera(self, camera_id: str, uri: str = "push", options: dict[str, str] | None = None) -> CameraState:
-        """Register a camera; raises InvalidArgumentError / AlreadyExistsError."""
-        cam = self.scheduler.add_camera(camera_id, uri, options)
+    def add_camera(self, camera_id: str, uri: str = "push", options: dict[str, str] | None = None,
+                   error: str = "") -> CameraState:
+        """Register a camera (a pull camera's reader starts with the engine); raises InvalidArgumentError /
+        AlreadyExistsError."""
+        cam = self.scheduler.add_camera(camera_id, uri, options, error)
         self.recognizer.add_camera(camera_id)
+        if cam.kind == "pull" and not error:
+            src = PullSource(self, cam, file_roots=self.cfg.cameras.file_roots, video=self.decoders.video)
+            cam.source = src
+            self.sources[camera_id] = src
+            if self.scheduler.running:
+                src.start()
         return cam
 
     def remove_camera(self, camera_id: str) -> CameraState:
-        """Unregister a camera: waiting frames answered NOT_FOUND, its tracks and cached events dropped."""
+        """Unregister a camera: its reader stopped, waiting frames answered NOT_FOUND, its tracks and
+        cached events dropped."""
+        src = self.sources.pop(camera_id, None)
+        if src is not None:
+            src.stop()
         cam = self.scheduler.remove_camera(camera_id)
         self.recognizer.remove_camera(camera_id)
         self.recorder.forget_camera(camera_id)
         return cam
-
-    def camera(self, camera_id: str, live: bool = True) -> CameraState:
-        """The camera, or NotFoundError with the fix. Its counters are always live in this process; `live`
-        matters to the cluster front end (`ClusterEngine.camera`), which otherwise asks a worker."""
-        cam = self.scheduler.find(camera_id)
-        if cam is None:
-            raise NotFoundError(f"camera {camera_id!r} not found; register it with AddCamera "
-                                "(uri 'push' for a gateway camera)")
-        return cam
-
-    def find_camera(self, camera_id: str) -> CameraState | None:
-        """The camera, or None if this process does not run it."""
-        return self.scheduler.find(camera_id)
-
-    def has_camera(self, camera_id: str) -> bool:
-        return self.scheduler.find(camera_id) is not None
-
-    def camera_ids(self) -> list[str]:
-        return [c.camera_id for c in self.scheduler.cameras()]
-
-    def cameras(self) -> list[CameraState]:
-        return self.scheduler.cameras()
 
     def track(self, camera_id: str, track_id: int) -> TrackState | None:
         """Best-shot state of a live track (diagnostics and tests)."""
@@ -104,6 +103,17 @@ class Engine:
         """Queue a frame; if the camera's queue is full, the oldest waiting frame is dropped."""
         self.scheduler.submit(job)
 
+    def submit_encoded(self, frame: EncodedFrame, reply: Reply | None) -> None:
+        """Decode a gateway frame here (the configured JPEG decoder), then queue it."""
+        t0 = time.perf_counter()
+        try:
+            image, scale, loader = decode_pipeline_frame(self.decoders.jpeg, frame.data, self.cfg)
+        except InvalidImageError as exc:
+            raise InvalidImageError(f"frame {frame.seq}: {exc}") from None
+        self.metrics.stage_seconds.labels("decode").observe(time.perf_counter() - t0)
+        self.scheduler.submit(FrameJob(frame.camera_id, frame.seq, frame.capture_time, image, reply, scale=scale,
+                                       loader=loader))
+
     def pending(self) -> int:
         return self.scheduler.pending()
 
@@ -112,10 +122,18 @@ class Engine:
         return self.scheduler.process(batch)
 
     def start(self) -> None:
+        """Start the worker threads and the pull cameras' readers."""
+        if self.scheduler.running:
+            return
         self.scheduler.start()
+        for src in list(self.sources.values()):
+            src.start()
 
     def stop(self, drain_s: float = 5.0) -> None:
-        """Process what is queued (up to drain_s), stop the workers, end every track, close the bus."""
+        """Stop the readers, process what is queued (up to drain_s), stop the workers, end every track,
+        close the bus."""
+        for src in list(self.sources.values()):
+            src.stop()
         self.scheduler.stop(drain_s)
         for cam in self.scheduler.cameras():
             self.recorder.tracks_ended(cam.camera_id, self.recognizer.end_tracks(cam.camera_id))
@@ -134,6 +152,12 @@ class Engine:
     def forget_person(self, watchlist: str, person_id: str) -> None:
         """Drop live tracks' cached events of a removed person (they are erased from the store)."""
         self.recorder.forget_person(watchlist, person_id)
+
+    def observe_tracks(self, observer: TrackObserver) -> None:
+        self.recorder.observer = observer
+
+    def describe(self) -> str:
+        return f"local engine, decode {self.decoders.describe()}"
 
 
 __all__ = ["DROP_POLICY", "CameraState", "Engine", "FaceOut", "FrameJob", "FrameOutcome", "TrackState", "_Dropped",

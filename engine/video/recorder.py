@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -22,20 +22,22 @@ from engine.config import Config
 from engine.errors import NotFoundError
 from engine.metrics import EngineMetrics
 from engine.store.base import EventStore, MatchEvent
-from engine.video.events import EventBus
+from engine.video.events import PUBLISHED_MEMORY, EventBus, PublishOnce
 from engine.video.recognizer import Frame, FrameRecognition, MatchDecision
 
 SCORE_RISE_EPS = 1e-4
 """An update needs a real rise: float noise between two equally good shots must not re-publish."""
 
-PUBLISHED_MEMORY = 10_000
-"""Event ids this process published, remembered so the relay does not send them twice (far more
-than the events written between two relay polls)."""
-
-UPDATE_EPS_S = 1e-6
-"""An event whose `updated` is later than `created` by more than this was updated, not new."""
 
 EventKey = tuple[int, str, str]  # (track id, watchlist, person id)
+
+
+class TrackObserver(Protocol):
+    """Something else kept per track from the same frames (the sightings recorder)."""
+
+    def observe(self, frame: Frame, rec: FrameRecognition) -> None: ...
+    def tracks_ended(self, camera_id: str, track_ids: list[int]) -> None: ...
+    def forget_camera(self, camera_id: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -65,14 +67,18 @@ class EventRecorder:
         self.settings = settings or RecorderSettings()
         self.metrics = metrics
         self.still_enrolled = still_enrolled
-        self.published: OrderedDict[str, float] = OrderedDict()  # event id -> `updated` this process sent
+        self.observer: TrackObserver | None = None  # sightings, when enabled
+        self.publisher = PublishOnce(bus)
+        self.published = self.publisher.published  # event id -> `updated` this process sent
         self._events: dict[str, dict[EventKey, MatchEvent]] = {}  # camera -> live tracks' events
         self._lock = threading.Lock()
 
     # ---- recording -------------------------------------------------------------------------------
     def record(self, frame: Frame, rec: FrameRecognition) -> list[MatchEvent | None]:
         """Record a frame's decisions; returns, per face, its event (new, updated or its track's best)."""
-        self.tracks_ended(rec.camera_id, rec.ended_tracks)
+        if self.observer is not None:  # before the events: it closes this frame's ended tracks itself
+            self.observer.observe(frame, rec)
+        self._drop_tracks(rec.camera_id, rec.ended_tracks)
         out: list[MatchEvent | None] = [None] * len(rec.detections)
         for m in rec.matches:
             out[m.face] = self.record_match(frame, m)
@@ -133,6 +139,11 @@ class EventRecorder:
     # ---- forgetting ------------------------------------------------------------------------------
     def tracks_ended(self, camera_id: str, track_ids: list[int]) -> None:
         """Drop the cached events of ended tracks (a later match starts a new event)."""
+        if self.observer is not None and track_ids:
+            self.observer.tracks_ended(camera_id, track_ids)
+        self._drop_tracks(camera_id, track_ids)
+
+    def _drop_tracks(self, camera_id: str, track_ids: list[int]) -> None:
         if not track_ids:
             return
         gone = set(track_ids)
@@ -142,6 +153,8 @@ class EventRecorder:
                 del cached[key]
 
     def forget_camera(self, camera_id: str) -> None:
+        if self.observer is not None:
+            self.observer.forget_camera(camera_id)
         with self._lock:
             self._events.pop(camera_id, None)
 
@@ -155,22 +168,10 @@ class EventRecorder:
     # ---- publishing ------------------------------------------------------------------------------
     def relay(self, events: list[MatchEvent]) -> int:
         """Publish to local subscribers the events other processes wrote to the shared store."""
-        n = 0
-        for ev in events:
-            with self._lock:
-                mine = self.published.get(ev.event_id) == ev.updated
-            if not mine:
-                self.bus.publish(ev, ev.updated > ev.created + UPDATE_EPS_S)
-                n += 1
-        return n
+        return self.publisher.relay(events)
 
     def _publish(self, ev: MatchEvent, update: bool) -> None:
-        with self._lock:
-            self.published[ev.event_id] = ev.updated
-            self.published.move_to_end(ev.event_id)
-            while len(self.published) > PUBLISHED_MEMORY:
-                self.published.popitem(last=False)
-        self.bus.publish(ev, update)
+        self.publisher.announce(ev, update)
 
     def _count(self, kind: str) -> None:
         if self.metrics is not None:
@@ -194,4 +195,4 @@ class EventRecorder:
         return buf.tobytes() if ok else b""
 
 
-__all__ = ["PUBLISHED_MEMORY", "SCORE_RISE_EPS", "EventRecorder", "RecorderSettings"]
+__all__ = ["PUBLISHED_MEMORY", "SCORE_RISE_EPS", "EventRecorder", "RecorderSettings", "TrackObserver"]

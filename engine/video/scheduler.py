@@ -26,17 +26,16 @@ from typing import Protocol
 
 import numpy as np
 
-from engine.errors import AlreadyExistsError, FaceEngineError, InvalidArgumentError, NotFoundError
+from engine.errors import FaceEngineError, NotFoundError
 from engine.metrics import EngineMetrics
 from engine.store.base import MatchEvent
+from engine.video.cameras import CameraPhase, CameraRegistry, CameraStatus, RateMeter
 from engine.video.recognizer import Frame, FrameRecognition
 from engine.vision.detections import Detections
 
 log = logging.getLogger(__name__)
 
 DROP_POLICY = "drop-oldest (newest wins), per camera"
-RATE_WINDOW_S = 5.0
-"""Window of the cameras' fps figures: long enough to be steady at a few fps, short enough to follow changes."""
 IDLE_WAIT_S = 0.5
 """Longest sleep of an idle worker before it re-checks `running` (bounds shutdown latency)."""
 TURN_WAIT_S = 1.0
@@ -83,53 +82,11 @@ class FrameJob(Frame):
     ticket: int = -1  # the camera's batch order, set by the workers (-1: process() called directly)
 
 
-class RateMeter:
-    """Events per second over a sliding window (for camera status)."""
-
-    def __init__(self, window_s: float = RATE_WINDOW_S) -> None:
-        self.window = window_s
-        self.times: deque[float] = deque()
-
-    def tick(self, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        self.times.append(now)
-        while self.times and now - self.times[0] > self.window:
-            self.times.popleft()
-
-    def rate(self) -> float:
-        now = time.monotonic()
-        while self.times and now - self.times[0] > self.window:
-            self.times.popleft()
-        if len(self.times) < 2:
-            return 0.0
-        return len(self.times) / self.window
-
-
-@dataclass
-class CameraStatus:
-    """What operators see of a camera (ListCameras): identity, counters and state, whoever schedules it."""
-
-    camera_id: str
-    uri: str
-    kind: str  # push | pull
-    options: dict[str, str]
-    frames_in: int = 0
-    frames_processed: int = 0
-    frames_dropped: int = 0
-    last_error: str = ""
-    reconnects: int = 0
-    state: str = "idle"
-    last_frame_time: float = 0.0
-    busy: bool = False  # a worker holds frames of this camera
-    fps_in: RateMeter = field(default_factory=RateMeter)
-    fps_out: RateMeter = field(default_factory=RateMeter)
-
-
 @dataclass
 class CameraState(CameraStatus):
     """A registered camera: its queue, counters and status (tracking state lives in the recognizer)."""
 
-    queue: deque[FrameJob] = field(default_factory=deque)
+    queue: deque[FrameJob] = field(default_factory=deque)  # type: ignore[assignment]
     inflight: int = 0  # batches of this camera being processed (several workers detect ahead)
     tickets_issued: int = 0
     tickets_done: int = 0
@@ -169,9 +126,10 @@ class Scheduler:
         self.recognizer = recognizer
         self.recorder = recorder
         self.metrics = metrics or EngineMetrics()
-        self._cams: dict[str, CameraState] = {}
-        self._order: deque[str] = deque()
-        self._cv = threading.Condition()
+        self.registry: CameraRegistry[CameraState] = CameraRegistry(CameraState)
+        self._cams = self.registry.by_id
+        self._order = self.registry.order
+        self._cv = self.registry.cv
         self._workers: list[threading.Thread] = []
         self._running = False
         self._inflight = 0
@@ -181,58 +139,30 @@ class Scheduler:
         return self._running
 
     # ---- cameras ---------------------------------------------------------------------------------
-    def add_camera(self, camera_id: str, uri: str = "push", options: dict[str, str] | None = None) -> CameraState:
+    def add_camera(self, camera_id: str, uri: str = "push", options: dict[str, str] | None = None,
+                   error: str = "") -> CameraState:
         """Register a camera (uri "push" for gateway frames, anything else is pulled by a source)."""
-        if not camera_id or len(camera_id) > 128:
-            raise InvalidArgumentError("camera id must be 1-128 characters")
-        kind = "push" if uri in ("", "push", "push://") else "pull"
-        cam = CameraState(camera_id, uri or "push", kind, dict(options or {}))
-        cam.state = "idle" if kind == "push" else "connecting"
-        with self._cv:
-            if camera_id in self._cams:
-                raise AlreadyExistsError(f"camera {camera_id!r} already exists; remove it first")
-            self._cams[camera_id] = cam
-            self._order.append(camera_id)
-        return cam
+        return self.registry.add(camera_id, uri, options, error)
 
     def remove_camera(self, camera_id: str) -> CameraState:
         """Unregister a camera; its waiting frames are answered NOT_FOUND."""
-        with self._cv:
-            cam = self._cams.pop(camera_id, None)
-            if cam is None:
-                raise NotFoundError(f"camera {camera_id!r} not found")
-            self._order.remove(camera_id)
-            pending = list(cam.queue)
-            cam.queue.clear()
-        cam.state = "stopped"
+        cam, pending = self.registry.remove(camera_id)
         for job in pending:
             self._reply(job, FrameOutcome(job.camera_id, job.seq, error=NotFoundError("camera removed")))
         return cam
 
     def find(self, camera_id: str) -> CameraState | None:
         """The camera, or None if it is not registered."""
-        return self._cams.get(camera_id)
+        return self.registry.find(camera_id)
 
     def cameras(self) -> list[CameraState]:
-        with self._cv:
-            return [self._cams[c] for c in self._order]
+        return self.registry.list()
 
     # ---- ingest ----------------------------------------------------------------------------------
     def submit(self, job: FrameJob) -> None:
         """Queue a frame; if the camera's queue is full, the oldest waiting frame is dropped."""
-        cam = self._cams.get(job.camera_id)
-        if cam is None:
-            raise NotFoundError(f"camera {job.camera_id!r} not found; register it with AddCamera "
-                                "(uri 'push' for a gateway camera)")
-        dropped: FrameJob | None = None
-        with self._cv:
-            cam.frames_in += 1
-            cam.fps_in.tick()
-            if len(cam.queue) >= max(1, self.settings.queue_size):
-                dropped = cam.queue.popleft()
-                cam.frames_dropped += 1
-            cam.queue.append(job)
-            self._cv.notify()
+        cam = self.registry.get(job.camera_id)
+        dropped: FrameJob | None = self.registry.enqueue(cam, job, self.settings.queue_size)
         self.metrics.frames_in.labels(job.camera_id).inc()
         if dropped is not None:
             self.metrics.frames_dropped.labels(job.camera_id).inc()
@@ -382,8 +312,8 @@ class Scheduler:
             cam.frames_processed += 1
             cam.fps_out.tick(now)
             cam.last_frame_time = job.capture_time
-            if cam.kind == "push" and cam.state != "stopped":
-                cam.state = "running"
+            if cam.kind == "push":
+                cam.set_state(CameraPhase.RUNNING)
             m.frames_processed.labels(cam.camera_id).inc()
             latency = now - job.arrival
             m.frame_latency.observe(latency)
@@ -411,5 +341,5 @@ def is_drop(err: FaceEngineError | None) -> bool:
     return isinstance(err, _Dropped)
 
 
-__all__ = ["DROP_POLICY", "CameraState", "DecisionSink", "FaceOut", "FrameJob", "FrameOutcome", "FrameRecognizer",
-           "RateMeter", "Scheduler", "SchedulerSettings", "is_drop"]
+__all__ = ["DROP_POLICY", "CameraState", "CameraStatus", "DecisionSink", "FaceOut", "FrameJob", "FrameOutcome",
+           "FrameRecognizer", "RateMeter", "Scheduler", "SchedulerSettings", "is_drop"]

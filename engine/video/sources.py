@@ -22,11 +22,16 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from engine.errors import InvalidArgumentError
+from engine.video.cameras import CameraPhase, CameraStatus
 from engine.video.decode import CpuVideo, VideoOpener, VideoReader
-from engine.video.pipeline import CameraState, Engine, FrameJob
+from engine.video.scheduler import FrameJob
+
+if TYPE_CHECKING:
+    from engine.video.engine_api import VideoEngine
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +144,7 @@ class SourceOptions:
     timeout_s: float = 10.0  # open and read timeout of a network camera
 
 
-# name -> (kind, low, high, what it means): the schema AddCamera checks and the README lists
+# name -> (kind, low, high, what it means): the schema AddCamera checks and docs/operations.md lists
 OPTIONS: dict[str, tuple[str, float, float, str]] = {
     "loop": ("bool", 0, 1, "restart a file at its end (default true)"),
     "realtime": ("bool", 0, 1, "pace reading to the source frame rate (default true)"),
@@ -177,7 +182,7 @@ def parse_options(options: dict[str, str]) -> SourceOptions:
 
 
 class PullSource:
-    def __init__(self, engine: Engine, cam: CameraState, backoff_max_s: float = 30.0,
+    def __init__(self, engine: VideoEngine, cam: CameraStatus, backoff_max_s: float = 30.0,
                  file_roots: Iterable[str] | None = None, video: VideoOpener | None = None) -> None:
         """`file_roots`, when given, are checked again at every open (a file swapped for a symlink);
         `video` opens the stream (the engine's `Decoders.video`; OpenCV's FFmpeg when None)."""
@@ -239,7 +244,7 @@ class PullSource:
                 self._fail(f"reader error: {type(exc).__name__}: {exc}", True)
                 self._stop.wait(delay)
                 delay = min(delay * 2, self.backoff_max_s)
-        self.cam.state = "stopped"
+        self.cam.set_state(CameraPhase.STOPPED)
 
     def _read_loop(self) -> None:
         seq = 0
@@ -250,7 +255,7 @@ class PullSource:
             if not first and not looped:
                 cam.reconnects += 1
             first, looped = False, False
-            cam.state = "connecting"
+            cam.set_state(CameraPhase.CONNECTING)
             try:
                 cap = self._open()
             except OSError as exc:
@@ -258,7 +263,7 @@ class PullSource:
                 self._stop.wait(delay)
                 delay = min(delay * 2, self.backoff_max_s)
                 continue
-            cam.state = "running"
+            cam.set_state(CameraPhase.RUNNING)
             expected = cap.frame_count if _is_file(cam.uri) else 0
             fps = cap.fps or 25.0
             start_wall = time.time()
@@ -285,7 +290,7 @@ class PullSource:
                     self.engine.submit(FrameJob(cam.camera_id, seq, start_wall + video_t, frame))
                     delay = self.backoff_s
                     if cam.last_error and read > 1:
-                        cam.last_error = ""
+                        cam.set_state(CameraPhase.RUNNING, "")
             except Exception as exc:  # decoder errors on broken streams
                 self._fail(f"read error: {exc}", True)
             finally:
@@ -297,7 +302,7 @@ class PullSource:
                     self._fail(f"{_path(cam.uri)}: stream ended at frame {read} of {expected} "
                                "(file truncated or corrupt)", True)
                 elif not self.loop:
-                    cam.state = "ended"
+                    cam.set_state(CameraPhase.ENDED)
                     return
                 elif read == 0:
                     self._fail(f"{_path(cam.uri)}: no frames could be decoded", True)
@@ -308,7 +313,7 @@ class PullSource:
                 self._fail(f"{self.shown_uri}: stream ended or broke after {read} frames", True)
             self._stop.wait(delay)
             delay = min(delay * 2, self.backoff_max_s)
-        cam.state = "stopped"
+        cam.set_state(CameraPhase.STOPPED)
 
     def _fail(self, message: str, retrying: bool) -> None:
         """Record an error in the camera's status; log it unless the same error was logged in the
@@ -316,8 +321,7 @@ class PullSource:
         cam = self.cam
         if cam.uri not in PUSH_URIS:
             message = message.replace(cam.uri, self.shown_uri)
-        cam.last_error = message
-        cam.state = "retrying"
+        cam.set_state(CameraPhase.RETRYING, message)
         key = re.sub(r"\d+", "#", message)
         now = time.monotonic()
         if key == self._log_key and now - self._log_at < LOG_EVERY_S:

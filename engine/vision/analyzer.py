@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -59,6 +60,11 @@ class FaceAnalyzer:
     def models(self) -> dict[str, RunnerInfo]:
         """Per model role ("detector", "embedder"): model file, provider, batched flag, batch verdict, IO binding."""
         return {"detector": self.detector.runner.info(), "embedder": self.embedder.runner.info()}
+
+    def session_stats(self) -> dict[str, dict[str, Any]]:
+        """Per role ("detector", "embedder"): distinct input shapes its session ran against the buckets
+        allowed (`runtime.shape_buckets`), warm-up time, fp16 verdict; for metrics and `bench --json`."""
+        return {"detector": self.detector.runner.session_stats(), "embedder": self.embedder.runner.session_stats()}
 
     @property
     def model_name(self) -> str:

@@ -17,9 +17,10 @@ import cv2
 import numpy as np
 
 from engine.config import DetectorConfig, RuntimeConfig, gpu_provider
-from engine.models.factory import build_runner
+from engine.models.factory import load_runner
 from engine.models.registry import ModelRegistry, ModelSpec
 from engine.models.runner import BatchVerdict, InferenceRunner, RunFn
+from engine.models.session import warmup_on
 from engine.vision.batchcheck import compare_detections, sample_images
 from engine.vision.detections import Detections
 from engine.vision.graph_preprocess import letterbox_for, prepend_letterbox
@@ -76,7 +77,7 @@ class FaceDetector(ABC):
 class OnnxFaceDetector(FaceDetector):
     """Shared letterbox, batching and post-processing; subclasses decode their heads.
 
-    The model runs in an injected `InferenceRunner` (built by `engine.models.factory.build_runner`)."""
+    The model runs in an injected `InferenceRunner` (built by `engine.models.factory`)."""
 
     def __init__(self, spec: ModelSpec, runner: InferenceRunner, cfg: DetectorConfig,
                  graph_letterbox: bool = False) -> None:
@@ -136,14 +137,19 @@ class OnnxFaceDetector(FaceDetector):
     def _input_buffer(self, n: int, h: int, w: int) -> np.ndarray:
         """A reused (n, 3, h, w) float32 input buffer, one per thread: page-faulting a fresh 20+ MB
         array (and a transposed copy of it) for every batch cost more than the resize itself."""
-        cache: dict[tuple[int, int, int], np.ndarray] | None = getattr(self._local, "buffers", None)
+        return self._buffer((n, 3, h, w), np.float32)
+
+    def _buffer(self, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+        """A reused input buffer of `shape`, one per thread (n is the runner's padded batch, so a bucket
+        needs no copy; spare rows keep old frames, which only pad)."""
+        cache: dict[tuple[tuple[int, ...], type], np.ndarray] | None = getattr(self._local, "buffers", None)
         if cache is None:
             cache = self._local.buffers = {}
-        buf = cache.get((n, h, w))
+        buf = cache.get((shape, dtype))
         if buf is None:
-            if len(cache) >= 4:  # frame and batch sizes vary little; keep the few in use
+            if len(cache) >= 6:  # frame sizes and buckets vary little; keep the few in use
                 cache.pop(next(iter(cache)))
-            buf = cache[(n, h, w)] = np.empty((n, 3, h, w), np.float32)
+            buf = cache[(shape, dtype)] = np.zeros(shape, dtype)
         return buf
 
     def last_timing(self) -> DetectTiming | None:
@@ -176,10 +182,10 @@ class OnnxFaceDetector(FaceDetector):
         for size, idx in groups.items():
             tw, th = size
             t0 = time.perf_counter()
-            buf = self._input_buffer(len(idx), th, tw)
+            buf = self._input_buffer(self.runner.padded(len(idx)), th, tw)
             boxes = [self.preprocess(images[i], size, buf[k]) for k, i in enumerate(idx)]
             t1 = time.perf_counter()
-            outs = self.runner.run(buf)
+            outs = self.runner.run(buf, len(idx))
             t2 = time.perf_counter()
             for k, i in enumerate(idx):
                 raw_boxes, kps, scores = self.decode([o[k] for o in outs], tw, th)
@@ -198,9 +204,11 @@ class OnnxFaceDetector(FaceDetector):
         for shape, idx in groups.items():
             t0 = time.perf_counter()
             scale, tw, th = letterbox_for(shape[0], shape[1], self.network_side(shape[1], shape[0]))
-            frames = np.stack([images[i] for i in idx])
+            frames = self._buffer((self.runner.padded(len(idx)), *shape), np.uint8)
+            for k, i in enumerate(idx):
+                frames[k] = images[i]
             t1 = time.perf_counter()
-            outs = self.runner.run(frames)
+            outs = self.runner.run(frames, len(idx))
             t2 = time.perf_counter()
             for k, i in enumerate(idx):
                 raw_boxes, kps, scores = self.decode([o[k] for o in outs], tw, th)
@@ -208,6 +216,16 @@ class OnnxFaceDetector(FaceDetector):
             pre, model, post = pre + t1 - t0, model + t2 - t1, post + time.perf_counter() - t2
         self._local.timing = DetectTiming(len(images), pre, model, post)
         return [r if r is not None else Detections.empty() for r in results]
+
+    def warm_up(self, frame_sizes: Sequence[str]) -> float:
+        """Run every bucket at each frame size (WIDTHxHEIGHT, one per stream class) through `detect_batch`
+        with black frames, so each shape steady state will use is met once at load; returns seconds."""
+        total = 0.0
+        for size in frame_sizes:
+            w, h = (int(v) for v in size.lower().split("x"))
+            frame = np.zeros((h, w, 3), np.uint8)
+            total += self.runner.warm_up(lambda rows, f=frame: self.detect_batch([f] * rows), f"{w}x{h} frames")
+        return total
 
     @abstractmethod
     def decode(self, outs: list[np.ndarray], w: int, h: int,
@@ -331,13 +349,17 @@ def load_detector(registry: ModelRegistry, name: str, cfg: DetectorConfig, runti
         raise ValueError(f"model {name} is not a supported detector (task={spec.task}, family={spec.family})")
     if cfg.score_threshold <= 0:  # 0 = the model's own calibrated threshold (scores differ per family)
         cfg.score_threshold = float(spec.extra.get("score_threshold", 0.6))  # type: ignore[arg-type]
-    graph = runtime.graph_preprocess == "on" or (runtime.graph_preprocess == "auto" and gpu_provider(runtime.provider))
+    graph = runtime.runner == "onnx" and (runtime.graph_preprocess == "on" or (
+        runtime.graph_preprocess == "auto" and gpu_provider(runtime.provider)))
     auto = None
     if cfg.auto_scale and cfg.min_face_size > 0:
         auto = (float(spec.extra.get("min_face_px", DEFAULT_MIN_FACE_PX)), cfg.min_face_size,  # type: ignore[arg-type]
                 cfg.max_input_side)
     transform = (lambda m: prepend_letterbox(m, spec, cfg.input_size, auto)) if graph else None
-    runner = build_runner(registry.path(name), runtime, dynamic_hw=True, transform=transform)
+    runner = load_runner(registry, name, runtime, dynamic_hw=True, transform=transform)
     det = _FAMILIES[spec.family](spec, runner, cfg, graph_letterbox=graph)
     runner.verify_batching(det.batch_check)
+    runner.try_fp16(det.batch_check)  # fp16 against fp32: the same decoded-faces comparison (off: no-op)
+    if warmup_on(runtime):
+        det.warm_up(runtime.warmup_frame_sizes)
     return det
