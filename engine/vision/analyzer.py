@@ -80,6 +80,10 @@ class FaceAnalyzer:
         """Detections of several images in one batched detector call (one list entry per image)."""
         return self.detector.detect_batch(images)
 
+    def detect_regions(self, images: Sequence[np.ndarray], scale: float) -> list[Detections]:
+        """Detections of regions cut from video frames at `scale` network pixels per pixel (motion gating)."""
+        return self.detector.detect_scaled(images, scale)
+
     def last_detect_timing(self) -> DetectTiming | None:
         """Pre-process / model / post-process split of this thread's last `detect_batch` call."""
         return self.detector.last_timing()
