@@ -23,6 +23,7 @@ def build_engine(cfg: Config, analyzer: FaceAnalyzer, gallery: Gallery, store: E
 
     decoders = decoders or build_decoders(cfg.decode, cfg.runtime.device_id)
     metrics.watch_decoders(decoders)
+    metrics.watch_sessions(analyzer.session_stats)
     return Engine(cfg, analyzer, gallery, store, metrics, decoders)
 
 

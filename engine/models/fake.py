@@ -94,9 +94,11 @@ class FakeRunner(InferenceRunner):
             return ("batch", 3, 112, 112)
         return ("batch", 3, "H", "W")
 
-    def run(self, batch: np.ndarray) -> list[np.ndarray]:
-        """Canned outputs for a (B, 3, H, W) input, after sleeping `cost_ms` per image. Outputs are
-        cached per input shape and shared: callers read them, never write."""
+    def run(self, batch: np.ndarray, valid: int | None = None) -> list[np.ndarray]:
+        """Canned outputs for a (B, 3, H, W) input (its first `valid` rows), after sleeping `cost_ms` per
+        image. Outputs are cached per input shape and shared: callers read them, never write."""
+        if valid is not None and valid < batch.shape[0]:
+            batch = batch[:valid]
         n = int(batch.shape[0])
         with self._lock:
             self.calls += 1

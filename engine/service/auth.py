@@ -41,7 +41,13 @@ from typing import Any, Protocol
 import grpc
 
 from engine.config import AuthConfig
-from engine.errors import AuditUnavailableError, FaceEngineError, InvalidArgumentError, PermissionDeniedError
+from engine.errors import (
+    AuditUnavailableError,
+    FaceEngineError,
+    InvalidArgumentError,
+    PermissionDeniedError,
+    UnavailableError,
+)
 from engine.service.convert import unary
 from engine.service.interceptors import Undecodable, rewrap
 from engine.service.proto import pb, rpc
@@ -367,7 +373,10 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 raise AuditUnavailableError(
                     f"{info.method.rsplit('/', 1)[-1]} refused: its audit record could not be written ({reason}); "
                     "nothing was changed, retry once the store can write") from exc
-            log.exception("audit record for %s could not be written", info.method)
+            if isinstance(exc, UnavailableError):  # an outage: one line, not a traceback per call
+                log.error("audit record for %s could not be written: %s", info.method, exc)
+            else:
+                log.exception("audit record for %s could not be written", info.method)
 
     def audit_denial(self, info: CallInfo, detail: str) -> None:
         """Record a PERMISSION_DENIED a servicer decided (a token's scope), as the interceptor's own are."""
@@ -453,6 +462,9 @@ class AuthInterceptor(grpc.ServerInterceptor):
                     self._write_throttled_end(peer, ended)
             try:
                 principal = self.authenticate(metadata)
+            except UnavailableError as exc:  # the store does not answer: say so now, not UNKNOWN later
+                log.error("%s: token check failed: %s", method, exc)
+                context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
             except _Denied as exc:
                 log.warning("%s: %s (peer %s)", method, exc.message, context.peer())
                 info = CallInfo(Principal(UNAUTHENTICATED_ACTOR, "none"), method, [f"peer={peer}", exc.message])
