@@ -10,6 +10,7 @@ through onnxruntime IO binding: the input uploaded to the device once, outputs c
 
 from __future__ import annotations
 
+import atexit
 import copy
 import ctypes
 import json
@@ -227,6 +228,7 @@ class OnnxRunner(InferenceRunner):
             opts.enable_profiling = True
             opts.profile_file_prefix = str(Path(runtime.profile_dir) / path.stem)
             self._profile_left = runtime.profile_runs
+            atexit.register(self._profile_finish)  # fewer calls than profile_runs: written at exit
         providers = provider_options(runtime)
         self._opts, self._providers = opts, providers
         try:
@@ -484,6 +486,13 @@ class OnnxRunner(InferenceRunner):
                 return
             self._profile_left -= 1
             if self._profile_left > 0:
+                return
+        self._profile_finish()
+
+    def _profile_finish(self) -> None:
+        """End the kept session's profile now (at most once) and summarise it."""
+        with self._io_lock:
+            if self._profile_left is None:
                 return
             self._profile_left = None
         try:
