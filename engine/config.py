@@ -285,6 +285,28 @@ class PipelineConfig(Section):
     identity_switch_similarity: float = _f(
         0.2, "A track's new embedding below this cosine similarity to its pooled one means the tracker swapped "
         "faces: the track's best shots start afresh.", ge=-1.0, le=1.0)
+    motion_gating: bool = _f(
+        True, "Video frames are detected only in regions where motion was found (plus live tracks' boxes), cut "
+        "from the full-resolution frame; an empty scene costs almost nothing. Stills are always detected whole.")
+    detect_interval: int = _f(
+        2, "Detect every k-th frame of a camera; between detections the tracker carries the boxes (constant "
+        "velocity). 1 = every frame.", ge=1, le=100)
+    max_detect_interval: int = _f(
+        8, "Under overload (a camera's queue half full) the detection interval rises up to this before frames are "
+        "dropped, and falls back when the queue empties.", ge=1, le=100)
+    full_frame_interval_s: float = _f(
+        2.0, "With motion_gating, a full-frame detection pass this often per camera (seconds of frame time) finds "
+        "people standing still; 0 = only a camera's first frame.", ge=0.0, le=3600.0)
+    motion_width: int = _f(320, "Width in pixels of the grey copy the motion mask is computed on.", ge=32, le=4096)
+    motion_threshold: float = _f(
+        20.0, "Grey levels (0-255) a pixel must differ from the running background to count as motion.",
+        gt=0.0, le=255.0)
+    max_region_share: float = _f(
+        0.5, "When the motion regions cover more than this share of the frame, the whole frame is detected.",
+        gt=0.0, le=1.0)
+    region_scale: float = _f(
+        0.0, "Network pixels per frame pixel for motion regions; 0 = per camera from the face sizes it sees (1 "
+        "until enough faces were seen; down to 0.25 where every face is large).", ge=0.0, le=2.0)
 
 
 class ServerConfig(Section):

@@ -38,6 +38,11 @@ class EngineMetrics:
         self.matches = Counter("faceengine_matches", "Match events raised or updated", ["kind"], registry=r)
         self.active_streams = Gauge("faceengine_active_streams", "Open ingest streams", registry=r)
         self.subscribers = Gauge("faceengine_subscribers", "Live match subscribers", registry=r)
+        self.detect_frames = Counter("faceengine_detect_frames", "Video frames by how they were detected: full "
+                                     "(whole frame), regions (motion regions, possibly none), carried (not detected: "
+                                     "the tracker carried the boxes)", ["mode"], registry=r)
+        self.detect_interval = Gauge("faceengine_detect_interval", "Current detection interval per camera "
+                                     "(raised under overload before frames are dropped)", ["camera"], registry=r)
         self.rpc_errors = Counter("faceengine_rpc_errors", "RPCs ended with an error status", ["method", "code"],
                                   registry=r)
 

@@ -49,7 +49,7 @@ def register(sub: Any, lazy: Callable[[str, str], Callable[[argparse.Namespace],
     e.add_argument("--meta", action="append", help="metadata key=value (repeatable)")
     e.add_argument("--replace", action="store_true", help="replace existing templates")
     e.add_argument("--create", action="store_true", help="create the watchlist if missing")
-    e.add_argument("--strict", action="store_true", help="refuse photos with several faces (default: largest)")
+    e.add_argument("--strict", action="store_true", help="refuse photos with several faces (default: the dominant one)")
     e.add_argument("images", nargs="+")
     e.set_defaults(func=lazy(m, "cmd_enroll"))
 

@@ -55,9 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--name", help="display name")
     e.add_argument("--meta", action="append", help="metadata key=value (repeatable)")
     e.add_argument("--replace", action="store_true", help="replace the person's existing templates")
-    e.add_argument("--strict", action="store_true", help="refuse images with several faces (default: the largest)")
+    e.add_argument("--strict", action="store_true", help="refuse images with several faces (default: the dominant one)")
     e.add_argument("--json", action="store_true")
-    e.add_argument("images", nargs="+", help="one or more images; with several faces the largest is enrolled")
+    e.add_argument("images", nargs="+", help="one or more images; of several faces the dominant one is enrolled")
     e.set_defaults(func=local.cmd_enroll_local)
 
     i = sub.add_parser("identify", help="detect and identify faces in an image or video (no server)")

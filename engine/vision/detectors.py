@@ -65,6 +65,10 @@ class FaceDetector(ABC):
     @abstractmethod
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[Detections]: ...
 
+    def detect_scaled(self, images: Sequence[np.ndarray], scale: float) -> list[Detections]:
+        """Detections of frame regions at `scale` network pixels per image pixel (default: as `detect_batch`)."""
+        return self.detect_batch(images)
+
     def last_timing(self) -> DetectTiming | None:
         """The split of this thread's last `detect_batch` call (None when the detector keeps none)."""
         return None
@@ -155,10 +159,25 @@ class OnnxFaceDetector(FaceDetector):
         images = [check_array(im) for im in images]
         if self.graph_letterbox:
             return self._detect_frames(images)
+        return self._detect_sized(images, [self.target_size(im.shape[1], im.shape[0]) for im in images])
+
+    def detect_scaled(self, images: Sequence[np.ndarray], scale: float) -> list[Detections]:
+        """Detections of regions cut from a frame, each run at `scale` network pixels per image pixel (1 = as
+        they are: a 24 px face stays 24 px), not letterboxed up to `input_size` as small stills are. Regions
+        whose sides are multiples of 32 / `scale` run unpadded; equal shapes share one runner call. With the
+        graph letterbox (GPU) the graph picks the size as for any image."""
+        images = [check_array(im) for im in images]
+        if self.graph_letterbox:
+            return self._detect_frames(images)
+        sizes = [input_size(im.shape[1], im.shape[0], max(32, round(max(im.shape[:2]) * scale))) for im in images]
+        return self._detect_sized(images, sizes)
+
+    def _detect_sized(self, images: list[np.ndarray], sizes: list[tuple[int, int]]) -> list[Detections]:
+        """CPU letterbox of each image into its network (width, height); equal sizes run as one batch."""
         results: list[Detections | None] = [None] * len(images)
         groups: dict[tuple[int, int], list[int]] = {}
-        for i, im in enumerate(images):
-            groups.setdefault(self.target_size(im.shape[1], im.shape[0]), []).append(i)
+        for i, size in enumerate(sizes):
+            groups.setdefault(size, []).append(i)
         pre = model = post = 0.0  # a perf_counter pair per step: the split bench/metrics report
         for size, idx in groups.items():
             tw, th = size
