@@ -17,9 +17,11 @@ The same command serves every call; only `carry` changes (.device/p1, then p2, .
 4. steps, in order (DEFAULT_STEPS unless DEVICE_STEPS names others), each with its own timeout and skipped
    when the time left cannot hold its estimate: models-cuda, cluster, e2e-cuda (1, then 4, then 16 cameras
    for DEVICE_E2E_S = 20 s each, then gRPC at 16; each point's JSON written, and copied to $OUT, at once),
-   models-cuda-sface; opt-in: models-cpu, pipeline-cuda, soak-gpu. A step's output is printed line by line
-   as it runs (and kept in results/<step>.log); GPU steps write onnxruntime's per-node profile of each
-   session (results/profile-<step>/, first DEVICE_PROFILE_RUNS calls) and its top operators are printed;
+   models-cuda-sface; opt-in: models-cpu, pipeline-cuda, soak-gpu, models-cuda-graphs and e2e-cuda-graphs
+   (CUDA graphs per bucket, to set against models-cuda-sface and e2e-cuda's 16-camera point). A step's
+   output is printed line by line as it runs (and kept in results/<step>.log); GPU steps write
+   onnxruntime's per-node profile of each session (results/profile-<step>/, first DEVICE_PROFILE_RUNS
+   calls) and its top operators are printed;
 5. results: $OUT/results.tar.gz (every JSON, plot, profile and log so far, rewritten after each step) and
    $OUT/run.log. A step that ran (or failed) is not run again in a later call (DEVICE_RETRY=1 to retry).
 
@@ -303,6 +305,18 @@ def steps() -> list[Step]:
         Step("models-cuda-sface", ("ort", "model-sface", *CORE), True, 20 if q else 40, 120,
              lambda p: _bench("models", "--provider", p, "--embedders", "sface", "--batches", "32", "--json",
                               "--out", tag("models-sface", p)) + (["--quick"] if q else ["--seconds", "1"])),
+        # on request: the same with CUDA graphs per bucket, to set against models-cuda-sface and e2e-cuda
+        Step("models-cuda-graphs", ("ort", "model-sface", *CORE), True, 20 if q else 40, 120,
+             lambda p: _bench("models", "--provider", p, "--embedders", "sface", "--batches", "32", "--json",
+                              "--out", tag("models-graphs", p)) + (["--quick"] if q else ["--seconds", "1"]),
+             {"FACEENGINE_RUNTIME_CUDA_GRAPHS": "true", "FACEENGINE_RUNTIME_SHAPE_BUCKETS": "on"}),
+        Step("e2e-cuda-graphs", ("ort", "model-sface", *CORE), True, 40 if q else E2E_S + 60, 150,
+             lambda p: [PY, str(ROOT / "benchmarks" / "device" / "e2e.py"), "--provider", p, "--out",
+                        tag("e2e-graphs", p), "--copy-to", str(OUT / "points"),
+                        *(["--cameras", "2", "--seconds", f"{min(E2E_S, 3):g}", "--max-frames", "6", *lfw,
+                           "--video", str(STASH / "shared" / "testdata" / "videos" / "stage_360p.mp4")] if q
+                          else ["--cameras", "16", "--seconds", f"{E2E_S:g}"])],
+             {"FACEENGINE_RUNTIME_CUDA_GRAPHS": "true", "FACEENGINE_RUNTIME_SHAPE_BUCKETS": "on"}),
     ]
 
 
