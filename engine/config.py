@@ -342,6 +342,9 @@ class AuthConfig(Section):
     recheck_s: float = _f(
         2.0, "Open streams re-check their token this often; a revoked token ends them (UNAUTHENTICATED).",
         gt=0.0, le=3600.0)
+    trusted_proxies: list[str] = _f(
+        ["127.0.0.1", "::1"], "Peers (the console, a gRPC proxy) whose x-forwarded-for metadata names the real "
+        "client: their callers' failed authentications are throttled per client, not against the proxy's address.")
 
 
 class TLSConfig(Section):
@@ -416,6 +419,12 @@ class ConsoleConfig(Section):
                               "(everyone signs in again). Share it between console replicas.")
     session_hours: float = _f(12.0, "A console sign-in expires after this many hours.", gt=0.0, le=24.0 * 365)
     max_cards: int = _f(50, "Live alert cards kept on the page; older cards drop off.", ge=1, le=10_000)
+    trusted_proxies: list[str] = _f(
+        [], "Reverse proxies (addresses) whose X-Forwarded-For names the browser; empty = none: sign-ins are paced "
+        "by the TCP peer and the header is ignored (a forged one cannot dodge the pacing).")
+    allow_open_engine: bool = _f(
+        False, "Allow sign-ins when the engine runs without auth (--dev) although the console listens beyond "
+        "loopback over plain HTTP (anyone reaching it would be admin).")
 
 
 class Config(BaseModel):
