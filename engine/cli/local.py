@@ -54,9 +54,14 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
 def cmd_config_show(args: argparse.Namespace) -> int:
     from engine.gallery.calibration import effective_min_quality, effective_threshold
     from engine.models.registry import load_manifest
+    from engine.settings import Batching, DevicePlan
 
     cfg = load_config(args)
     print(cfg.to_toml())
+    device = DevicePlan.resolve(cfg.runtime)
+    b = Batching.resolve(cfg.pipeline, device)
+    where = "GPU" if device.gpu else "CPU"
+    print(f"# effective batching: {b.batch_size} frames, {b.batch_wait_ms:g} ms wait ({where})")
     spec = load_manifest().get(cfg.models.embedder)
     if spec is None:
         print(f"# effective quality gate: unknown embedder {cfg.models.embedder!r}")
@@ -104,8 +109,11 @@ def cmd_enroll_local(args: argparse.Namespace) -> int:
 
 
 def _faces_json(res, gallery, cfg) -> list[dict]:  # noqa: ANN001
+    from engine.gallery.calibration import configured_threshold
+
     faces = []
-    matches = gallery.search(res.embeddings, 1, cfg.gallery.match_threshold) if gallery else [[]] * len(
+    thr = configured_threshold(cfg)
+    matches = gallery.search(res.embeddings, 1, thr) if gallery else [[]] * len(
         res.detections)
     for i in range(len(res.detections)):
         face = {"box": [round(float(v), 1) for v in res.detections.boxes[i]],

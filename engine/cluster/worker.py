@@ -35,12 +35,16 @@ class WireFrame:
 
 
 def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
-    """The configuration as a nested dict of plain values (what a worker process is started with)."""
-    out: dict[str, dict[str, Any]] = {}
-    for name, value, _doc in cfg.describe():
-        section, key = name.split(".", 1)
-        out.setdefault(section, {})[key] = value
-    return out
+    """What a worker process is started with: the user's overrides (`Config.overrides`), never values
+    resolved on the front end's machine, so what is left to auto is chosen where the worker runs."""
+    return cfg.overrides()
+
+
+def worker_config(cfg_data: dict[str, dict[str, Any]], worker_id: str = "worker") -> Config:
+    """The worker's configuration: defaults, then the front end's overrides (its [cluster] section aside)."""
+    cfg = Config.load(env={})
+    cfg.update({k: v for k, v in cfg_data.items() if k != "cluster"}, source=f"cluster worker {worker_id}")
+    return cfg
 
 
 def rss_bytes() -> int:
@@ -60,8 +64,7 @@ class CameraWorker:
         from engine.video.pipeline import Engine
         from engine.vision.analyzer import FaceAnalyzer
 
-        cfg = Config.load(env={})
-        cfg.update({k: v for k, v in cfg_data.items() if k != "cluster"}, source=f"cluster worker {worker_id}")
+        cfg = worker_config(cfg_data, worker_id)
         self.cfg = cfg
         self.worker_id = worker_id
         self.store = open_store(cfg.store.target())  # SQLite on one machine, PostgreSQL across machines

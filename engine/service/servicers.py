@@ -466,7 +466,7 @@ class MatchesServicer(rpc.MatchesServicer):
         for w in request.watchlists:
             srv.store.get_watchlist(w)
         det, emb = srv.analyzer.largest_face(image_from_proto(request.image, srv.cfg.limits))
-        thr = srv.cfg.gallery.match_threshold
+        thr = srv.settings.match_threshold
         hits = srv.gallery.search(emb, request.top_k or srv.cfg.gallery.top_k,
                                   request.min_score if request.min_score else -1.0, list(request.watchlists))[0]
         return pb.SearchResponse(face=box(det.boxes[0]), threshold=thr, hits=[
@@ -487,7 +487,7 @@ class MatchesServicer(rpc.MatchesServicer):
         da, ea = srv.analyzer.largest_face(image_from_proto(request.image_a, srv.cfg.limits, "image_a"), "image_a")
         db, eb = srv.analyzer.largest_face(image_from_proto(request.image_b, srv.cfg.limits, "image_b"), "image_b")
         score = float(ea @ eb)
-        thr = srv.cfg.gallery.match_threshold
+        thr = srv.settings.match_threshold
         return pb.VerifyResponse(score=score, same_person=score >= thr, threshold=thr, face_a=box(da.boxes[0]),
                                  face_b=box(db.boxes[0]))
 

@@ -34,7 +34,6 @@ import numpy as np
 
 from engine.config import Config
 from engine.errors import FaceEngineError
-from engine.gallery.calibration import configured_min_quality, configured_threshold
 from engine.metrics import EngineMetrics
 from engine.video.bestshot import BestShotPolicy, TrackRegistry, TrackState
 from engine.video.quality import QualityGate, face_quality
@@ -43,6 +42,7 @@ from engine.vision.detections import Detections
 
 if TYPE_CHECKING:
     from engine.gallery.gallery import Match
+    from engine.settings import Settings
 
 
 @dataclass
@@ -107,20 +107,32 @@ class RecognizerSettings:
     max_faces_per_frame: int = 200
 
     @classmethod
-    def from_config(cls, cfg: Config) -> RecognizerSettings:
+    def from_settings(cls, settings: Settings) -> RecognizerSettings:
+        """The policy from resolved settings (thresholds from the loaded models where left to auto)."""
+        cfg, t = settings.config, settings.thresholds
         p = cfg.pipeline
         return cls(
             tracking=p.tracking,
             track_max_age_s=p.track_max_age_s,
-            track_start_score=max(cfg.detector.score_threshold, p.track_start_score),
+            track_start_score=max(t.detector_score, p.track_start_score),
             min_face_size=float(p.min_face_size),
-            min_quality=configured_min_quality(cfg),  # negative in the config = the embedder's calibrated gate
+            min_quality=t.min_quality,
             reembed_margin=p.reembed_margin,
             reembed_interval_s=p.reembed_interval_s,
             identity_switch_similarity=p.identity_switch_similarity,
-            match_threshold=configured_threshold(cfg),  # 0 in the config = from gallery.match_fpir
+            match_threshold=t.match,
             max_faces_per_frame=cfg.limits.max_faces_per_frame,
         )
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> RecognizerSettings:
+        """The policy for cfg's models without loading them (thresholds from the model manifest)."""
+        from engine.models.registry import ModelSpec, load_manifest
+        from engine.settings import Settings
+
+        specs = load_manifest()
+        emb = specs.get(cfg.models.embedder) or ModelSpec(cfg.models.embedder, "", "embedder", "")  # no calibration
+        return cls.from_settings(Settings.resolve(cfg, emb, specs.get(cfg.models.detector)))
 
 
 @dataclass(frozen=True)

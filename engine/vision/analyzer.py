@@ -11,7 +11,6 @@ import numpy as np
 
 from engine.config import Config
 from engine.errors import MultipleFacesError, NoFaceError
-from engine.gallery.calibration import resolve_match_threshold, resolve_min_quality
 from engine.models.registry import ModelRegistry
 from engine.models.runner import RunnerInfo
 from engine.vision.align import Aligner
@@ -42,11 +41,8 @@ class FaceAnalyzer:
         registry = registry or ModelRegistry.from_config(cfg.models)
         det = load_detector(registry, cfg.models.detector, cfg.detector, cfg.runtime)
         emb = load_embedder(registry, cfg.models.embedder, cfg.embedder, cfg.runtime)
-        resolve_match_threshold(cfg, emb.spec)  # match_threshold 0 = from gallery.match_fpir
-        resolve_min_quality(cfg, emb.spec)  # min_quality < 0 = the embedder's calibrated gate
-        log.info("analyzer: detector=%s embedder=%s (dim %d) on %s (IO binding %s), match threshold %.4f",
-                 det.name, emb.name, emb.dim, emb.runner.provider, "on" if emb.runner.io_binding else "off",
-                 cfg.gallery.match_threshold)
+        log.info("analyzer: detector=%s embedder=%s (dim %d) on %s (IO binding %s)",
+                 det.name, emb.name, emb.dim, emb.runner.provider, "on" if emb.runner.io_binding else "off")
         return cls(det, emb)
 
     @property
