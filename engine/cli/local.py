@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import cv2
-import numpy as np
 
 from engine.cli.common import jprint, load_config
 from engine.errors import FaceEngineError, InvalidImageError
@@ -83,28 +82,49 @@ def _open_gallery(cfg, analyzer):  # noqa: ANN001, ANN202
 
 
 def cmd_enroll_local(args: argparse.Namespace) -> int:
+    """Offline enrolment through the same `WatchlistService` as gRPC EnrollPerson: the same checks and
+    refusals, and the person's photo is kept."""
+    from engine.app.watchlists import WatchlistService
+    from engine.errors import InvalidArgumentError, NotFoundError
+    from engine.gallery.gallery import Gallery
+    from engine.store import open_store
     from engine.vision.analyzer import FaceAnalyzer
     from engine.vision.image import read_image
 
     cfg = load_config(args)
+    meta: dict[str, str] = {}
+    for kv in args.meta or []:
+        key, eq, value = kv.partition("=")
+        if not eq:
+            raise InvalidArgumentError(f"--meta {kv[:64]!r} must be key=value")
+        meta[key] = value
+    lim = cfg.limits
+    images = [(str(path), lambda path=path: read_image(path, lim.max_image_side, lim.max_image_pixels))
+              for path in args.images]
     analyzer = FaceAnalyzer.from_config(cfg, _registry(cfg))
-    gallery = _open_gallery(cfg, analyzer)
-    gallery.ensure_watchlist(args.watchlist)
-    embs, notes = [], []
-    for path in args.images:
-        _, emb, note = analyzer.enrol_face(read_image(path, cfg.limits.max_image_side, cfg.limits.max_image_pixels),
-                                           str(path), args.strict)
-        embs.append(emb)
-        if note:
-            notes.append(note)
-            print(f"note: {note}", file=sys.stderr)
-    person = gallery.enroll(args.watchlist, args.person, np.stack(embs), args.name or args.person,
-                            dict(kv.split("=", 1) for kv in args.meta or []), replace=args.replace)
+    store = open_store(cfg.store.target())
+    try:
+        gallery = Gallery(store, analyzer.dim, analyzer.model_name, cfg.gallery.index)
+        service = WatchlistService(cfg, analyzer, gallery, store)
+        if args.create and not any(w.name == args.watchlist for w in gallery.list_watchlists()):
+            service.create_watchlist(args.watchlist)
+        try:
+            done = service.enroll(args.watchlist, args.person, images, args.name or "", meta, strict=args.strict,
+                                  replace=args.replace)
+        except NotFoundError as exc:
+            if args.create:
+                raise
+            raise NotFoundError(f"{exc}; add --create to create it") from None
+    finally:
+        store.close()
+    for note in done.notes:
+        print(f"note: {note}", file=sys.stderr)
+    person = done.person
     print(f"enrolled {person.person_id} ({person.display_name}) in {args.watchlist}: "
           f"{person.template_count} templates", file=sys.stderr)
     if args.json:
         jprint({"watchlist": args.watchlist, "person_id": person.person_id, "templates": person.template_count,
-                "notes": notes})
+                "notes": done.notes})
     return 0
 
 

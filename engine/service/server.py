@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from engine.app.watchlists import WatchlistService
 from engine.config import Config
 from engine.errors import ConfigError, InvalidArgumentError
 from engine.gallery.gallery import Gallery
@@ -89,6 +90,7 @@ class FaceEngineServer:
             self.store.close()
             raise
         self.slots = StreamSlots(cfg.server)
+        self.watchlists = WatchlistService(cfg, self.analyzer, self.gallery, self.store)
         self.settings = Settings.for_analyzer(cfg, self.analyzer)  # resolved once; cfg stays as written
         self.settings.log()
         self.engine: VideoEngine = build_engine(self.settings, self.analyzer, self.gallery, self.store, self.metrics,
