@@ -106,11 +106,55 @@ class RuntimeConfig(Section):
                                   "CPU used), standing in for a model's cost.", ge=0.0, le=10_000.0)
     fake_faces: int = _f(1, "runner = fake: faces the fake detector reports in every frame (0 = none).",
                          ge=0, le=16)
+    shape_buckets: Literal["auto", "on", "off"] = _f(
+        "auto", "Pad every detector and embedder batch up to the next of bucket_sizes, so each session runs a "
+        "few fixed shapes: auto = on for GPU providers (a new input shape costs the CUDA provider tens to "
+        "hundreds of ms of algorithm search and allocation), off on the CPU (measured: padding costs more there "
+        "than new shapes do; benchmarks/results/buckets-cpu.json).")
+    bucket_sizes: list[int] = _f(
+        [1, 2, 4, 8, 16, 32], "Batch buckets (frames for the detector, faces for the embedder), ascending; larger "
+        "batches run in chunks of the largest.", min_length=1, max_length=16)
+    warmup: Literal["auto", "on", "off"] = _f(
+        "auto", "Run every bucket once at load (each logged with its time), so steady state never meets a new "
+        "shape: auto = on for GPU providers when shape_buckets is on.")
+    warmup_frame_sizes: list[str] = _f(
+        ["1920x1080"], "Frame sizes (WIDTHxHEIGHT, one per stream class) the detector's buckets are warmed at.",
+        max_length=8)
+    cudnn_conv_algo_search: Literal["HEURISTIC", "EXHAUSTIVE", "DEFAULT"] = _f(
+        "HEURISTIC", "CUDA provider convolution algorithm search: HEURISTIC (cuDNN's pick, no timing runs: "
+        "inference default), EXHAUSTIVE (times every algorithm per new shape: fastest kernels, slow first "
+        "calls), DEFAULT.")
+    cuda_graphs: bool = _f(
+        False, "CUDA provider: capture one CUDA graph per batch bucket with preallocated device buffers and "
+        "replay it (needs shape_buckets; a model that cannot be captured runs without, with a warning).")
+    fp16: Literal["auto", "on", "off"] = _f(
+        "auto", "Convert models to float16 at load, kept only when the embeddings match fp32 (cosine >= 0.999) "
+        "and the detections pass the batch check (verdict logged): auto = on for GPU providers.")
+    profile_dir: str = _f(
+        "", "Write onnxruntime's per-node profile of each session here (after profile_runs calls) with a "
+        "top-operators summary; empty = off.")
+    profile_runs: int = _f(200, "Session calls profiled before the profile is written.", ge=1, le=100_000)
     tensorrt_fp16: bool = _f(False, "TensorRT: build fp16 engines (faster; embeddings move slightly vs fp32).")
     tensorrt_cache_dir: str = Field(
         default_factory=lambda: str(Path(default_data_dir()) / "tensorrt"),
         description="TensorRT: folder caching built engines (a first build takes minutes); empty = no cache.")
 
+
+    @field_validator("bucket_sizes")
+    @classmethod
+    def _ascending_buckets(cls, v: list[int]) -> list[int]:
+        if any(b < 1 or b > 4096 for b in v) or any(a >= b for a, b in zip(v, v[1:], strict=False)):
+            raise ValueError("bucket sizes must be strictly ascending whole numbers from 1 to 4096, e.g. 1,2,4,8")
+        return v
+
+    @field_validator("warmup_frame_sizes")
+    @classmethod
+    def _frame_sizes(cls, v: list[str]) -> list[str]:
+        for s in v:
+            w, _, h = s.lower().partition("x")
+            if not (w.isdigit() and h.isdigit() and 16 <= int(w) <= 8192 and 16 <= int(h) <= 8192):
+                raise ValueError(f"frame size {s!r} is not WIDTHxHEIGHT (16..8192 each), e.g. 1920x1080")
+        return [s.lower() for s in v]
 
 class DecodeConfig(Section):
     jpeg: Literal["auto", "cpu", "nvjpeg"] = _f(
@@ -179,6 +223,13 @@ class StoreConfig(Section):
                       description="SQLite database file for watchlists, events and audit (used when url is empty).")
     url: str = Field("", description="Store URL: postgresql://USER:PASS@HOST:PORT/DB (shared by several engines) "
                      "or sqlite:///FILE; empty = the SQLite file at path.")
+    pg_wait_s: float = _f(
+        3.0, "PostgreSQL: how long a call waits for a database connection before it fails UNAVAILABLE (an "
+        "outage is reported at once instead of blocking every call).", gt=0.0, le=600.0)
+    pg_reconnect_s: float = _f(
+        5.0, "PostgreSQL: a failing reconnection is retried with backoff for at most this long, then started "
+        "afresh by the next call or health probe, so the engine is back within seconds of the database.",
+        gt=0.0, le=3600.0)
 
     def target(self) -> str:
         """What `engine.store.open_store` opens: the URL if set, else the SQLite file."""
@@ -257,6 +308,28 @@ class PipelineConfig(Section):
     identity_switch_similarity: float = _f(
         0.2, "A track's new embedding below this cosine similarity to its pooled one means the tracker swapped "
         "faces: the track's best shots start afresh.", ge=-1.0, le=1.0)
+    motion_gating: bool = _f(
+        True, "Video frames are detected only in regions where motion was found (plus live tracks' boxes), cut "
+        "from the full-resolution frame; an empty scene costs almost nothing. Stills are always detected whole.")
+    detect_interval: int = _f(
+        2, "Detect every k-th frame of a camera; between detections the tracker carries the boxes (constant "
+        "velocity). 1 = every frame.", ge=1, le=100)
+    max_detect_interval: int = _f(
+        8, "Under overload (a camera's queue half full) the detection interval rises up to this before frames are "
+        "dropped, and falls back when the queue empties.", ge=1, le=100)
+    full_frame_interval_s: float = _f(
+        2.0, "With motion_gating, a full-frame detection pass this often per camera (seconds of frame time) finds "
+        "people standing still; 0 = only a camera's first frame.", ge=0.0, le=3600.0)
+    motion_width: int = _f(320, "Width in pixels of the grey copy the motion mask is computed on.", ge=32, le=4096)
+    motion_threshold: float = _f(
+        20.0, "Grey levels (0-255) a pixel must differ from the running background to count as motion.",
+        gt=0.0, le=255.0)
+    max_region_share: float = _f(
+        0.5, "When the motion regions cover more than this share of the frame, the whole frame is detected.",
+        gt=0.0, le=1.0)
+    region_scale: float = _f(
+        0.0, "Network pixels per frame pixel for motion regions; 0 = per camera from the face sizes it sees (1 "
+        "until enough faces were seen; down to 0.25 where every face is large).", ge=0.0, le=2.0)
 
     @field_validator("batch_size", mode="before")
     @classmethod
@@ -302,6 +375,9 @@ class AuthConfig(Section):
     recheck_s: float = _f(
         2.0, "Open streams re-check their token this often; a revoked token ends them (UNAUTHENTICATED).",
         gt=0.0, le=3600.0)
+    trusted_proxies: list[str] = _f(
+        ["127.0.0.1", "::1"], "Peers (the console, a gRPC proxy) whose x-forwarded-for metadata names the real "
+        "client: their callers' failed authentications are throttled per client, not against the proxy's address.")
 
 
 class TLSConfig(Section):
@@ -376,6 +452,12 @@ class ConsoleConfig(Section):
                               "(everyone signs in again). Share it between console replicas.")
     session_hours: float = _f(12.0, "A console sign-in expires after this many hours.", gt=0.0, le=24.0 * 365)
     max_cards: int = _f(50, "Live alert cards kept on the page; older cards drop off.", ge=1, le=10_000)
+    trusted_proxies: list[str] = _f(
+        [], "Reverse proxies (addresses) whose X-Forwarded-For names the browser; empty = none: sign-ins are paced "
+        "by the TCP peer and the header is ignored (a forged one cannot dodge the pacing).")
+    allow_open_engine: bool = _f(
+        False, "Allow sign-ins when the engine runs without auth (--dev) although the console listens beyond "
+        "loopback over plain HTTP (anyone reaching it would be admin).")
 
 
 class Config(BaseModel):
@@ -503,16 +585,22 @@ class Config(BaseModel):
                 rows.append((f"{sec_name}.{name}", getattr(section, name), doc))
         return rows
 
-    def to_toml(self) -> str:
+    def to_toml(self, show_secrets: bool = False) -> str:
         """The configuration as a commented TOML document (auto fields written as "auto", so the file
-        stays portable between CPU and GPU hosts)."""
+        stays portable between CPU and GPU hosts). The store URL's password is masked unless `show_secrets`."""
+        from engine.store import redact
+
         out: list[str] = []
         for sec_name, section in self._sections():
             out.append(f"[{sec_name}]  # {type(self).model_fields[sec_name].description or ''}")
             for name, info in type(section).model_fields.items():
                 value = getattr(section, name)
                 out.append(f"# {info.description or ''}")
-                out.append(f"{name} = {_toml_value(value)}")
+                dotted = f"{sec_name}.{name}"
+                if dotted == "store.url" and not show_secrets and redact(value) != value:
+                    out.append(f"{name} = {_toml_value(redact(value))}  # password masked")
+                else:
+                    out.append(f"{name} = {_toml_value(value)}")
             out.append("")
         return "\n".join(out)
 

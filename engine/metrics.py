@@ -3,6 +3,7 @@ so tests and several engines in one process never collide."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
@@ -37,6 +38,11 @@ class EngineMetrics:
         self.matches = Counter("faceengine_matches", "Match events raised or updated", ["kind"], registry=r)
         self.active_streams = Gauge("faceengine_active_streams", "Open ingest streams", registry=r)
         self.subscribers = Gauge("faceengine_subscribers", "Live match subscribers", registry=r)
+        self.detect_frames = Counter("faceengine_detect_frames", "Video frames by how they were detected: full "
+                                     "(whole frame), regions (motion regions, possibly none), carried (not detected: "
+                                     "the tracker carried the boxes)", ["mode"], registry=r)
+        self.detect_interval = Gauge("faceengine_detect_interval", "Current detection interval per camera "
+                                     "(raised under overload before frames are dropped)", ["camera"], registry=r)
         self.rpc_errors = Counter("faceengine_rpc_errors", "RPCs ended with an error status", ["method", "code"],
                                   registry=r)
 
@@ -51,6 +57,21 @@ class EngineMetrics:
             dec = getattr(decoders, name)
             used.labels(name, dec.name).set(1)
             fallbacks.labels(name).set_function(lambda dec=dec: float(getattr(dec, "fallbacks", 0)))
+
+    def watch_sessions(self, sessions: Callable[[], dict[str, dict[str, Any]]]) -> None:
+        """Publish, read when scraped, each inference session's distinct input shapes
+        (faceengine_session_distinct_shapes{role,model}) and the bucket shapes allowed for the input sizes it
+        saw (faceengine_session_buckets{role,model}; 0 when it does not pad). `sessions()` is e.g.
+        `FaceAnalyzer.session_stats`. Once per registry."""
+        shapes = Gauge("faceengine_session_distinct_shapes", "Distinct input shapes an inference session ran "
+                       "(each new one costs a GPU provider an algorithm search and allocations)", ["role", "model"],
+                       registry=self.registry)
+        buckets = Gauge("faceengine_session_buckets", "Bucket shapes allowed for the input sizes the session saw "
+                        "(runtime.shape_buckets; 0 = not padding)", ["role", "model"], registry=self.registry)
+        for role, st in sessions().items():
+            shapes.labels(role, st["model"]).set_function(
+                lambda role=role: float(sessions()[role]["distinct_shapes"] or 0))
+            buckets.labels(role, st["model"]).set_function(lambda role=role: float(sessions()[role]["buckets"] or 0))
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         """Expose /metrics over HTTP (prometheus-client's own server) until `close()`."""

@@ -24,6 +24,7 @@ def build_engine(settings: Settings, analyzer: FaceAnalyzer, gallery: Gallery, s
 
     decoders = decoders or build_decoders(cfg.decode, cfg.runtime.device_id)
     metrics.watch_decoders(decoders)
+    metrics.watch_sessions(analyzer.session_stats)
     return Engine(cfg, analyzer, gallery, store, metrics, decoders, settings)
 
 

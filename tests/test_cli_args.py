@@ -71,3 +71,25 @@ def test_cameras_add_and_remove_with_server_between_positionals(cfg: Config, ana
         assert not srv.engine.has_camera("door-1")
     finally:
         srv.stop(grace=1)
+
+
+def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """`faceengine --version` prints the version pyproject.toml declares and exits 0."""
+    import tomllib
+
+    from tests.shared_data import ROOT
+
+    want = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"faceengine {want}"
+
+
+def test_client_server_default_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """FACEENGINE_SERVER sets the clients' default address; --server still wins."""
+    monkeypatch.setenv("FACEENGINE_SERVER", SERVER)
+    assert build_parser().parse_args(["cameras", "list"]).server == SERVER
+    assert build_parser().parse_args(["cameras", "list", "--server", "h:1"]).server == "h:1"
+    monkeypatch.delenv("FACEENGINE_SERVER")
+    assert build_parser().parse_args(["cameras", "list"]).server == "127.0.0.1:50051"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.cluster.worker import config_to_dict, worker_config
+from engine.cluster.worker import config_from_front, worker_config
 from engine.config import Config
 from engine.errors import ConfigError
 from engine.gallery.gallery import Gallery
@@ -48,15 +48,15 @@ def test_gpu_worker_left_on_auto_gets_the_gpu_batching(monkeypatch: pytest.Monke
     front = Config.load(env={"FACEENGINE_RUNTIME_PROVIDER": "auto", "FACEENGINE_PIPELINE_QUEUE_SIZE": "4"})
     monkeypatch.setattr("engine.settings.cuda_available", lambda: False)  # the front end: CPU only
     assert dataclasses.astuple(Settings.resolve(front, sface).batching) == (1, 0.0)
-    sent = config_to_dict(front)
-    assert sent == {"runtime": {"provider": "auto"}, "pipeline": {"queue_size": 4}}
+    sent = worker_config(front)  # what the front end starts its worker actors with
+    assert sent["pipeline"] == {"queue_size": 4} and sent["runtime"]["provider"] == "auto"
     monkeypatch.setattr("engine.settings.cuda_available", lambda: True)  # the worker: a GPU
-    worker = worker_config(sent, "worker-0")
+    worker = config_from_front(sent, "worker-0")
     settings = Settings.resolve(worker, sface)
     assert settings.device.gpu and dataclasses.astuple(settings.batching) == (16, 5.0)
     assert worker.pipeline.queue_size == 4
     front.update({"pipeline": {"batch_size": 4}}, source="test")  # an explicit value travels and wins
-    assert dataclasses.astuple(Settings.resolve(worker_config(config_to_dict(front)), sface).batching) == (4, 5.0)
+    assert dataclasses.astuple(Settings.resolve(config_from_front(worker_config(front)), sface).batching) == (4, 5.0)
 
 
 def test_auto_is_a_value_and_old_sentinels_still_load(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -18,7 +19,8 @@ DEFAULT_SERVER = "127.0.0.1:50051"
 
 def _client_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("connection")
-    g.add_argument("--server", default=DEFAULT_SERVER, help=f"server address (default {DEFAULT_SERVER})")
+    g.add_argument("--server", default=os.environ.get("FACEENGINE_SERVER") or DEFAULT_SERVER,
+                   help=f"server address, several comma-separated (env FACEENGINE_SERVER, default {DEFAULT_SERVER})")
     g.add_argument("--token", help="API token (env FACEENGINE_TOKEN)")
     g.add_argument("--ca-cert", help="CA certificate (PEM) to verify a TLS server")
     g.add_argument("--client-cert", help="client certificate (PEM) for mutual TLS")
@@ -47,7 +49,7 @@ def register(sub: Any, lazy: Callable[[str, str], Callable[[argparse.Namespace],
     e.add_argument("--meta", action="append", help="metadata key=value (repeatable)")
     e.add_argument("--replace", action="store_true", help="replace existing templates")
     e.add_argument("--create", action="store_true", help="create the watchlist if missing")
-    e.add_argument("--strict", action="store_true", help="refuse photos with several faces (default: largest)")
+    e.add_argument("--strict", action="store_true", help="refuse photos with several faces (default: the dominant one)")
     e.add_argument("images", nargs="+")
     e.set_defaults(func=lazy(m, "cmd_enroll"))
 

@@ -77,7 +77,7 @@ def _open_gallery(cfg, analyzer):  # noqa: ANN001, ANN202
     from engine.gallery.gallery import Gallery
     from engine.store import open_store
 
-    store = open_store(cfg.store.target())
+    store = open_store(cfg.store.target(), cfg.store)
     return Gallery(store, analyzer.dim, analyzer.model_name, cfg.gallery.index)
 
 

@@ -9,6 +9,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from engine import __version__
 from engine.cli import local
 from engine.cli.common import IntermixedParser, add_config_args, setup_logging
 from engine.errors import FaceEngineError
@@ -25,6 +26,7 @@ def _lazy(module: str, func: str) -> Callable[[argparse.Namespace], int]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="faceengine", description="Face-recognition video analytics engine.")
+    p.add_argument("--version", action="version", version=f"faceengine {__version__}")
     # every (sub)command takes its options before, between or after its positionals
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=IntermixedParser)
 
@@ -54,9 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--name", help="display name")
     e.add_argument("--meta", action="append", help="metadata key=value (repeatable)")
     e.add_argument("--replace", action="store_true", help="replace the person's existing templates")
-    e.add_argument("--strict", action="store_true", help="refuse images with several faces (default: the largest)")
+    e.add_argument("--strict", action="store_true", help="refuse images with several faces (default: the dominant one)")
     e.add_argument("--json", action="store_true")
-    e.add_argument("images", nargs="+", help="one or more images; with several faces the largest is enrolled")
+    e.add_argument("images", nargs="+", help="one or more images; of several faces the dominant one is enrolled")
     e.set_defaults(func=local.cmd_enroll_local)
 
     i = sub.add_parser("identify", help="detect and identify faces in an image or video (no server)")

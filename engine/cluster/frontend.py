@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.cluster.worker import WireFrame, config_to_dict, ray_worker_class
+from engine.cluster.worker import WireFrame, ray_worker_class, worker_config
 from engine.config import Config
 from engine.errors import (
     FaceEngineError,
@@ -79,12 +79,14 @@ class ClusterEngine(VideoEngine):
         self._threads: list[threading.Thread] = []
         self._running = False
         self._inflight = 0
+        self._stats = {"frames": 0, "calls": 0, "queue_wait_s": 0.0, "call_s": 0.0}
+        self._stats_lock = threading.Lock()
 
     # ---- workers ---------------------------------------------------------------------------------
     def _spawn(self) -> list[Any]:
         c = self.cfg.cluster
         cls = ray_worker_class()
-        data = config_to_dict(self.cfg)
+        data = worker_config(self.cfg)  # model threads sized to the worker's CPUs
         opts: dict[str, Any] = {"num_cpus": c.cpus_per_worker}
         if c.gpus_per_worker > 0:
             opts["num_gpus"] = c.gpus_per_worker
@@ -113,6 +115,13 @@ class ClusterEngine(VideoEngine):
                 if cam.worker < 0:
                     self._assign(cam)
         log.info("cluster: %d workers serving", len(self._workers))
+
+    def stats(self) -> dict[str, float]:
+        """Cumulative counters for benchmarks (deltas over a window give rates): frames answered by a
+        worker call, calls, queue_wait_s (frames' seconds queued here before their call, summed) and call_s
+        (calls' round trips, summed: the worker's own time plus Ray's transfer and scheduling)."""
+        with self._stats_lock:
+            return dict(self._stats)
 
     def workers(self) -> list[Any]:
         """The worker actor handles (for benchmarks and tests)."""
@@ -281,8 +290,16 @@ class ClusterEngine(VideoEngine):
             cam, batch = got
             try:
                 try:
+                    sent = time.monotonic()
                     ref = w.handle.process.remote([p.frame for p in batch])
                     outs = ray.get(ref, timeout=self.cfg.cluster.call_timeout_s + 5)
+                    back = time.monotonic()
+                    with self._stats_lock:
+                        st = self._stats
+                        st["frames"] += len(batch)
+                        st["calls"] += 1
+                        st["call_s"] += back - sent
+                        st["queue_wait_s"] += sum(sent - p.arrival for p in batch)
                 except Exception as exc:  # noqa: BLE001 - Ray errors: the worker died or hangs
                     self._fail_worker(w, exc)
                     err = UnavailableError(f"worker {w.index} failed while processing; camera "

@@ -231,7 +231,7 @@ def evaluate(analyzer: FaceAnalyzer, cfg: Config, data: Path, conditions: Sequen
     lm_file = data / "landmarks_5pt.txt"
     landmarks = read_landmarks(lm_file) if lm_file.is_file() else {}
 
-    # Gallery: one ID photo a person, enrolled as the engine enrols (largest face).
+    # Gallery: one ID photo a person, its largest face.
     names, embs, failed = [], [], 0
     for i, (person, photo) in enumerate(gallery):
         try:

@@ -12,11 +12,16 @@ True
 
 from __future__ import annotations
 
+import logging
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 RunFn = Callable[[np.ndarray], list[np.ndarray]]
 """Runs a (B, ...) input; every output has the batch as its first axis."""
@@ -74,13 +79,19 @@ class InferenceRunner(ABC):
         """Input dims; symbolic dims (batch, dynamic H/W) are names or None."""
 
     @abstractmethod
-    def run(self, batch: np.ndarray) -> list[np.ndarray]:
-        """Run on a (B, ...) input; every output has the batch as its first axis."""
+    def run(self, batch: np.ndarray, valid: int | None = None) -> list[np.ndarray]:
+        """Run on a (B, ...) input; every output has the batch as its first axis. valid: only the first
+        `valid` rows are real (spare rows pad the batch to a bucket); outputs then have `valid` rows."""
 
     def verify_batching(self, check: BatchCheck) -> BatchVerdict:
         """Judge a pending batched graph with `check` and keep only the graph that is used.
         Runners without a pending candidate (natively batched, remote) accept as they are."""
         return BatchVerdict(self.batched, "no batch rewrite pending")
+
+    def try_fp16(self, check: BatchCheck) -> BatchVerdict:
+        """Swap in a float16 graph if `check(run fp16, run fp32)` accepts it; runners that cannot convert
+        keep what they run."""
+        return BatchVerdict(False, "fp16 conversion not offered by this runner")
 
     @property
     def batch_check(self) -> str:
@@ -91,6 +102,37 @@ class InferenceRunner(ABC):
     def io_binding(self) -> bool:
         """True when `run` binds its input on the provider's device (one upload a batch)."""
         return False
+
+    @property
+    def buckets(self) -> tuple[int, ...]:
+        """Batch sizes `run` pads every batch to (fixed shapes on GPU providers); () when it does not pad."""
+        return ()
+
+    def padded(self, n: int) -> int:
+        """Rows a caller should allocate for a batch of n so `run(batch, valid=n)` pads without a copy."""
+        return n
+
+    def session_stats(self) -> dict[str, Any]:
+        """Distinct input shapes run against the buckets allowed, warm-up time, fp16 verdict (metrics, bench)."""
+        return {"model": self.model, "provider": self.provider, "bucketing": False, "buckets": None,
+                "distinct_shapes": None}
+
+    def note_warmup(self, seconds: float) -> None:
+        """Record time spent warming the buckets at load (runners that keep no statistics ignore it)."""
+        return None
+
+    def warm_up(self, call: Callable[[int], object], what: str, upto: int | None = None) -> float:
+        """Run `call(rows)` once per bucket (up to `upto` rows: larger ones never occur) through the caller's
+        own path, so the shapes are exactly the steady state's; each logged with its time; returns seconds."""
+        total = 0.0
+        for rows in [b for b in self.buckets or (1,) if upto is None or b <= self.padded(upto)]:
+            t = time.perf_counter()
+            call(rows)
+            dt = time.perf_counter() - t
+            total += dt
+            log.info("%s on %s: warm-up %s, batch %d: %.3f s", self.model, self.provider, what, rows, dt)
+        self.note_warmup(total)
+        return total
 
     def info(self) -> RunnerInfo:
         return RunnerInfo(self.model, self.provider, self.batched, self.batch_check, self.io_binding)

@@ -10,12 +10,15 @@ through onnxruntime IO binding: the input uploaded to the device once, outputs c
 
 from __future__ import annotations
 
+import copy
 import ctypes
+import json
 import logging
 import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -24,7 +27,9 @@ from onnx import numpy_helper
 
 from engine.config import RuntimeConfig
 from engine.errors import ConfigError, ModelError
+from engine.models.profile import summarise_profile
 from engine.models.runner import BatchCheck, BatchVerdict, InferenceRunner
+from engine.settings import gpu_provider
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +101,8 @@ def provider_options(runtime: RuntimeConfig) -> list[tuple[str, dict[str, str]]]
         opts: dict[str, str] = {}
         if p in (CUDA, TRT):
             opts["device_id"] = str(runtime.device_id)
+        if p == CUDA:
+            opts.update(cuda_options(runtime))
         if p == TRT:
             opts["trt_fp16_enable"] = "1" if runtime.tensorrt_fp16 else "0"
             if runtime.tensorrt_cache_dir:
@@ -104,6 +111,44 @@ def provider_options(runtime: RuntimeConfig) -> list[tuple[str, dict[str, str]]]
                 opts["trt_engine_cache_path"] = runtime.tensorrt_cache_dir
         out.append((p, opts))
     return out
+
+
+def cuda_options(runtime: RuntimeConfig) -> dict[str, str]:
+    """CUDA provider options for inference: cuDNN's heuristic algorithm pick (no timing runs per new shape;
+    `runtime.cudnn_conv_algo_search`) and, with `runtime.cuda_graphs` and shape buckets on, CUDA graph
+    capture (one graph per bucket, replayed through preallocated device buffers)."""
+    opts = {"cudnn_conv_algo_search": runtime.cudnn_conv_algo_search}
+    if runtime.cuda_graphs and buckets_on(runtime):
+        opts["enable_cuda_graph"] = "1"
+    return opts
+
+
+def _on(value: str, runtime: RuntimeConfig) -> bool:
+    """An auto/on/off setting resolved: auto = on for GPU providers."""
+    return value == "on" or (value == "auto" and gpu_provider(runtime.provider))
+
+
+def buckets_on(runtime: RuntimeConfig) -> bool:
+    """Whether batches are padded to `runtime.bucket_sizes` (auto: GPU providers)."""
+    return _on(runtime.shape_buckets, runtime)
+
+
+def warmup_on(runtime: RuntimeConfig) -> bool:
+    """Whether every bucket runs once at load (auto: GPU providers with buckets on)."""
+    return buckets_on(runtime) and _on(runtime.warmup, runtime)
+
+
+def fp16_on(runtime: RuntimeConfig) -> bool:
+    """Whether models are converted to float16 at load and checked against fp32 (auto: GPU providers)."""
+    return _on(runtime.fp16, runtime)
+
+
+def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with float32 weights and activations in float16; inputs and outputs keep their types
+    (onnxruntime's own converter, which leaves ops without fp16 kernels in fp32 behind Casts)."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    return convert_float_to_float16(copy.deepcopy(model), keep_io_types=True, disable_shape_infer=True)
 
 
 def make_batchable(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -161,7 +206,10 @@ class OnnxRunner(InferenceRunner):
 
     For a batch-1 graph it builds the rewritten batched session next to the original;
     `verify_batching` judges the pair and keeps only the one that will be used, so a loaded model
-    never holds two copies of its weights (on a GPU: twice the memory)."""
+    never holds two copies of its weights (on a GPU: twice the memory). With shape buckets on
+    (`runtime.shape_buckets`) `run` pads every batch to the next bucket and slices the outputs back,
+    so the session sees a few fixed shapes; `session_stats` counts the distinct shapes it ran.
+    With `runtime.fp16` on, `try_fp16` swaps in a float16 copy of the kept graph if its check passes."""
 
     def __init__(self, path: Path, runtime: RuntimeConfig, batchable: bool = True, dynamic_hw: bool = False,
                  transform: GraphTransform | None = None) -> None:
@@ -173,7 +221,15 @@ class OnnxRunner(InferenceRunner):
         opts.inter_op_num_threads = runtime.inter_op_threads
         opts.graph_optimization_level = _OPT[runtime.graph_optimization]
         opts.log_severity_level = 3
+        self._profile_left: int | None = None
+        self._profile_dir = runtime.profile_dir
+        if runtime.profile_dir:
+            Path(runtime.profile_dir).mkdir(parents=True, exist_ok=True)
+            opts.enable_profiling = True
+            opts.profile_file_prefix = str(Path(runtime.profile_dir) / path.stem)
+            self._profile_left = runtime.profile_runs
         providers = provider_options(runtime)
+        self._opts, self._providers = opts, providers
         try:
             model = onnx.load(str(path))
         except Exception as exc:  # onnx raises DecodeError and friends for corrupt files
@@ -187,7 +243,12 @@ class OnnxRunner(InferenceRunner):
                     dims[i].dim_param = label
         fixed_batch = _input_batch_dim(model) == 1
         shape = transform or (lambda m: m)
-        self._session = self._make(shape(model).SerializeToString(), opts, providers)
+        want_fp16 = fp16_on(runtime)
+        raw = shape(model).SerializeToString()
+        self._session = self._make(raw, opts, providers)
+        self._raw: bytes | None = raw if want_fp16 else None
+        """The serialised graph behind `_session`, kept only until the fp16 conversion is settled."""
+        self._cand_raw: bytes | None = None
         self._input_name = self._session.get_inputs()[0].name
         self._input_shape = tuple(self._session.get_inputs()[0].shape)
         self._output_names = [o.name for o in self._session.get_outputs()]  # the rewrite keeps the names
@@ -197,9 +258,16 @@ class OnnxRunner(InferenceRunner):
         self._candidate: ort.InferenceSession | None = None
         self._batched = not fixed_batch
         self._verdict = "graph takes any batch" if self._batched else "batch rewrite off"
+        self._buckets: tuple[int, ...] = tuple(runtime.bucket_sizes) if buckets_on(runtime) else ()
+        self._shapes: set[tuple[int, ...]] = set()
+        self._calls = 0
+        self._warmup_s: float | None = None
+        self._fp16 = "pending check" if want_fp16 else "off"
         if batchable and fixed_batch:
             try:
-                self._candidate = self._make(shape(make_batchable(model)).SerializeToString(), opts, providers)
+                cand_raw = shape(make_batchable(model)).SerializeToString()
+                self._candidate = self._make(cand_raw, opts, providers)
+                self._cand_raw = cand_raw if want_fp16 else None
                 self._verdict = "batch rewrite pending check"
             except Exception as exc:  # rewrite is an optimisation: never fail the load for it
                 self._verdict = f"batch rewrite failed ({exc})"
@@ -242,8 +310,34 @@ class OnnxRunner(InferenceRunner):
     def io_binding(self) -> bool:
         return self._io
 
+    @property
+    def buckets(self) -> tuple[int, ...]:
+        """Batch sizes `run` pads to: the configured buckets, (1,) for a graph run one image a call, () off."""
+        if not self._buckets:
+            return ()
+        return self._buckets if self._batched else (1,)
+
+    @property
+    def fp16(self) -> str:
+        return self._fp16
+
+    def padded(self, n: int) -> int:
+        """Rows to allocate for a batch of n so `run` pads without a copy: n's bucket (a multiple of the
+        largest bucket beyond it); n itself when not padding."""
+        if not self._buckets or not self._batched:
+            return n
+        top = self._buckets[-1]
+        if n > top:
+            return -(-n // top) * top
+        return next(b for b in self._buckets if b >= n)
+
     def _io_words(self) -> str:
         return f"IO binding on ({self._io_device[0]}:{self._io_device[1]})" if self._io else "IO binding off"
+
+    def _use(self, session: ort.InferenceSession) -> None:
+        """Make `session` the one that runs; its shape count starts afresh."""
+        self._session = session
+        self._shapes = set()
 
     def verify_batching(self, check: BatchCheck) -> BatchVerdict:
         """Keep the batched graph if `check` accepts it against single calls, else drop it.
@@ -258,11 +352,38 @@ class OnnxRunner(InferenceRunner):
             verdict = BatchVerdict(False, f"batch check failed ({exc})")
         self._candidate = None
         if verdict.accepted:
-            self._session, self._batched = cand, True
+            self._use(cand)
+            self._batched = True
+            self._raw = self._cand_raw
+        self._cand_raw = None
         self._verdict = verdict.detail
         level = logging.INFO if verdict.accepted else logging.WARNING
         log.log(level, "%s on %s: batched graph %s (%s), %s", self.model, self.provider,
                 "accepted" if verdict.accepted else "refused, one image a call", verdict.detail, self._io_words())
+        return verdict
+
+    def try_fp16(self, check: BatchCheck) -> BatchVerdict:
+        """Convert the kept graph to float16 and keep it only if `check(run fp16, run fp32)` accepts
+        (detectors: decoded faces as in the batch check; embedders: cosine >= 0.999); the verdict is
+        logged like the batch check's. Off (runtime.fp16) or already settled: nothing happens."""
+        raw, self._raw = self._raw, None
+        if raw is None:
+            return BatchVerdict(False, self._fp16)
+        fp32 = self._session
+        try:
+            fp16 = self._make(to_fp16(onnx.load_from_string(raw)).SerializeToString(), self._opts, self._providers)
+            if self._batched:
+                verdict = check(lambda x: self._call(fp16, x), lambda x: self._call(fp32, x))
+            else:
+                verdict = check(lambda x: self._run_single(x, fp16), lambda x: self._run_single(x, fp32))
+        except Exception as exc:  # fp16 is an optimisation: never fail the load for it
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+            verdict = BatchVerdict(False, f"fp16 graph failed ({reason})")
+        if verdict.accepted:
+            self._use(fp16)
+        self._fp16 = ("kept: " if verdict.accepted else "refused, fp32 kept: ") + verdict.detail
+        level = logging.INFO if verdict.accepted else logging.WARNING
+        log.log(level, "%s on %s: fp16 graph %s", self.model, self.provider, self._fp16)
         return verdict
 
     def _call(self, session: ort.InferenceSession, x: np.ndarray) -> list[np.ndarray]:
@@ -303,15 +424,77 @@ class OnnxRunner(InferenceRunner):
         log.warning("%s on %s: IO binding to %s:%d failed (%s); running with plain session.run", self.model,
                     self.provider, self._io_device[0], self._io_device[1], reason)
 
-    def _run_single(self, batch: np.ndarray) -> list[np.ndarray]:
-        per = [self._call(self._session, batch[i : i + 1]) for i in range(batch.shape[0])]
+    def _run_single(self, batch: np.ndarray, session: ort.InferenceSession | None = None) -> list[np.ndarray]:
+        sess = session or self._session
+        per = [self._call(sess, batch[i : i + 1]) for i in range(batch.shape[0])]
         return [np.stack([_drop_batch(p[j]) for p in per]) for j in range(len(per[0]))] if per else []
 
-    def run(self, batch: np.ndarray) -> list[np.ndarray]:
-        """Run on (B, ...) input; every output has the batch as its first axis."""
-        if self._batched:
-            return self._call(self._session, batch)
-        return self._run_single(batch)
+    def _counted(self, x: np.ndarray, single: bool = False) -> list[np.ndarray]:
+        """A call of the kept session, its input shape counted (set.add is atomic under the GIL)."""
+        self._shapes.add((1, *x.shape[1:]) if single else tuple(x.shape))
+        out = self._run_single(x) if single else self._call(self._session, x)
+        self._calls += 1
+        if self._profile_left is not None:
+            self._profile_tick()
+        return out
+
+    def run(self, batch: np.ndarray, valid: int | None = None) -> list[np.ndarray]:
+        """Run on (B, ...) input; every output has the batch as its first axis.
+
+        valid: only the first `valid` rows are real (the caller allocated `padded(valid)` rows so the
+        bucket needs no copy); outputs have `valid` rows. With buckets on, a batch is padded to its
+        bucket (zero rows, or the caller's spare rows) and batches beyond the largest run in chunks."""
+        n = batch.shape[0] if valid is None else valid
+        if not self._batched:
+            return self._counted(batch[:n], single=True)
+        if not self._buckets:
+            return self._counted(batch if n == batch.shape[0] else batch[:n])
+        top = self._buckets[-1]
+        if n > top:
+            parts = [self.run(batch[i : i + top], min(top, n - i)) for i in range(0, n, top)]
+            return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
+        rows = self.padded(n)
+        x = batch
+        if batch.shape[0] != rows:
+            x = np.zeros((rows, *batch.shape[1:]), batch.dtype)
+            x[:n] = batch[:n]
+        outs = self._counted(x)
+        return outs if n == rows else [o[:n] for o in outs]
+
+    def session_stats(self) -> dict[str, Any]:
+        """What this session ran: distinct input shapes against the buckets allowed for the input sizes
+        seen (`buckets` x sizes), the warm-up time, the fp16 verdict, calls; for metrics and bench JSON."""
+        shapes = sorted(self._shapes)
+        sizes = {s[1:] for s in shapes}
+        allowed = self.buckets
+        return {"model": self.model, "provider": self.provider, "batched": self._batched,
+                "bucketing": bool(allowed), "bucket_sizes": list(allowed), "input_sizes": len(sizes),
+                "buckets": len(allowed) * max(1, len(sizes)) if allowed else None,
+                "distinct_shapes": len(shapes), "shapes": [list(s) for s in shapes[:64]],
+                "warmup_s": None if self._warmup_s is None else round(self._warmup_s, 4), "fp16": self._fp16,
+                "io_binding": self._io, "calls": self._calls}
+
+    def note_warmup(self, seconds: float) -> None:
+        self._warmup_s = (self._warmup_s or 0.0) + seconds
+
+    def _profile_tick(self) -> None:
+        """Count a profiled call; after `runtime.profile_runs` end onnxruntime's profile (it writes the
+        trace) and write its top-operators summary beside it, so a profile exists while the process runs."""
+        with self._io_lock:
+            if self._profile_left is None:
+                return
+            self._profile_left -= 1
+            if self._profile_left > 0:
+                return
+            self._profile_left = None
+        try:
+            trace = self._session.end_profiling()
+            summary = summarise_profile(trace)
+            Path(trace).with_suffix(".top.json").write_text(json.dumps(summary, indent=1))
+            log.info("%s on %s: profile of %d calls in %s; top operators %s", self.model, self.provider,
+                     summary["runs"], trace, ", ".join(f"{o['op']} {o['share']:.0%}" for o in summary["top"][:5]))
+        except Exception as exc:  # a profile is a diagnostic: never fail a frame for it
+            log.warning("%s: writing the onnxruntime profile to %s failed: %s", self.model, self._profile_dir, exc)
 
 
 def _drop_batch(out: np.ndarray) -> np.ndarray:

@@ -41,7 +41,13 @@ from typing import Any, Protocol
 import grpc
 
 from engine.config import AuthConfig
-from engine.errors import AuditUnavailableError, FaceEngineError, InvalidArgumentError, PermissionDeniedError
+from engine.errors import (
+    AuditUnavailableError,
+    FaceEngineError,
+    InvalidArgumentError,
+    PermissionDeniedError,
+    UnavailableError,
+)
 from engine.service.convert import unary
 from engine.service.interceptors import Undecodable, rewrap
 from engine.service.proto import pb, rpc
@@ -313,6 +319,18 @@ class AuthInterceptor(grpc.ServerInterceptor):
         return rewrap(handler, lambda behavior, streaming: self._guard(behavior, method, metadata, streaming),
                       lenient_requests=True)
 
+    def _client_of(self, peer: str, metadata: Any) -> str:
+        """The address failures are counted against: the peer's, or for a trusted proxy (the console on
+        this host, by default) the client it names in x-forwarded-for, so one user's mistakes behind it do
+        not throttle everyone else behind it (nor a gateway on the same host)."""
+        host = _peer_host(peer)
+        ip = host.split(":", 1)[-1].strip("[]")
+        if ip in self.cfg.trusted_proxies:
+            forwarded = [str(v) for k, v in metadata if k == "x-forwarded-for"]
+            if forwarded and forwarded[0].strip():
+                return f"{host} for {forwarded[0].split(',')[0].strip()[:64]}"
+        return host
+
     def authenticate(self, metadata: Any) -> Principal:
         """Resolve the bearer token; raises _Denied(UNAUTHENTICATED) when missing, bad or revoked, and
         _Denied(RESOURCE_EXHAUSTED) when the call's metadata is larger than limits.max_metadata_bytes
@@ -367,7 +385,10 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 raise AuditUnavailableError(
                     f"{info.method.rsplit('/', 1)[-1]} refused: its audit record could not be written ({reason}); "
                     "nothing was changed, retry once the store can write") from exc
-            log.exception("audit record for %s could not be written", info.method)
+            if isinstance(exc, UnavailableError):  # an outage: one line, not a traceback per call
+                log.error("audit record for %s could not be written: %s", info.method, exc)
+            else:
+                log.exception("audit record for %s could not be written", info.method)
 
     def audit_denial(self, info: CallInfo, detail: str) -> None:
         """Record a PERMISSION_DENIED a servicer decided (a token's scope), as the interceptor's own are."""
@@ -440,7 +461,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         request_streaming, response_streaming = streaming
 
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
-            peer = _peer_host(context.peer())
+            peer = self._client_of(context.peer(), metadata)
             audited_request = None if request_streaming else request
             if self.enabled:
                 wait = self.throttle.blocked(peer)
@@ -453,6 +474,9 @@ class AuthInterceptor(grpc.ServerInterceptor):
                     self._write_throttled_end(peer, ended)
             try:
                 principal = self.authenticate(metadata)
+            except UnavailableError as exc:  # the store does not answer: say so now, not UNKNOWN later
+                log.error("%s: token check failed: %s", method, exc)
+                context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
             except _Denied as exc:
                 log.warning("%s: %s (peer %s)", method, exc.message, context.peer())
                 info = CallInfo(Principal(UNAUTHENTICATED_ACTOR, "none"), method, [f"peer={peer}", exc.message])

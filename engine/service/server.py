@@ -73,7 +73,8 @@ class FaceEngineServer:
 
             connect(cfg.cluster.address, cfg.cluster.connect_timeout_s)
         self.metrics = EngineMetrics()
-        self.store = open_store(cfg.store.target())  # a damaged SQLite file: StoreDamagedError saying what to do
+        # a damaged SQLite file: StoreDamagedError saying what to do
+        self.store = open_store(cfg.store.target(), cfg.store)
         try:
             # start-up consistency check (index rebuild first, refusal if still damaged, every change audited)
             fixed = self.store.repair()

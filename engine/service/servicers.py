@@ -17,6 +17,8 @@ from engine.config import LimitsConfig, ServerConfig
 from engine.errors import (
     FaceEngineError,
     InvalidArgumentError,
+    MultipleFacesError,
+    NoFaceError,
     NotFoundError,
     PermissionDeniedError,
     ResourceExhaustedError,
@@ -39,6 +41,7 @@ from engine.video.events import MatchFilterSpec
 from engine.video.pipeline import DROP_POLICY, FrameJob, FrameOutcome, is_drop
 from engine.video.sources import OPTIONS as SOURCE_OPTIONS
 from engine.video.sources import redact_uri
+from engine.vision.enrolment import choose_enrolment_face
 
 if TYPE_CHECKING:
     from engine.service.server import FaceEngineServer
@@ -332,17 +335,17 @@ class WatchlistsServicer(rpc.WatchlistsServicer):
         """Enrolment preview: the same detection and checks EnrollPerson applies, without storing."""
         srv = self.srv
         image = image_from_proto(request.image, srv.cfg.limits)
-        res = srv.analyzer.analyze(image)
+        dets = srv.analyzer.detector.detect(image)
         out = pb.DetectFacesResponse()
-        for b, sc in zip(res.detections.boxes, res.detections.scores, strict=True):
+        for b, sc in zip(dets.boxes, dets.scores, strict=True):
             out.faces.add(box=box(b), score=float(sc), track_id=-1)
-        n = len(res.detections)
-        if n == 1:
-            out.crop = face_crop_jpeg(image, res.detections.boxes[0])
-        else:
-            out.problem = ("no face found (need one clear, frontal face)" if n == 0
-                           else f"{n} faces found; crop the image to one person")
-        add_audit_detail(f"faces={n}")
+        try:  # the same choice EnrollPerson makes
+            choice = choose_enrolment_face(dets.boxes, image.shape[1], image.shape[0], "image",
+                                           srv.analyzer.detector.cfg.min_face_size)  # type: ignore[attr-defined]
+            out.crop = face_crop_jpeg(image, dets.boxes[choice.index])
+        except (NoFaceError, MultipleFacesError) as exc:
+            out.problem = str(exc)
+        add_audit_detail(f"faces={len(dets)}")
         return out
 
     @unary

@@ -139,6 +139,11 @@ class SightingRecorder:
         self._queue.extend(done)
         self._wake.notify()
 
+    def submit(self, sightings: list[Sighting]) -> None:
+        """Queue finished sightings made elsewhere (imports, benchmarks) for the writer."""
+        with self._lock:
+            self._enqueue(list(sightings))
+
     # ---- track ends outside a frame --------------------------------------------------------------
     def tracks_ended(self, camera_id: str, track_ids: list[int]) -> None:
         with self._lock:

@@ -2,20 +2,43 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
+import re
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from engine.errors import ConfigError
 from engine.store.base import Store
 
+if TYPE_CHECKING:
+    from engine.config import StoreConfig
+
+
+_SECRET_ARG = re.compile(r"(?i)\b(password|passwd|pwd|passfile|sslpassword|sslkey)=('[^']*'|[^\s&]*)")
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
 
 def redact(url: str) -> str:
-    """The URL with any password replaced by ***, for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    """The URL with any password replaced by ***, for logs and error messages: the user-info password,
+    `password=` (and similar) query values, and multi-host URLs (`postgresql://u:p@h1:5432,h2:5432/db`),
+    which urllib cannot parse. Never raises."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return _SECRET_ARG.sub(lambda m: f"{m.group(1)}=***", url)
+    end = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    at = rest.rfind("@", 0, end)
+    if at >= 0:
+        user, colon, _ = rest[:at].partition(":")
+        rest = f"{user}:***{rest[at:]}" if colon else rest
+    return f"{scheme}://{_SECRET_ARG.sub(lambda m: f'{m.group(1)}=***', rest)}"
+
+
+def redact_text(text: str, secret: str = "") -> str:
+    """A message (e.g. a driver's error) with `secret` (a raw URL) and the passwords of any URL or
+    `password=...` pair in it masked."""
+    if secret:
+        text = text.replace(secret, redact(secret))
+    text = _URL.sub(lambda m: redact(m.group(0)), text)
+    return _SECRET_ARG.sub(lambda m: f"{m.group(1)}=***", text)
 
 
 def sqlite_path(url_or_path: str) -> str | None:
@@ -32,9 +55,10 @@ def sqlite_path(url_or_path: str) -> str | None:
     return path
 
 
-def open_store(url_or_path: str) -> Store:
+def open_store(url_or_path: str, cfg: StoreConfig | None = None) -> Store:
     """Open (and migrate) the store at a plain file path or `sqlite:///path` (SQLite, the embedded
-    default) or `postgresql://user:pass@host:port/db` (PostgreSQL, shared by several machines)."""
+    default) or `postgresql://user:pass@host:port/db` (PostgreSQL, shared by several machines);
+    `cfg` carries the PostgreSQL pool's waits (defaults when None)."""
     target = str(url_or_path)
     scheme = urlsplit(target).scheme.lower() if "://" in target else ""
     if scheme in ("postgresql", "postgres"):
@@ -42,7 +66,9 @@ def open_store(url_or_path: str) -> Store:
             from engine.store.postgres import PostgresStore
         except ImportError as exc:
             raise ConfigError(f"store {redact(target)} needs psycopg 3: pip install 'faceengine[postgres]'") from exc
-        return PostgresStore(target)
+        if cfg is None:
+            return PostgresStore(target)
+        return PostgresStore(target, wait_s=cfg.pg_wait_s, reconnect_s=cfg.pg_reconnect_s)
     path = sqlite_path(target)
     if path is not None:
         from engine.store.sqlite import SQLiteStore

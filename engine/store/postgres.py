@@ -22,10 +22,10 @@ from typing import Any
 
 import psycopg
 from psycopg import errors as pgerr
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from engine.errors import StoreSchemaError, StoreUnavailableError
-from engine.store import redact
+from engine.store import redact, redact_text
 from engine.store.base import ChangeCallback
 from engine.store.sqlbase import SQLStore
 
@@ -117,7 +117,12 @@ class PostgresStore(SQLStore):
     _collate_c = ' COLLATE "C"'  # byte order, as SQLite's BINARY: the same pages on both backends
     _unique_violation = pgerr.UniqueViolation
 
-    def __init__(self, url: str, pool_size: int = 8, connect_timeout_s: float = 5.0) -> None:
+    def __init__(self, url: str, pool_size: int = 8, connect_timeout_s: float = 5.0, wait_s: float = 3.0,
+                 reconnect_s: float = 5.0) -> None:
+        """`wait_s`: how long a call waits for a connection before StoreUnavailableError (UNAVAILABLE);
+        `reconnect_s`: how long one reconnection attempt backs off before the pool starts afresh (the
+        pool's own default, 5 minutes of doubling delays, kept the engine down for 1-2 minutes after
+        the database was back)."""
         self._conninfo = url
         self.url = redact(url)
         try:  # one direct connection first: a wrong URL fails now, with the server's own reason
@@ -125,13 +130,13 @@ class PostgresStore(SQLStore):
                 self._migrate(con)
         except psycopg.OperationalError as exc:
             raise StoreUnavailableError(f"cannot connect to PostgreSQL store {self.url}: "
-                                        f"{str(exc).strip().replace(url, self.url)}") from exc
+                                        f"{redact_text(str(exc).strip(), url)}") from exc
         except psycopg.ProgrammingError as exc:  # malformed URL
-            raise StoreUnavailableError(f"invalid PostgreSQL URL {self.url}: {exc}") from exc
-        self._pool = ConnectionPool(url, min_size=1, max_size=pool_size, timeout=30, open=True,
+            raise StoreUnavailableError(f"invalid PostgreSQL URL {self.url}: {redact_text(str(exc), url)}") from exc
+        self._pool = ConnectionPool(url, min_size=1, max_size=pool_size, timeout=wait_s, open=True,
                                     kwargs={"connect_timeout": max(1, int(connect_timeout_s))},
                                     check=ConnectionPool.check_connection,  # drop connections a restart broke
-                                    name="faceengine-store")
+                                    reconnect_timeout=reconnect_s, name="faceengine-store")
         self._listeners: list[ChangeCallback] = []
         self._listen_lock = threading.Lock()
         self._listen_stop = threading.Event()
@@ -171,11 +176,11 @@ class PostgresStore(SQLStore):
             return f"PostgreSQL store {self.url} does not answer: {str(exc).strip() or type(exc).__name__}"
 
     def _q(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        with self._pool.connection() as con:
+        with self._tx() as con:
             return con.execute(self._sql(sql), args).fetchall()  # type: ignore[arg-type]
 
     def _tx(self) -> _PgTx:
-        return _PgTx(self._pool)
+        return _PgTx(self._pool, url=self.url, secret=self._conninfo)
 
     # ---- change notification -------------------------------------------------------------------
     def subscribe_changes(self, callback: ChangeCallback) -> Callable[[], None]:
@@ -220,7 +225,7 @@ class PostgresStore(SQLStore):
 
     # ---- dialect hooks of SQLStore ---------------------------------------------------------------
     def _snapshot(self) -> AbstractContextManager[psycopg.Connection[Any]]:
-        return _PgTx(self._pool, snapshot=True)
+        return _PgTx(self._pool, snapshot=True, url=self.url, secret=self._conninfo)
 
     def _incr(self, con: psycopg.Connection[Any], key: str) -> int:
         """Add one to a meta counter; its row lock is held to commit, so numbers follow commit order."""
@@ -259,25 +264,53 @@ class PostgresStore(SQLStore):
                         ", ".join(tables), exc_info=True)
 
 
+def unavailable(url: str, exc: BaseException, secret: str = "") -> StoreUnavailableError:
+    """The typed error for a database that does not answer (UNAVAILABLE), with what to check; the
+    server's reason never carries the URL's password."""
+    reason = redact_text(str(exc).strip() or type(exc).__name__, secret)
+    return StoreUnavailableError(
+        f"PostgreSQL store {url} is unavailable ({reason[:300]}); check that the database server is running and "
+        "reachable from this machine. Calls resume by themselves once it answers (store.pg_wait_s, "
+        "store.pg_reconnect_s)")
+
+
 class _PgTx:
     """`with store._tx() as con:` runs the block in one transaction on a pooled connection
-    (`snapshot=True`: REPEATABLE READ, one snapshot for several reads)."""
+    (`snapshot=True`: REPEATABLE READ, one snapshot for several reads). A lost or unreachable
+    database (no connection within the pool's wait, a connection broken mid-call) raises
+    StoreUnavailableError, so callers get a prompt UNAVAILABLE instead of UNKNOWN."""
 
-    def __init__(self, pool: ConnectionPool, snapshot: bool = False) -> None:
+    def __init__(self, pool: ConnectionPool, snapshot: bool = False, url: str = "", secret: str = "") -> None:
         self.pool = pool
         self.snapshot = snapshot
+        self.url = url
+        self.secret = secret
 
     def __enter__(self) -> psycopg.Connection[Any]:
         self._cm = self.pool.connection()
-        self.con = self._cm.__enter__()
-        self._tx = self.con.transaction()
-        self._tx.__enter__()
-        if self.snapshot:
-            self.con.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        try:
+            self.con = self._cm.__enter__()
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise unavailable(self.url, exc, self.secret) from exc
+        try:
+            self._tx = self.con.transaction()
+            self._tx.__enter__()
+            if self.snapshot:
+                self.con.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        except BaseException as exc:
+            self._cm.__exit__(type(exc), exc, exc.__traceback__)
+            if isinstance(exc, psycopg.OperationalError):
+                raise unavailable(self.url, exc, self.secret) from exc
+            raise
         return self.con
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         try:
-            self._tx.__exit__(exc_type, exc, tb)
-        finally:
-            self._cm.__exit__(exc_type, exc, tb)
+            try:
+                self._tx.__exit__(exc_type, exc, tb)
+            finally:
+                self._cm.__exit__(exc_type, exc, tb)
+        except psycopg.OperationalError as err:  # the commit (or rollback) found the connection gone
+            raise unavailable(self.url, err, self.secret) from err
+        if isinstance(exc, psycopg.OperationalError):
+            raise unavailable(self.url, exc, self.secret) from exc

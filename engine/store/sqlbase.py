@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, StoreDamagedError
-from engine.store.base import EventQuery, GalleryDelta, MatchEvent, Person, Sighting, Watchlist
+from engine.store.base import EventQuery, GalleryDelta, MatchEvent, Person, Sighting, Watchlist, camera_options
 from engine.store.integrity import templates_from_rows as _templates
 
 GALLERY_LOG_KEEP = 10_000  # gallery versions of change log kept; a replica further behind rebuilds
@@ -567,7 +567,7 @@ class SQLStore:
             self._x(db, "DELETE FROM cameras WHERE camera_id=?", (camera_id,))
 
     def list_camera_defs(self) -> list[tuple[str, str, dict[str, str]]]:
-        return [(c, u, json.loads(o)) for c, u, o in
+        return [(c, u, camera_options(o)) for c, u, o in
                 self._q("SELECT camera_id, uri, options FROM cameras ORDER BY created, camera_id")]
 
 

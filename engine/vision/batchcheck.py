@@ -32,6 +32,8 @@ KPS_TOL_PX = 0.5
 """Landmark shift in network-input pixels below which the aligned crop is the same."""
 MIN_COSINE = 0.9999
 """Embedding agreement far tighter than any match threshold margin (identity scores move < 1e-4)."""
+FP16_MIN_COSINE = 0.999
+"""A float16 graph's embeddings against float32's: well inside any match threshold's margin."""
 BOX_SAME_PX = 0.25
 """Boxes whose corners all agree this closely (network-input pixels) are the same whatever their size:
 IoU punishes tiny boxes (a 2 px box moved 0.1 px has IoU 0.9; a zero-area box always has IoU 0)."""

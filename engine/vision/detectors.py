@@ -20,6 +20,7 @@ from engine.config import DetectorConfig, RuntimeConfig
 from engine.models.factory import load_runner
 from engine.models.registry import ModelRegistry, ModelSpec
 from engine.models.runner import BatchVerdict, InferenceRunner, RunFn
+from engine.models.session import warmup_on
 from engine.settings import detector_score_threshold, gpu_provider
 from engine.vision.batchcheck import compare_detections, sample_images
 from engine.vision.detections import Detections
@@ -66,6 +67,10 @@ class FaceDetector(ABC):
 
     @abstractmethod
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[Detections]: ...
+
+    def detect_scaled(self, images: Sequence[np.ndarray], scale: float) -> list[Detections]:
+        """Detections of frame regions at `scale` network pixels per image pixel (default: as `detect_batch`)."""
+        return self.detect_batch(images)
 
     def last_timing(self) -> DetectTiming | None:
         """The split of this thread's last `detect_batch` call (None when the detector keeps none)."""
@@ -136,14 +141,19 @@ class OnnxFaceDetector(FaceDetector):
     def _input_buffer(self, n: int, h: int, w: int) -> np.ndarray:
         """A reused (n, 3, h, w) float32 input buffer, one per thread: page-faulting a fresh 20+ MB
         array (and a transposed copy of it) for every batch cost more than the resize itself."""
-        cache: dict[tuple[int, int, int], np.ndarray] | None = getattr(self._local, "buffers", None)
+        return self._buffer((n, 3, h, w), np.float32)
+
+    def _buffer(self, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+        """A reused input buffer of `shape`, one per thread (n is the runner's padded batch, so a bucket
+        needs no copy; spare rows keep old frames, which only pad)."""
+        cache: dict[tuple[tuple[int, ...], type], np.ndarray] | None = getattr(self._local, "buffers", None)
         if cache is None:
             cache = self._local.buffers = {}
-        buf = cache.get((n, h, w))
+        buf = cache.get((shape, dtype))
         if buf is None:
-            if len(cache) >= 4:  # frame and batch sizes vary little; keep the few in use
+            if len(cache) >= 6:  # frame sizes and buckets vary little; keep the few in use
                 cache.pop(next(iter(cache)))
-            buf = cache[(n, h, w)] = np.empty((n, 3, h, w), np.float32)
+            buf = cache[(shape, dtype)] = np.zeros(shape, dtype)
         return buf
 
     def last_timing(self) -> DetectTiming | None:
@@ -153,18 +163,33 @@ class OnnxFaceDetector(FaceDetector):
         images = [check_array(im) for im in images]
         if self.graph_letterbox:
             return self._detect_frames(images)
+        return self._detect_sized(images, [self.target_size(im.shape[1], im.shape[0]) for im in images])
+
+    def detect_scaled(self, images: Sequence[np.ndarray], scale: float) -> list[Detections]:
+        """Detections of regions cut from a frame, each run at `scale` network pixels per image pixel (1 = as
+        they are: a 24 px face stays 24 px), not letterboxed up to `input_size` as small stills are. Regions
+        whose sides are multiples of 32 / `scale` run unpadded; equal shapes share one runner call. With the
+        graph letterbox (GPU) the graph picks the size as for any image."""
+        images = [check_array(im) for im in images]
+        if self.graph_letterbox:
+            return self._detect_frames(images)
+        sizes = [input_size(im.shape[1], im.shape[0], max(32, round(max(im.shape[:2]) * scale))) for im in images]
+        return self._detect_sized(images, sizes)
+
+    def _detect_sized(self, images: list[np.ndarray], sizes: list[tuple[int, int]]) -> list[Detections]:
+        """CPU letterbox of each image into its network (width, height); equal sizes run as one batch."""
         results: list[Detections | None] = [None] * len(images)
         groups: dict[tuple[int, int], list[int]] = {}
-        for i, im in enumerate(images):
-            groups.setdefault(self.target_size(im.shape[1], im.shape[0]), []).append(i)
+        for i, size in enumerate(sizes):
+            groups.setdefault(size, []).append(i)
         pre = model = post = 0.0  # a perf_counter pair per step: the split bench/metrics report
         for size, idx in groups.items():
             tw, th = size
             t0 = time.perf_counter()
-            buf = self._input_buffer(len(idx), th, tw)
+            buf = self._input_buffer(self.runner.padded(len(idx)), th, tw)
             boxes = [self.preprocess(images[i], size, buf[k]) for k, i in enumerate(idx)]
             t1 = time.perf_counter()
-            outs = self.runner.run(buf)
+            outs = self.runner.run(buf, len(idx))
             t2 = time.perf_counter()
             for k, i in enumerate(idx):
                 raw_boxes, kps, scores = self.decode([o[k] for o in outs], tw, th)
@@ -183,9 +208,11 @@ class OnnxFaceDetector(FaceDetector):
         for shape, idx in groups.items():
             t0 = time.perf_counter()
             scale, tw, th = letterbox_for(shape[0], shape[1], self.network_side(shape[1], shape[0]))
-            frames = np.stack([images[i] for i in idx])
+            frames = self._buffer((self.runner.padded(len(idx)), *shape), np.uint8)
+            for k, i in enumerate(idx):
+                frames[k] = images[i]
             t1 = time.perf_counter()
-            outs = self.runner.run(frames)
+            outs = self.runner.run(frames, len(idx))
             t2 = time.perf_counter()
             for k, i in enumerate(idx):
                 raw_boxes, kps, scores = self.decode([o[k] for o in outs], tw, th)
@@ -193,6 +220,16 @@ class OnnxFaceDetector(FaceDetector):
             pre, model, post = pre + t1 - t0, model + t2 - t1, post + time.perf_counter() - t2
         self._local.timing = DetectTiming(len(images), pre, model, post)
         return [r if r is not None else Detections.empty() for r in results]
+
+    def warm_up(self, frame_sizes: Sequence[str]) -> float:
+        """Run every bucket at each frame size (WIDTHxHEIGHT, one per stream class) through `detect_batch`
+        with black frames, so each shape steady state will use is met once at load; returns seconds."""
+        total = 0.0
+        for size in frame_sizes:
+            w, h = (int(v) for v in size.lower().split("x"))
+            frame = np.zeros((h, w, 3), np.uint8)
+            total += self.runner.warm_up(lambda rows, f=frame: self.detect_batch([f] * rows), f"{w}x{h} frames")
+        return total
 
     @abstractmethod
     def decode(self, outs: list[np.ndarray], w: int, h: int,
@@ -324,4 +361,7 @@ def load_detector(registry: ModelRegistry, name: str, cfg: DetectorConfig, runti
     runner = load_runner(registry, name, runtime, dynamic_hw=True, transform=transform)
     det = _FAMILIES[spec.family](spec, runner, cfg, graph_letterbox=graph)
     runner.verify_batching(det.batch_check)
+    runner.try_fp16(det.batch_check)  # fp16 against fp32: the same decoded-faces comparison (off: no-op)
+    if warmup_on(runtime):
+        det.warm_up(runtime.warmup_frame_sizes)
     return det

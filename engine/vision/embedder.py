@@ -8,7 +8,8 @@ from engine.config import EmbedderConfig, RuntimeConfig
 from engine.models.factory import load_runner
 from engine.models.registry import ModelRegistry, ModelSpec
 from engine.models.runner import BatchVerdict, InferenceRunner, RunFn
-from engine.vision.batchcheck import compare_embeddings, sample_images
+from engine.models.session import warmup_on
+from engine.vision.batchcheck import FP16_MIN_COSINE, compare_embeddings, sample_images
 
 
 class FaceEmbedder:
@@ -39,6 +40,17 @@ class FaceEmbedder:
         blob = self._blob(sample_images(4, 112, 112, seed=1))
         return compare_embeddings(run_single(blob)[0], run_batched(blob)[0])
 
+    def fp16_check(self, run_fp16: RunFn, run_fp32: RunFn) -> BatchVerdict:
+        """Embed four sample crops with the float16 graph and the float32 one; every pair must agree to
+        cosine >= FP16_MIN_COSINE."""
+        blob = self._blob(sample_images(4, 112, 112, seed=2))
+        return compare_embeddings(run_fp32(blob)[0], run_fp16(blob)[0], min_cosine=FP16_MIN_COSINE)
+
+    def warm_up(self) -> float:
+        """Embed black crops at every bucket up to `embedder.batch_size` (each logged with its time)."""
+        return self.runner.warm_up(lambda rows: self.embed(np.zeros((rows, 112, 112, 3), np.uint8)), "crops",
+                                   upto=max(1, self.cfg.batch_size))
+
     def embed(self, crops: np.ndarray) -> np.ndarray:
         """(N, 112, 112, 3) uint8 BGR aligned crops -> (N, dim) unit vectors."""
         if crops.ndim != 4 or crops.shape[1:] != (112, 112, 3):
@@ -67,4 +79,7 @@ def load_embedder(registry: ModelRegistry, name: str, cfg: EmbedderConfig, runti
     runner = load_runner(registry, name, runtime)
     emb = FaceEmbedder(spec, runner, cfg)
     runner.verify_batching(emb.batch_check)
+    runner.try_fp16(emb.fp16_check)  # kept only at cosine >= 0.999 against fp32 (off: no-op)
+    if warmup_on(runtime):
+        emb.warm_up()
     return emb
