@@ -221,8 +221,8 @@ class GalleryConfig(Section):
 class StoreConfig(Section):
     path: str = Field(default_factory=lambda: str(Path(default_data_dir()) / "faceengine.db"), min_length=1,
                       description="SQLite database file for watchlists, events and audit (used when url is empty).")
-    url: str = Field("", description="Store URL: postgresql://USER:PASS@HOST:PORT/DB (shared by several engines) "
-                     "or sqlite:///FILE; empty = the SQLite file at path.")
+    url: str = Field(default="", description="Store URL: postgresql://USER:PASS@HOST:PORT/DB (shared by several "
+                     "engines) or sqlite:///FILE; empty = the SQLite file at path.")
     pg_wait_s: float = _f(
         3.0, "PostgreSQL: how long a call waits for a database connection before it fails UNAVAILABLE (an "
         "outage is reported at once instead of blocking every call).", gt=0.0, le=600.0)

@@ -117,7 +117,7 @@ def cuda_options(runtime: RuntimeConfig) -> dict[str, str]:
     """CUDA provider options for inference: cuDNN's heuristic algorithm pick (no timing runs per new shape;
     `runtime.cudnn_conv_algo_search`) and, with `runtime.cuda_graphs` and shape buckets on, CUDA graph
     capture (one graph per bucket, replayed through preallocated device buffers)."""
-    opts = {"cudnn_conv_algo_search": runtime.cudnn_conv_algo_search}
+    opts: dict[str, str] = {"cudnn_conv_algo_search": runtime.cudnn_conv_algo_search}
     if runtime.cuda_graphs and buckets_on(runtime):
         opts["enable_cuda_graph"] = "1"
     return opts

@@ -448,7 +448,7 @@ class Recognizer:
             for (fi, r, _), d in zip(items, dets, strict=True):
                 if len(d) == 0:
                     continue
-                off = np.float32([r[0], r[1]])
+                off = np.array([r[0], r[1]], np.float32)
                 boxes, lms = d.boxes + np.tile(off, 2), d.landmarks + off
                 cut = _touches_inner_edge(boxes, r, frames[fi], s.detector_min_face_size)
                 found[fi].append((boxes[~cut], lms[~cut], d.scores[~cut]))
@@ -456,7 +456,8 @@ class Recognizer:
                 for b in boxes[cut]:
                     side = 3 * max(b[2] - b[0], b[3] - b[1], 32.0)
                     cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
-                    rr = plan_regions(np.float32([[cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2]]),
+                    square = np.array([[cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2]], np.float32)
+                    rr = plan_regions(square,
                                       np.zeros((0, 4), np.float32), full.shape[1], full.shape[0], scale,
                                       pad_frac=0.0, pad_px=0.0, up_frac=0.0)
                     for r2 in rr:
@@ -464,7 +465,7 @@ class Recognizer:
             if redo:
                 for (fi, r, _), d in zip(redo, self.inference.detect_regions([c for _, _, c in redo], scale),
                                          strict=True):
-                    off = np.float32([r[0], r[1]])
+                    off = np.array([r[0], r[1]], np.float32)
                     found[fi].append((d.boxes + np.tile(off, 2), d.landmarks + off, d.scores))
         return [_merge_found(parts, frame.scale, s.nms_threshold) for parts, frame in zip(found, frames, strict=True)]
 
@@ -552,11 +553,11 @@ class Recognizer:
                       for (fi, k, q), emb in zip(owners, embs, strict=True)]
             hits = self.gallery.search(np.stack(probes), top_k=1, threshold=s.match_threshold)
             self._observe("search", time.perf_counter() - t3)
-            for (fi, k, _q), probe, hit in zip(owners, probes, hits, strict=True):
+            for (fi, face, _q), probe, hit in zip(owners, probes, hits, strict=True):
                 # a person removed while this batch was in flight: erased data stays erased
                 if hit and self.gallery.has_template(hit[0].template_id):
                     dets, tids = per_frame[fi][0], per_frame[fi][1]
-                    decisions[fi].append(MatchDecision(k, int(tids[k]), dets.boxes[k].astype(np.float32),
+                    decisions[fi].append(MatchDecision(face, int(tids[face]), dets.boxes[face].astype(np.float32),
                                                        probe, hit[0]))
         out: list[FrameRecognition] = []
         for fi, frame in enumerate(frames):

@@ -7,6 +7,7 @@ to original image coordinates.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -221,6 +222,10 @@ class OnnxFaceDetector(FaceDetector):
         self._local.timing = DetectTiming(len(images), pre, model, post)
         return [r if r is not None else Detections.empty() for r in results]
 
+    def _detect_copies(self, frame: np.ndarray, rows: int) -> list[Detections]:
+        """`rows` copies of one frame in one batched call (warm-up)."""
+        return self.detect_batch([frame] * rows)
+
     def warm_up(self, frame_sizes: Sequence[str]) -> float:
         """Run every bucket at each frame size (WIDTHxHEIGHT, one per stream class) through `detect_batch`
         with black frames, so each shape steady state will use is met once at load; returns seconds."""
@@ -228,7 +233,7 @@ class OnnxFaceDetector(FaceDetector):
         for size in frame_sizes:
             w, h = (int(v) for v in size.lower().split("x"))
             frame = np.zeros((h, w, 3), np.uint8)
-            total += self.runner.warm_up(lambda rows, f=frame: self.detect_batch([f] * rows), f"{w}x{h} frames")
+            total += self.runner.warm_up(functools.partial(self._detect_copies, frame), f"{w}x{h} frames")
         return total
 
     @abstractmethod
@@ -336,7 +341,7 @@ class ScrfdDetector(OnnxFaceDetector):
         return _cat(all_b, all_k, all_s)
 
 
-def _cat(b: list[np.ndarray], k: list[np.ndarray], s: list[np.ndarray]) -> tuple[np.ndarray, ...]:
+def _cat(b: list[np.ndarray], k: list[np.ndarray], s: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if not s:
         return np.zeros((0, 4), np.float32), np.zeros((0, 5, 2), np.float32), np.zeros((0,), np.float32)
     return np.concatenate(b), np.concatenate(k), np.concatenate(s)
