@@ -216,3 +216,22 @@ def test_metrics_publish_each_sessions_shapes(analyzer: FaceAnalyzer) -> None:
         got = m.registry.get_sample_value("faceengine_session_distinct_shapes", {"role": role, "model": st["model"]})
         assert got == st["distinct_shapes"] >= 1
         assert m.registry.get_sample_value("faceengine_session_buckets", {"role": role, "model": st["model"]}) == 0
+
+
+def test_graph_slots_preallocate_per_bucket_and_match_plain_calls(model_dir: Path) -> None:
+    """The CUDA-graph path's plumbing, run on the CPU (where onnxruntime captures nothing): one slot per
+    bucket shape with its device buffers bound once, the slot's own check passes, and every call through
+    a slot gives the plain call's outputs."""
+    reg = ModelRegistry(model_dir)
+    cfg, base = _cfg(model_dir, shape_buckets="on", bucket_sizes=[1, 2, 4], io_binding="on"), _cfg(model_dir)
+    plain = load_embedder(reg, "mobilefacenet", base.embedder, base.runtime).runner
+    runner = load_embedder(reg, "mobilefacenet", cfg.embedder, cfg.runtime).runner
+    assert runner.batched and runner.session_stats()["cuda_graphs"] == 0  # off unless CUDA with cuda_graphs
+    runner._graphs = True  # type: ignore[attr-defined]  # what runtime.cuda_graphs turns on for a CUDA session
+    rng = np.random.default_rng(0)
+    for n in (3, 1, 4, 3, 2):
+        x = rng.random((n, 3, 112, 112), dtype=np.float32)
+        np.testing.assert_allclose(runner.run(x)[0], plain.run(x)[0], atol=1e-5)
+    st = runner.session_stats()
+    assert st["cuda_graphs"] == 3 == st["distinct_shapes"]  # buckets 4, 1, 2: one slot each, reused
+
