@@ -120,8 +120,8 @@ def cmd_enroll_local(args: argparse.Namespace) -> int:
             raise NotFoundError(f"{exc}; add --create to create it") from None
     finally:
         store.close()
-    for note in done.notes:
-        print(f"note: {note}", file=sys.stderr)
+    for text in done.notes:
+        print(f"note: {text}", file=sys.stderr)
     person = done.person
     print(f"enrolled {person.person_id} ({person.display_name}) in {args.watchlist}: "
           f"{person.template_count} templates", file=sys.stderr)
