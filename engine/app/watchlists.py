@@ -58,10 +58,12 @@ class WatchlistService:
         return self.gallery.create_watchlist(name, description)
 
     def enroll(self, watchlist: str, person_id: str, images: Sequence[ImageSource], display_name: str = "",
-               metadata: Mapping[str, str] | None = None, *, strict: bool = False, replace: bool = False) -> Enrolment:
+               metadata: Mapping[str, str] | None = None, *, strict: bool = False, replace: bool = False,
+               on_note: Callable[[str], None] | None = None) -> Enrolment:
         """Enrol a person from one or more images: counts, ids, names and metadata checked and the watchlist
         looked up before any model runs; each image must show one dominant face (`strict`: exactly one).
-        The first image's face is kept as the person's photo when the person is new or replaced."""
+        The first image's face is kept as the person's photo when the person is new or replaced. `on_note`
+        hears each image's note as it is made (the CLI prints them even when a later image is refused)."""
         lim = self.cfg.limits
         metadata = dict(metadata or {})
         if not images:
@@ -78,6 +80,8 @@ class WatchlistService:
             embs.append(emb)
             if note:
                 notes.append(note)
+                if on_note is not None:
+                    on_note(note)
             if i == 0:
                 photo = face_crop_jpeg(image, det.boxes[0])
         person = self.gallery.enroll(watchlist, person_id, np.stack(embs), display_name or person_id, metadata,

@@ -113,15 +113,13 @@ def cmd_enroll_local(args: argparse.Namespace) -> int:
             service.create_watchlist(args.watchlist)
         try:
             done = service.enroll(args.watchlist, args.person, images, args.name or "", meta, strict=args.strict,
-                                  replace=args.replace)
+                                  replace=args.replace, on_note=lambda text: print(f"note: {text}", file=sys.stderr))
         except NotFoundError as exc:
             if args.create:
                 raise
             raise NotFoundError(f"{exc}; add --create to create it") from None
     finally:
         store.close()
-    for text in done.notes:
-        print(f"note: {text}", file=sys.stderr)
     person = done.person
     print(f"enrolled {person.person_id} ({person.display_name}) in {args.watchlist}: "
           f"{person.template_count} templates", file=sys.stderr)
