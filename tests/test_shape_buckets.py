@@ -21,6 +21,7 @@ from engine.models.registry import ModelRegistry
 from engine.models.session import cuda_options
 from engine.vision.analyzer import FaceAnalyzer
 from engine.vision.batchcheck import FP16_MIN_COSINE, compare_detections, compare_embeddings
+from engine.vision.detections import box_iou
 from engine.vision.detectors import load_detector
 from engine.vision.embedder import load_embedder
 from engine.vision.image import read_image
@@ -235,3 +236,19 @@ def test_graph_slots_preallocate_per_bucket_and_match_plain_calls(model_dir: Pat
     st = runner.session_stats()
     assert st["cuda_graphs"] == 3 == st["distinct_shapes"]  # buckets 4, 1, 2: one slot each, reused
 
+
+
+def test_fp16_with_graph_preprocessing_keeps_the_letterbox_in_fp32(model_dir: Path) -> None:
+    """The GPU default (uint8 frames letterboxed by graph nodes): only the detector itself is converted, the
+    pre-processing nodes (which compute sizes) stay float32; the check passes and real frames give the
+    same faces as the fp32 graph."""
+    reg = ModelRegistry(model_dir)
+    c32, c16 = _cfg(model_dir, graph_preprocess="on"), _cfg(model_dir, graph_preprocess="on", fp16="on")
+    d32 = load_detector(reg, "yunet", c32.detector, c32.runtime)
+    d16 = load_detector(reg, "yunet", c16.detector, c16.runtime)
+    assert d16.runner.session_stats()["fp16"].startswith("kept: "), d16.runner.session_stats()["fp16"]
+    for name in ("multiface.jpg", "obama_and_biden.jpg"):
+        img = read_image(IMAGES / name)
+        a, b = d32.detect(img), d16.detect(img)
+        assert len(a) == len(b) >= 2
+        assert float(box_iou(a.boxes, b.boxes).max(axis=1).min()) > 0.95  # every face found again (any order)

@@ -246,10 +246,11 @@ class OnnxRunner(InferenceRunner):
         fixed_batch = _input_batch_dim(model) == 1
         shape = transform or (lambda m: m)
         want_fp16 = fp16_on(runtime)
-        raw = shape(model).SerializeToString()
-        self._session = self._make(raw, opts, providers)
-        self._raw: bytes | None = raw if want_fp16 else None
-        """The serialised graph behind `_session`, kept only until the fp16 conversion is settled."""
+        self._transform = shape
+        self._raw: bytes | None = model.SerializeToString() if want_fp16 else None
+        """The graph behind `_session` before `transform` (pre-processing nodes stay float32: they compute
+        sizes), kept only until the fp16 conversion is settled."""
+        self._session = self._make(shape(model).SerializeToString(), opts, providers)
         self._cand_raw: bytes | None = None
         self._input_name = self._session.get_inputs()[0].name
         self._input_shape = tuple(self._session.get_inputs()[0].shape)
@@ -275,9 +276,9 @@ class OnnxRunner(InferenceRunner):
         self._slot_lock = threading.Lock()
         if batchable and fixed_batch:
             try:
-                cand_raw = shape(make_batchable(model)).SerializeToString()
-                self._candidate = self._make(cand_raw, opts, providers)
-                self._cand_raw = cand_raw if want_fp16 else None
+                batched = make_batchable(model)
+                self._cand_raw = batched.SerializeToString() if want_fp16 else None
+                self._candidate = self._make(shape(batched).SerializeToString(), opts, providers)
                 self._verdict = "batch rewrite pending check"
             except Exception as exc:  # rewrite is an optimisation: never fail the load for it
                 self._verdict = f"batch rewrite failed ({exc})"
@@ -382,7 +383,8 @@ class OnnxRunner(InferenceRunner):
             return BatchVerdict(False, self._fp16)
         fp32 = self._session
         try:
-            fp16 = self._make(to_fp16(onnx.load_from_string(raw)).SerializeToString(), self._opts, self._providers)
+            graph = self._transform(to_fp16(onnx.load_from_string(raw)))  # the model in fp16, pre-processing in fp32
+            fp16 = self._make(graph.SerializeToString(), self._opts, self._providers)
             if self._batched:
                 verdict = check(lambda x: self._call(fp16, x), lambda x: self._call(fp32, x))
             else:
