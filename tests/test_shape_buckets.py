@@ -252,3 +252,16 @@ def test_fp16_with_graph_preprocessing_keeps_the_letterbox_in_fp32(model_dir: Pa
         a, b = d32.detect(img), d16.detect(img)
         assert len(a) == len(b) >= 2
         assert float(box_iou(a.boxes, b.boxes).max(axis=1).min()) > 0.95  # every face found again (any order)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs onnxruntime-gpu and an NVIDIA GPU (CUDAExecutionProvider)")
+def test_cuda_graphs_capture_per_bucket_and_match_the_cpu(model_dir: Path) -> None:
+    reg = ModelRegistry(model_dir)
+    gpu = _cfg(model_dir, provider="cuda", cuda_graphs=True, fp16="off", bucket_sizes=[1, 2, 4, 8])
+    cpu = _cfg(model_dir)
+    g = load_embedder(reg, "sface", gpu.embedder, gpu.runtime)
+    c = load_embedder(reg, "sface", cpu.embedder, cpu.runtime)
+    crops = np.random.default_rng(1).integers(0, 255, (7, 112, 112, 3), dtype=np.uint8)
+    for n in (7, 3, 7):
+        assert compare_embeddings(c.embed(crops[:n]), g.embed(crops[:n]), min_cosine=0.9999).accepted
+    assert g.runner.session_stats()["cuda_graphs"] >= 1  # captured and checked (else a warning turned them off)
