@@ -265,3 +265,12 @@ def test_cuda_graphs_capture_per_bucket_and_match_the_cpu(model_dir: Path) -> No
     for n in (7, 3, 7):
         assert compare_embeddings(c.embed(crops[:n]), g.embed(crops[:n]), min_cosine=0.9999).accepted
     assert g.runner.session_stats()["cuda_graphs"] >= 1  # captured and checked (else a warning turned them off)
+
+
+def test_every_runner_reports_the_same_session_fields(model_dir: Path) -> None:
+    """Bench JSON and metrics read the same keys whatever the backend (onnxruntime or the fake runner)."""
+    from engine.models.factory import build_runner, fake_runner
+
+    onnx_stats = build_runner(ModelRegistry(model_dir).path("mobilefacenet"), _cfg(model_dir).runtime).session_stats()
+    fake = fake_runner(ModelRegistry(model_dir).spec("mobilefacenet"), _cfg(model_dir).runtime).session_stats()
+    assert set(fake) == set(onnx_stats)
