@@ -183,8 +183,9 @@ def single_process_pass(cfg: Config, analyzer: FaceAnalyzer, payloads: Sequence[
 def thread_budget(cfg: Config, workers: int, cores: float) -> dict[str, Any]:
     """Model threads the workers may run at once (calls in flight a worker x intra-op threads a session)
     against the cores Ray has: above 1.0 the threads contend for cores."""
-    intra = cfg.runtime.intra_op_threads or max(1, int(cfg.cluster.cpus_per_worker))
-    threads = workers * max(1, cfg.cluster.calls_per_worker) * intra
+    from engine.cluster.frontend import model_threads
+
+    threads, intra = model_threads(cfg, workers)
     return {"workers": workers, "calls_per_worker": cfg.cluster.calls_per_worker, "intra_op_threads": intra,
             "model_threads": threads, "cores": cores, "threads_per_core": threads / cores if cores else None}
 
