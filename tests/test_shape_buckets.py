@@ -274,3 +274,28 @@ def test_every_runner_reports_the_same_session_fields(model_dir: Path) -> None:
     onnx_stats = build_runner(ModelRegistry(model_dir).path("mobilefacenet"), _cfg(model_dir).runtime).session_stats()
     fake = fake_runner(ModelRegistry(model_dir).spec("mobilefacenet"), _cfg(model_dir).runtime).session_stats()
     assert set(fake) == set(onnx_stats)
+
+
+def test_a_model_refused_with_cuda_graphs_loads_without_them(model_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """onnxruntime refuses CUDA graphs for a model with nodes outside the CUDA provider (shape arithmetic of
+    the letterbox nodes, say): the runner loads it without them, warns once, and runs it as usual."""
+    from engine.models import session as sess
+
+    real = ort.InferenceSession
+
+    def refusing(raw: bytes, opts: ort.SessionOptions, providers: list) -> ort.InferenceSession:  # noqa: ANN001
+        if any(o.get("enable_cuda_graph") == "1" for _, o in providers):
+            raise RuntimeError("This session cannot use the CUDA Graph feature as requested by the user as all "
+                               "compute graph nodes have not been partitioned to the CUDA EP.")
+        return real(raw, opts, providers=providers)
+
+    monkeypatch.setattr(sess, "provider_options", lambda rt: [("CPUExecutionProvider", {"enable_cuda_graph": "1"})])
+    monkeypatch.setattr(sess.ort, "InferenceSession", lambda raw, opts, providers: refusing(raw, opts, providers))
+    cfg = _cfg(model_dir, shape_buckets="on")
+    reg = ModelRegistry(model_dir)
+    with caplog.at_level(logging.WARNING, logger="engine.models.session"):
+        emb = load_embedder(reg, "mobilefacenet", cfg.embedder, cfg.runtime)
+    assert sum("refused CUDA graphs" in r.getMessage() for r in caplog.records) == 1  # later sessions: no retry
+    assert emb.runner.batched and emb.runner.session_stats()["cuda_graphs"] == 0
+    assert emb.embed(np.zeros((3, 112, 112, 3), np.uint8)).shape == (3, emb.dim)
