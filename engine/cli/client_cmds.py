@@ -110,6 +110,8 @@ def _grpc_errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.
             if exc.code() == grpc.StatusCode.UNAVAILABLE:
                 print(f"  is the server running at {args.server}? start it with `faceengine serve`", file=sys.stderr)
             return 1
+        except BrokenPipeError:
+            raise  # the reader went away (`| head`): main() ends quietly
         except OSError as exc:
             print(f"faceengine: error: {exc}", file=sys.stderr)
             return 1
@@ -202,10 +204,11 @@ _CAMERA_GONE = ("NOT_FOUND", "PERMISSION_DENIED")  # frame errors about the came
 def cmd_stream(args: argparse.Namespace) -> int:
     from engine.client import video_frames
 
+    # the source first: a missing file is one line of error, and no camera is registered for it
+    frames = video_frames(args.source, args.camera, realtime=not args.fast, loop=args.loop,
+                          max_frames=args.max_frames)
     with _client(args) as c:
         c.ensure_push_camera(args.camera)
-        frames = video_frames(args.source, args.camera, realtime=not args.fast, loop=args.loop,
-                              max_frames=args.max_frames)
         sent = processed = dropped = faces = errors = 0
         seen_events: set[str] = set()
         t0 = time.monotonic()
@@ -355,12 +358,23 @@ def cmd_cameras(args: argparse.Namespace) -> int:
     from engine.service.proto import pb
 
     with _client(args) as c:
+        if args.action in ("add", "remove") and not args.camera:
+            raise OSError(f"cameras {args.action}: name the camera, e.g. faceengine cameras {args.action} door-1")
         if args.action == "add":
             opts = dict(o.split("=", 1) for o in args.option if "=" in o)
-            c.cameras.AddCamera(pb.AddCameraRequest(camera_id=args.camera, uri=args.uri, options=opts),
-                                metadata=c.metadata)
+            cam = c.cameras.AddCamera(pb.AddCameraRequest(camera_id=args.camera, uri=args.uri, options=opts),
+                                      metadata=c.metadata)
+            if args.json:
+                jprint({"added": cam.camera_id, "uri": cam.uri, "kind": cam.kind, "state": cam.state})
+            else:
+                what = cam.kind if cam.uri == cam.kind else f"{cam.kind} {cam.uri}"  # the URI shown is redacted
+                print(f"added camera {cam.camera_id} ({what}, {cam.state})")
         elif args.action == "remove":
             c.cameras.RemoveCamera(pb.CameraRequest(camera_id=args.camera), metadata=c.metadata)
+            if args.json:
+                jprint({"removed": args.camera})
+            else:
+                print(f"removed camera {args.camera}")
         else:
             for cam in c.cameras.ListCameras(pb.ListCamerasRequest(), metadata=c.metadata).cameras:
                 if args.json:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
 from engine.cli.common import jprint, load_config
+from engine.cli.progress import note, progress_bar
 from engine.errors import FaceEngineError, InvalidImageError
 from engine.models.registry import ModelRegistry
 
@@ -145,12 +148,14 @@ def cmd_identify(args: argparse.Namespace) -> int:
         raise InvalidImageError(f"{path}: cannot open as a video")
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or 0
     fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
-    frame_no, t0, last = 0, time.monotonic(), 0.0
+    frame_no = 0
+    bar = progress_bar(args, total, path.name, "frame")
     try:
         while True:
             ok, frame = cap.read()
             if not ok:
                 break
+            bar.update(1)
             if args.every > 1 and frame_no % args.every:
                 frame_no += 1
                 continue
@@ -162,17 +167,9 @@ def cmd_identify(args: argparse.Namespace) -> int:
                 else:
                     _print_faces(f"frame {frame_no} ({frame_no / fps:.2f}s)", faces)
             frame_no += 1
-            now = time.monotonic()
-            if now - last > 1.0 and not args.quiet:
-                last = now
-                rate = frame_no / max(now - t0, 1e-6)
-                pct = f"{100 * frame_no / total:.0f}% " if total else ""
-                print(f"\r{pct}{frame_no}/{total or '?'} frames, {rate:.1f} fps", end="", file=sys.stderr,
-                      flush=True)
     finally:
+        bar.close()
         cap.release()
-    if not args.quiet:
-        print(f"\rdone: {frame_no} frames in {time.monotonic() - t0:.1f}s", file=sys.stderr)
     return 0
 
 
@@ -184,8 +181,18 @@ def _print_faces(label: str, faces: list[dict]) -> None:
         print(f"  box={f['box']} det={f['score']:.2f} -> {who}")
 
 
+def _advance(bar: Any) -> Callable[[int, int], None]:
+    """A (done, total) callback that moves `bar` to `done` of `total`."""
+    def advance(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.total = total
+        bar.update(done - bar.n)
+
+    return advance
+
+
 def cmd_eval_lfw(args: argparse.Namespace) -> int:
-    from engine.evaluation.lfw import evaluate, print_progress
+    from engine.evaluation.lfw import evaluate
     from engine.vision.analyzer import FaceAnalyzer
 
     cfg = load_config(args)
@@ -198,7 +205,8 @@ def cmd_eval_lfw(args: argparse.Namespace) -> int:
     if not (data / "pairs.txt").is_file():
         raise FaceEngineError(f"{data}/pairs.txt not found: --data must hold pairs.txt and images/")
     t0 = time.monotonic()
-    res, _, _ = evaluate(analyzer, data, args.mode, progress=None if args.quiet else print_progress)
+    with progress_bar(args, None, "embedding", "image") as bar:
+        res, _, _ = evaluate(analyzer, data, args.mode, progress=_advance(bar))
     dt = time.monotonic() - t0
     print(f"model: detector={analyzer.detector.name} embedder={analyzer.embedder.name} mode={args.mode} "
           f"flip={args.flip}")
@@ -218,7 +226,7 @@ def cmd_eval_lfw(args: argparse.Namespace) -> int:
 
 def cmd_eval_watchlist(args: argparse.Namespace) -> int:
     """Open-set 1:N evaluation; the last line is one JSON object."""
-    from engine.evaluation.watchlist import CONDITIONS, evaluate, format_table, print_progress
+    from engine.evaluation.watchlist import CONDITIONS, evaluate, format_table
     from engine.vision.analyzer import FaceAnalyzer
 
     cfg = load_config(args)
@@ -230,8 +238,9 @@ def cmd_eval_watchlist(args: argparse.Namespace) -> int:
     if not data.is_dir():
         raise FaceEngineError(f"{data} is not a folder of person/image.jpg")
     analyzer = FaceAnalyzer.from_config(cfg, _registry(cfg))
-    res = evaluate(analyzer, cfg, data, [CONDITIONS[n] for n in names], args.max_probes, args.max_gallery,
-                   args.seed, args.per_frame, None if args.quiet else print_progress)
+    with progress_bar(args, None, "watchlist", "face") as bar:
+        res = evaluate(analyzer, cfg, data, [CONDITIONS[n] for n in names], args.max_probes, args.max_gallery,
+                       args.seed, args.per_frame, lambda msg: note(bar, msg), step=_advance(bar))
     if args.table:
         print(format_table(res))
     jprint(res.as_dict())

@@ -64,6 +64,8 @@ class CameraWorker:
     """Runs the local engine (batching across this worker's cameras) on frames sent by a front end."""
 
     def __init__(self, cfg_data: dict[str, dict[str, Any]], worker_id: str = "worker") -> None:
+        import faiss
+
         from engine.gallery.gallery import Gallery
         from engine.metrics import EngineMetrics
         from engine.store import open_store
@@ -71,6 +73,10 @@ class CameraWorker:
         from engine.video.pipeline import Engine
         from engine.vision.analyzer import FaceAnalyzer
 
+        # one search at a time per call, as in the server: OpenMP threads (one per core of the machine, in every
+        # worker) only fight the model threads for cores (profiled on a busy 2-core machine: a worker's search
+        # of a one-template watchlist took 21 ms of wall time with them; with one thread it left the profile)
+        faiss.omp_set_num_threads(1)
         cfg = Config.load(env={})
         cfg.update({k: v for k, v in cfg_data.items() if k != "cluster"}, source=f"cluster worker {worker_id}")
         self.cfg = cfg

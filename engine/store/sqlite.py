@@ -306,9 +306,11 @@ def _reserve(path: str, size: int) -> None:
     """Allocate `size` bytes for a scratch file on the disk, then remove it (OSError ENOSPC when full)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        if hasattr(os, "posix_fallocate"):
+        try:
             os.posix_fallocate(fd, 0, size)
-        else:  # pragma: no cover - platforms without fallocate
+        except (AttributeError, OSError) as exc:  # no fallocate here (platform or file system): write it
+            if isinstance(exc, OSError) and exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
             os.write(fd, b"\0" * size)
         os.fsync(fd)
     finally:
