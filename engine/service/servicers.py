@@ -17,8 +17,6 @@ from engine.config import LimitsConfig, ServerConfig
 from engine.errors import (
     FaceEngineError,
     InvalidArgumentError,
-    MultipleFacesError,
-    NoFaceError,
     NotFoundError,
     PermissionDeniedError,
     ResourceExhaustedError,
@@ -41,7 +39,6 @@ from engine.video.events import MatchFilterSpec
 from engine.video.pipeline import DROP_POLICY, FrameJob, FrameOutcome, is_drop
 from engine.video.sources import OPTIONS as SOURCE_OPTIONS
 from engine.video.sources import redact_uri
-from engine.vision.enrolment import choose_enrolment_face
 
 if TYPE_CHECKING:
     from engine.service.server import FaceEngineServer
@@ -335,16 +332,12 @@ class WatchlistsServicer(rpc.WatchlistsServicer):
         """Enrolment preview: the same detection and checks EnrollPerson applies, without storing."""
         srv = self.srv
         image = image_from_proto(request.image, srv.cfg.limits)
-        dets = srv.analyzer.detector.detect(image)
-        out = pb.DetectFacesResponse()
+        dets, chosen, problem = srv.analyzer.enrolment_preview(image)  # the choice EnrollPerson makes
+        out = pb.DetectFacesResponse(problem=problem)
         for b, sc in zip(dets.boxes, dets.scores, strict=True):
             out.faces.add(box=box(b), score=float(sc), track_id=-1)
-        try:  # the same choice EnrollPerson makes
-            choice = choose_enrolment_face(dets.boxes, image.shape[1], image.shape[0], "image",
-                                           srv.analyzer.detector.cfg.min_face_size)  # type: ignore[attr-defined]
-            out.crop = face_crop_jpeg(image, dets.boxes[choice.index])
-        except (NoFaceError, MultipleFacesError) as exc:
-            out.problem = str(exc)
+        if chosen is not None:
+            out.crop = face_crop_jpeg(image, dets.boxes[chosen])
         add_audit_detail(f"faces={len(dets)}")
         return out
 

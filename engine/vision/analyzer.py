@@ -146,6 +146,18 @@ class FaceAnalyzer:
         best = dets[choice.index]
         return best, self.embed_faces(image, best)[0], choice.note
 
+    def enrolment_preview(self, image: np.ndarray, what: str = "image") -> tuple[Detections, int | None, str]:
+        """Every face found, the index of the one `enrol_face` would enrol (None when it would refuse) and
+        why not ('' when it can): an enrolment preview that makes the same choice, without embedding."""
+        image = check_array(image)
+        dets = self.detector.detect(image)
+        try:
+            choice = choose_enrolment_face(dets.boxes, image.shape[1], image.shape[0], what,
+                                           self.detector.cfg.min_face_size)  # type: ignore[attr-defined]
+        except (NoFaceError, MultipleFacesError) as exc:
+            return dets, None, str(exc)
+        return dets, choice.index, ""
+
     def largest_face(self, image: np.ndarray, what: str = "image") -> tuple[Detections, np.ndarray]:
         """The largest face (for search/verify probes, where a bystander should not fail the call)."""
         image = check_array(image)
