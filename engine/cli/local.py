@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import numpy as np
 
 from engine.cli.common import jprint, load_config
 from engine.cli.progress import note, progress_bar
@@ -57,9 +56,14 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
 def cmd_config_show(args: argparse.Namespace) -> int:
     from engine.gallery.calibration import effective_min_quality, effective_threshold
     from engine.models.registry import load_manifest
+    from engine.settings import Batching, DevicePlan
 
     cfg = load_config(args)
     print(cfg.to_toml())
+    device = DevicePlan.resolve(cfg.runtime)
+    b = Batching.resolve(cfg.pipeline, device)
+    where = "GPU" if device.gpu else "CPU"
+    print(f"# effective batching: {b.batch_size} frames, {b.batch_wait_ms:g} ms wait ({where})")
     spec = load_manifest().get(cfg.models.embedder)
     if spec is None:
         print(f"# effective quality gate: unknown embedder {cfg.models.embedder!r}")
@@ -81,34 +85,56 @@ def _open_gallery(cfg, analyzer):  # noqa: ANN001, ANN202
 
 
 def cmd_enroll_local(args: argparse.Namespace) -> int:
+    """Offline enrolment through the same `WatchlistService` as gRPC EnrollPerson: the same checks and
+    refusals, and the person's photo is kept."""
+    from engine.app.watchlists import WatchlistService
+    from engine.errors import InvalidArgumentError, NotFoundError
+    from engine.gallery.gallery import Gallery
+    from engine.store import open_store
     from engine.vision.analyzer import FaceAnalyzer
     from engine.vision.image import read_image
 
     cfg = load_config(args)
+    meta: dict[str, str] = {}
+    for kv in args.meta or []:
+        key, eq, value = kv.partition("=")
+        if not eq:
+            raise InvalidArgumentError(f"--meta {kv[:64]!r} must be key=value")
+        meta[key] = value
+    lim = cfg.limits
+    images = [(str(path), lambda path=path: read_image(path, lim.max_image_side, lim.max_image_pixels))
+              for path in args.images]
     analyzer = FaceAnalyzer.from_config(cfg, _registry(cfg))
-    gallery = _open_gallery(cfg, analyzer)
-    gallery.ensure_watchlist(args.watchlist)
-    embs, notes = [], []
-    for path in args.images:
-        _, emb, note = analyzer.enrol_face(read_image(path, cfg.limits.max_image_side, cfg.limits.max_image_pixels),
-                                           str(path), args.strict)
-        embs.append(emb)
-        if note:
-            notes.append(note)
-            print(f"note: {note}", file=sys.stderr)
-    person = gallery.enroll(args.watchlist, args.person, np.stack(embs), args.name or args.person,
-                            dict(kv.split("=", 1) for kv in args.meta or []), replace=args.replace)
+    store = open_store(cfg.store.target())
+    try:
+        gallery = Gallery(store, analyzer.dim, analyzer.model_name, cfg.gallery.index)
+        service = WatchlistService(cfg, analyzer, gallery, store)
+        if args.create and not any(w.name == args.watchlist for w in gallery.list_watchlists()):
+            service.create_watchlist(args.watchlist)
+        try:
+            done = service.enroll(args.watchlist, args.person, images, args.name or "", meta, strict=args.strict,
+                                  replace=args.replace, on_note=lambda text: print(f"note: {text}", file=sys.stderr))
+        except NotFoundError as exc:
+            if args.create:
+                raise
+            raise NotFoundError(f"{exc}; add --create to create it") from None
+    finally:
+        store.close()
+    person = done.person
     print(f"enrolled {person.person_id} ({person.display_name}) in {args.watchlist}: "
           f"{person.template_count} templates", file=sys.stderr)
     if args.json:
         jprint({"watchlist": args.watchlist, "person_id": person.person_id, "templates": person.template_count,
-                "notes": notes})
+                "notes": done.notes})
     return 0
 
 
 def _faces_json(res, gallery, cfg) -> list[dict]:  # noqa: ANN001
+    from engine.gallery.calibration import configured_threshold
+
     faces = []
-    matches = gallery.search(res.embeddings, 1, cfg.gallery.match_threshold) if gallery else [[]] * len(
+    thr = configured_threshold(cfg)
+    matches = gallery.search(res.embeddings, 1, thr) if gallery else [[]] * len(
         res.detections)
     for i in range(len(res.detections)):
         face = {"box": [round(float(v), 1) for v in res.detections.boxes[i]],

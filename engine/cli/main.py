@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("enroll-local", help="enrol a person into the local gallery (no server)")
     add_config_args(e)
-    e.add_argument("--watchlist", default="default", help="watchlist (created if missing)")
+    e.add_argument("--watchlist", default="default", help="watchlist (must exist unless --create)")
+    e.add_argument("--create", action="store_true", help="create the watchlist if it does not exist")
     e.add_argument("--person", required=True, help="person id")
     e.add_argument("--name", help="display name")
     e.add_argument("--meta", action="append", help="metadata key=value (repeatable)")

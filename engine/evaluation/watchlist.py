@@ -31,7 +31,7 @@ import numpy as np
 from engine.config import Config
 from engine.errors import InvalidArgumentError
 from engine.evaluation.lfw import read_landmarks
-from engine.gallery.calibration import effective_min_quality
+from engine.settings import Settings
 from engine.video.quality import QualityGate, quality_components
 from engine.vision.analyzer import FaceAnalyzer
 from engine.vision.detections import Detections
@@ -252,8 +252,9 @@ def evaluate(analyzer: FaceAnalyzer, cfg: Config, data: Path, conditions: Sequen
         raise InvalidArgumentError(f"{data}: no gallery photo gave a face")
     gal = np.stack(embs)
     index = {n: i for i, n in enumerate(names)}
-    thr = cfg.gallery.match_threshold
-    gate = QualityGate(cfg.pipeline.min_face_size, effective_min_quality(cfg, analyzer.embedder.spec)[0])
+    settings = Settings.for_analyzer(cfg, analyzer)
+    thr = settings.match_threshold
+    gate = QualityGate(cfg.pipeline.min_face_size, settings.min_quality)
     probes = [p for p in mated if p.person in index] + nonmated
     photos = [read_image(root / p.path) for p in probes]
     geom = [_face_geometry(im, landmarks.get(p.path), analyzer) for im, p in zip(photos, probes, strict=True)]

@@ -61,6 +61,7 @@ class SQLStore:
     """Every store role's SQL and checks, once for both dialects (see the module docstring for the
     hooks a subclass provides)."""
 
+    url: str  # set by each dialect's constructor
     _ph = "?"
     _for_update = ""
     _collate_c = ""
@@ -303,15 +304,16 @@ class SQLStore:
 
     def query_events(self, q: EventQuery) -> tuple[list[MatchEvent], str]:
         """Newest first; the page token is the last row's sequence number."""
-        where, args = ["1=1"], []
+        where: list[str] = ["1=1"]
+        args: list[object] = []
         for col, val in (("camera_id", q.camera_id), ("watchlist", q.watchlist), ("person_id", q.person_id)):
             if val:
                 where.append(f"{col}=?")
                 args.append(val)
-        for cond, val in (("ts>=?", q.since), ("ts<?", q.until), ("score>=?", q.min_score)):
-            if val:
+        for cond, bound in (("ts>=?", q.since), ("ts<?", q.until), ("score>=?", q.min_score)):
+            if bound:
                 where.append(cond)
-                args.append(val)
+                args.append(bound)
         if q.page_token:
             try:
                 args.append(int(q.page_token))
