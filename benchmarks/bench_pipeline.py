@@ -67,8 +67,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
     DEFAULT_VIDEO,
+    FULL_FRAME,
     bench_config,
     cfg_copy,
+    cost,
     enroll_distractors,
     enroll_heldout,
     jsonable,
@@ -85,10 +87,10 @@ from gpu_monitor import GpuMonitor, describe  # noqa: E402
 
 from engine.config import Config  # noqa: E402
 from engine.errors import FaceEngineError  # noqa: E402
-from engine.gallery.calibration import effective_min_quality  # noqa: E402
 from engine.gallery.gallery import Gallery  # noqa: E402
 from engine.metrics import EngineMetrics  # noqa: E402
 from engine.models.registry import ModelRegistry  # noqa: E402
+from engine.settings import Settings  # noqa: E402
 from engine.store.base import Store  # noqa: E402
 from engine.video.decode import build_decoders, decode_pipeline_frame  # noqa: E402
 from engine.video.pipeline import Engine, FrameJob, FrameOutcome  # noqa: E402
@@ -132,6 +134,8 @@ class PassResult:
     round: int = 0
     dropped: int = 0
     gpu: dict[str, Any] | None = None  # GPU utilisation / memory over the pass (GpuMonitor.summary)
+    cpu_s: float = 0.0  # CPU time of this process over the pass (every thread; the gRPC server runs in it too)
+    peak_interval: int = 0  # highest detection interval any camera reached (engine passes)
 
     @property
     def fps(self) -> float:
@@ -200,7 +204,8 @@ def cv2_pass(frames: Sequence[np.ndarray], analyzer: FaceAnalyzer, gallery: Gall
     scale = cfg.detector.input_size / max(w, h)
     size = (round(w * scale), round(h * scale))
     path = str(Path(cfg.models.dir) / analyzer.detector.spec.file)  # type: ignore[attr-defined]
-    yn = cv2.FaceDetectorYN.create(path, "", size, cfg.detector.score_threshold, cfg.detector.nms_threshold, 5000)
+    yn = cv2.FaceDetectorYN.create(path, "", size, analyzer.detector.score_threshold, cfg.detector.nms_threshold,
+                                 5000)
     counts: dict[str, int] = {}
     n_emb = 0
     t0 = time.perf_counter()
@@ -213,7 +218,7 @@ def cv2_pass(frames: Sequence[np.ndarray], analyzer: FaceAnalyzer, gallery: Gall
             crop = analyzer.aligner.align(frame, row[4:14].reshape(5, 2) / scale)
             emb = analyzer.embedder.embed(crop[None])
             n_emb += 1
-            hit = gallery.search(emb, top_k=1, threshold=cfg.gallery.match_threshold)[0]
+            hit = gallery.search(emb, top_k=1, threshold=Settings.for_analyzer(cfg, analyzer).match_threshold)[0]
             if hit:
                 counts[hit[0].person_id] = counts.get(hit[0].person_id, 0) + 1
     return PassResult("cv2", 1, len(frames), time.perf_counter() - t0, counts, embeddings=n_emb)
@@ -325,16 +330,19 @@ def engine_pass(cfg: Config, analyzer: FaceAnalyzer, gallery: Gallery, store: St
 
     eng.start()
     t0 = time.perf_counter()
+    c0 = time.process_time()
     threads = [threading.Thread(target=feeder, args=(i,), daemon=True) for i in range(cameras)]
     for t in threads:
         t.start()
     done.wait(timeout=900)
     seconds = last[0] - t0
+    cpu_s = time.process_time() - c0
+    peak = max(eng.recognizer.detect_interval(c)[1] for c in cams)
     eng.stop(drain_s=1.0)
     stages = _stage_sums(metrics)
     return PassResult("engine-jpeg" if payloads is not None else "engine", cameras, cameras * len(frames), seconds,
                       {k: len(v) for k, v in sorted(tracks.items())}, lat, errors[0], int(stages.pop("embeddings")),
-                      stages)
+                      stages, cpu_s=cpu_s, peak_interval=peak)
 
 
 def grpc_pass(cfg: Config, analyzer: FaceAnalyzer, frames: Sequence[np.ndarray], payloads: Sequence[bytes],
@@ -361,19 +369,28 @@ def grpc_pass(cfg: Config, analyzer: FaceAnalyzer, frames: Sequence[np.ndarray],
     job = {"address": srv.address, "cameras": cams, "fps": fps, "clip_fps": fps, "window": window,
            "payloads": list(payloads),
            "raws": None, "rate": rate, "order": [_camera_frames(len(frames), cameras, i) for i in range(cameras)]}
+    c0 = time.process_time()  # the server (decode, engine) runs in this process; the gateways in their own
     with tempfile.TemporaryDirectory() as tmp:
         job_file = Path(tmp) / "job.pkl"
         job_file.write_bytes(pickle.dumps(job))
         proc = subprocess.run([sys.executable, str(Path(__file__).with_name("gateway_worker.py")), str(job_file)],
                               capture_output=True, text=True, timeout=900)
+    cpu_s = time.process_time() - c0
     stages = _stage_sums(srv.metrics)  # the server's own histograms: its decode included
+    peak = max((int(v) for v in _interval_gauges(srv.metrics)), default=0)
     srv.stop(grace=1.0)
     if proc.returncode != 0:
         raise RuntimeError(f"gateway process failed: {proc.stderr[-2000:]}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     seconds = out["last_recv"] - out["first_send"]
     return PassResult("grpc-jpeg", cameras, out["frames"], seconds, dict(out["tracks"]), out["latencies_ms"],
-                      out["errors"], int(stages.pop("embeddings")), stages, dropped=out["dropped"])
+                      out["errors"], int(stages.pop("embeddings")), stages, dropped=out["dropped"], cpu_s=cpu_s,
+                      peak_interval=peak)
+
+
+def _interval_gauges(metrics: EngineMetrics) -> list[float]:
+    """The cameras' current detection intervals (faceengine_detect_interval) in a metrics registry."""
+    return [s.value for m in metrics.registry.collect() if m.name == "faceengine_detect_interval" for s in m.samples]
 
 
 # ---- engine stages vs the bare models ---------------------------------------------------------------
@@ -478,8 +495,9 @@ def run(video: str | Path = DEFAULT_VIDEO, cameras: int = 4, rounds: int = 3, wi
     clip_persons = set(persons)
     persons.update(enroll_distractors(analyzer, gallery, lfw_distractors))
     del clip
+    settings = Settings.for_analyzer(cfg, analyzer)
     log(f"enrolled {len(clip_persons)} persons from held-out frames and {len(persons) - len(clip_persons)} "
-        f"distractors (photos + LFW); match threshold {cfg.gallery.match_threshold}")
+        f"distractors (photos + LFW); match threshold {settings.match_threshold}")
     payloads = [cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes() for f in frames]
     app, peer_note = insightface_peer(cfg) if peer and baselines else (None, "peer mode off")
     log(f"peer: {peer_note}" if app is not None else f"peer skipped: {peer_note}")
@@ -490,8 +508,9 @@ def run(video: str | Path = DEFAULT_VIDEO, cameras: int = 4, rounds: int = 3, wi
     passes: list[PassResult] = []
     per_round: list[dict[str, float]] = []
     stage_rounds: list[dict[str, float]] = []
-    gate = (cfg.pipeline.min_face_size, effective_min_quality(cfg, analyzer.embedder.spec)[0])
-    thr = cfg.gallery.match_threshold
+    gate = (cfg.pipeline.min_face_size, settings.min_quality)
+    thr = settings.match_threshold
+    full_cfg = cfg_copy(cfg, pipeline=FULL_FRAME)
 
     def add(res: PassResult, r: int, row: dict[str, float], key: str) -> None:
         res.round = r + 1
@@ -527,6 +546,9 @@ def run(video: str | Path = DEFAULT_VIDEO, cameras: int = 4, rounds: int = 3, wi
         for n in cam_counts:
             res = on_gpu(lambda n=n: engine_pass(cfg, analyzer, gallery, store, frames, fps, n, window))
             add(dataclasses.replace(res, mode=f"engine{n}"), r, row, f"engine{n}")
+        # the reference of ratios.gated_vs_full: every frame detected whole, same frames, same cameras, this round
+        res = on_gpu(lambda: engine_pass(full_cfg, analyzer, gallery, store, frames, fps, cameras, window))
+        add(dataclasses.replace(res, mode="engine-full"), r, row, "engine-full")
         if grpc:
             add(on_gpu(lambda: engine_pass(cfg, analyzer, gallery, store, frames, fps, cameras, window, payloads)),
                 r, row, "engine-jpeg")
@@ -558,7 +580,7 @@ def run(video: str | Path = DEFAULT_VIDEO, cameras: int = 4, rounds: int = 3, wi
     reference = (set().union(*[p.gated_identities for p in passes if p.mode == "naive1"]) & clip_persons
                  if baselines else set().union(*[p.identities for p in passes if p.mode == "engine1"]) & clip_persons)
     checks = [check_identities(p, reference, clip_persons) for p in passes]
-    summary = _summarise(passes, per_round, cam_counts, cameras, stage_rounds, baselines, grpc)
+    summary = _summarise(passes, per_round, cam_counts, cameras, stage_rounds, baselines, grpc, (w, h))
     summary["latency_at_load"] = load_passes
     summary["sessions"] = analyzer.session_stats()  # distinct shapes each session ran vs its buckets
     summary["gpu"] = mon.summary()
@@ -583,8 +605,37 @@ def run(video: str | Path = DEFAULT_VIDEO, cameras: int = 4, rounds: int = 3, wi
     return summary
 
 
+def _cpu_ms(passes: list[PassResult], mode: str) -> tuple[float, int]:
+    """Median over rounds of a mode's CPU ms a frame, and the frames a pass."""
+    ps = [p for p in passes if p.mode == mode and p.frames and p.cpu_s > 0]
+    return _median([p.cpu_s / p.frames * 1000 for p in ps]), (ps[0].frames if ps else 0)
+
+
+def cost_summary(passes: list[PassResult], cameras: int, size: tuple[int, int]) -> dict[str, Any]:
+    """`cost` (CPU a frame and 1080p@25 cameras a core, of the default pipeline: the gRPC pass when it ran, as
+    it decodes the gateways' JPEG, else the N-camera in-process pass) and `gated_vs_full` (CPU a frame of the
+    every-frame full-frame pass over the default pass, same frames and cameras, per round, median)."""
+    mode = "grpc-jpeg" if any(p.mode == "grpc-jpeg" for p in passes) else f"engine{cameras}"
+    ms, frames = _cpu_ms(passes, mode)
+    out = cost(ms * frames / 1000, frames, *size)
+    out["pass"] = mode
+    out["by_mode"] = {m: cost(v * f / 1000, f, *size)["cpu_ms_per_frame"]
+                      for m in sorted({p.mode for p in passes if p.cpu_s > 0}) for v, f in [_cpu_ms(passes, m)]}
+    rounds = sorted({p.round for p in passes})
+    per_round = []
+    for r in rounds:
+        full = [p for p in passes if p.round == r and p.mode == "engine-full" and p.cpu_s > 0]
+        gated = [p for p in passes if p.round == r and p.mode == f"engine{cameras}" and p.cpu_s > 0]
+        if full and gated:
+            per_round.append((full[0].cpu_s / full[0].frames) / (gated[0].cpu_s / gated[0].frames))
+    ratio = {"value": _median(per_round), "rounds": per_round, "numerator": "engine-full (CPU ms a frame)",
+             "denominator": f"engine{cameras} (CPU ms a frame, the default: motion gating + detection interval)"}
+    return {"cost": out, "gated_vs_full": ratio}
+
+
 def _summarise(passes: list[PassResult], per_round: list[dict[str, float]], cam_counts: list[int], cameras: int,
-               stage_rounds: list[dict[str, float]], baselines: bool, grpc: bool) -> dict[str, Any]:
+               stage_rounds: list[dict[str, float]], baselines: bool, grpc: bool,
+               size: tuple[int, int] = (1920, 1080)) -> dict[str, Any]:
     def modestat(mode: str) -> dict[str, Any]:
         ps = [p for p in passes if p.mode == mode]
         lat = [v for p in ps for v in p.latencies_ms]
@@ -629,6 +680,10 @@ def _summarise(passes: list[PassResult], per_round: list[dict[str, float]], cam_
                                                  "target": TARGET_GRPC_RATIO, "verdict": verdict(v, TARGET_GRPC_RATIO)}
         ratios["grpc_vs_predecoded"] = {"value": _median([r["grpc-jpeg"] / r[eng_n] for r in per_round]),
                                         "numerator": "grpc-jpeg", "denominator": eng_n}
+    cs = cost_summary(passes, cameras, size)
+    ratios["gated_vs_full"] = cs["gated_vs_full"]
+    s["cost"] = cs["cost"]
+    s["detect_interval_peak"] = max((p.peak_interval for p in passes), default=0)
     s["ratios"] = ratios
     keys = sorted({k for r in stage_rounds for k in r})
     s["stages"] = {k: _median([r[k] for r in stage_rounds if k in r]) for k in keys}
@@ -643,6 +698,11 @@ def _print_table(s: dict[str, Any], log: Callable[[str], None]) -> None:
     for name, m in s["modes"].items():
         log(f"{name:<17} {m['cameras']:>4} {m['fps']:>8.1f} {m['p50_latency_ms']:>8.1f} {m['p95_latency_ms']:>8.1f} "
             f"{m['p99_latency_ms']:>8.1f} {m['embeddings_per_pass']:>9.0f} {m['errors']:>4}")
+    c = s.get("cost") or {}
+    if c:
+        log(f"cost ({c['pass']}): {c['cpu_ms_per_frame']:.1f} CPU ms a frame, {c['cameras_per_core']:.2f} cameras "
+            f"of 1080p@25 a core (CPU time, shared machine); by mode: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in c["by_mode"].items()))
     for key, r in s["ratios"].items():
         tail = f"  target >= {r['target']}: {r['verdict']}" if "target" in r else ""
         log(f"{key:<32} {r['numerator']} / {r['denominator']} = {r['value']:.3f}{tail}")
@@ -721,7 +781,7 @@ def main_args(args: argparse.Namespace, model_dir: str | None = None, config_fil
             latency_loads=() if getattr(args, "no_load_latency", False) else LOADS,
             lfw_distractors=getattr(args, "lfw_distractors", 200))
     if args.json:
-        line: dict[str, Any] = {"fps": s["fps"], "cameras": s["cameras"],
+        line: dict[str, Any] = {"fps": s["fps"], "cameras": s["cameras"], "cost": s["cost"],
                                 "fps_by_mode": {k: v["fps"] for k, v in s["modes"].items()},
                                 "ratios": {k: {kk: vv for kk, vv in v.items()} for k, v in s["ratios"].items()},
                                 "identities_ok": s["identities"]["all_passes_ok"],

@@ -270,6 +270,25 @@ def loadavg() -> list[float]:
         return [float("nan")] * 3
 
 
+FULL_FRAME = {"motion_gating": False, "detect_interval": 1, "max_detect_interval": 1}
+"""pipeline overrides for the reference: every frame of every camera detected whole (the engine before gating)."""
+CAMERA_BUDGET_MS = 1000.0 / 25.0
+"""CPU milliseconds a 1080p@25 camera may cost per frame for one core to serve it."""
+CPU_TIME_NOTE = ("CPU time (time.process_time of the engine process: every thread, decode included where the pass "
+                 "decodes), not wall time: the machine was shared with other jobs, which stretch wall time but "
+                 "hardly the CPU time a frame costs")
+
+
+def cost(cpu_s: float, frames: int, width: int, height: int) -> dict[str, Any]:
+    """CPU cost of a pass: ms a frame, the same scaled to 1080p by pixel count (exact for 1080p clips) and the
+    1080p@25 cameras one core serves at that cost."""
+    ms = cpu_s / max(1, frames) * 1000.0
+    ms_1080 = ms * (1920 * 1080) / max(1, width * height)
+    return {"cpu_ms_per_frame": ms, "cpu_ms_per_frame_1080p": ms_1080,
+            "cameras_per_core": CAMERA_BUDGET_MS / ms_1080 if ms_1080 > 0 else float("nan"), "frames": frames,
+            "note": CPU_TIME_NOTE}
+
+
 def machine() -> dict[str, Any]:
     """What the numbers were measured on (they only compare within one run): CPU, cores, GPU,
     package versions and the load average (the project's VMs are shared: load from other jobs)."""

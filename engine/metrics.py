@@ -3,6 +3,7 @@ so tests and several engines in one process never collide."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -38,6 +39,11 @@ class EngineMetrics:
         self.matches = Counter("faceengine_matches", "Match events raised or updated", ["kind"], registry=r)
         self.active_streams = Gauge("faceengine_active_streams", "Open ingest streams", registry=r)
         self.subscribers = Gauge("faceengine_subscribers", "Live match subscribers", registry=r)
+        self.detect_frames = Counter("faceengine_detect_frames", "Video frames by how they were detected: full "
+                                     "(whole frame), regions (motion regions, possibly none), carried (not detected: "
+                                     "the tracker carried the boxes)", ["mode"], registry=r)
+        self.detect_interval = Gauge("faceengine_detect_interval", "Current detection interval per camera "
+                                     "(raised under overload before frames are dropped)", ["camera"], registry=r)
         self.rpc_errors = Counter("faceengine_rpc_errors", "RPCs ended with an error status", ["method", "code"],
                                   registry=r)
 
@@ -51,7 +57,7 @@ class EngineMetrics:
         for name in ("jpeg", "video"):
             dec = getattr(decoders, name)
             used.labels(name, dec.name).set(1)
-            fallbacks.labels(name).set_function(lambda dec=dec: float(getattr(dec, "fallbacks", 0)))
+            fallbacks.labels(name).set_function(functools.partial(_float_attr, dec, "fallbacks"))
 
     def watch_sessions(self, sessions: Callable[[], dict[str, dict[str, Any]]]) -> None:
         """Publish, read when scraped, each inference session's distinct input shapes
@@ -64,9 +70,10 @@ class EngineMetrics:
         buckets = Gauge("faceengine_session_buckets", "Bucket shapes allowed for the input sizes the session saw "
                         "(runtime.shape_buckets; 0 = not padding)", ["role", "model"], registry=self.registry)
         for role, st in sessions().items():
-            shapes.labels(role, st["model"]).set_function(
-                lambda role=role: float(sessions()[role]["distinct_shapes"] or 0))
-            buckets.labels(role, st["model"]).set_function(lambda role=role: float(sessions()[role]["buckets"] or 0))
+            shapes.labels(role, st["model"]).set_function(functools.partial(_session_figure, sessions, role,
+                                                                            "distinct_shapes"))
+            buckets.labels(role, st["model"]).set_function(functools.partial(_session_figure, sessions, role,
+                                                                             "buckets"))
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         """Expose /metrics over HTTP (prometheus-client's own server) until `close()`."""
@@ -78,3 +85,13 @@ class EngineMetrics:
         if http is not None:
             http.shutdown()
             http.server_close()
+
+
+def _float_attr(obj: object, name: str) -> float:
+    """A numeric attribute read when scraped (0 when the object has none)."""
+    return float(getattr(obj, name, 0))
+
+
+def _session_figure(sessions: Callable[[], dict[str, dict[str, Any]]], role: str, key: str) -> float:
+    """One inference session's figure, read when scraped."""
+    return float(sessions()[role][key] or 0)

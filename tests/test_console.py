@@ -5,6 +5,7 @@ through Playwright (tests/test_console_browser.py)."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import re
 import socket
@@ -21,6 +22,7 @@ from pathlib import Path
 import cv2
 import grpc
 import httpx
+import numpy as np
 import pytest
 import uvicorn
 
@@ -383,5 +385,45 @@ def test_search_upload_of_a_jpeg_scan_bomb_is_refused(stack: Stack) -> None:
         r = c.post("/search", data={"csrf": csrf, "top_k": "5"},
                    files={"photo": ("photo.jpg", progressive_bomb(1024, 3000), "image/jpeg")})
         assert r.status_code == 400 and "3010 scans" in r.text, r.text[-500:]
+    finally:
+        c.close()
+
+
+def test_enrolment_picks_the_dominant_face_as_the_api_does(stack: Stack) -> None:
+    """The console's preview and enrolment make the engine's choice: the centred subject of an ID photo,
+    not the larger face cut off at its edge; a photo of two comparable faces is refused, naming both boxes."""
+    import html
+
+    from engine.vision.enrolment import choose_enrolment_face, fmt_box
+    from tests.test_enrolment_choice import id_photo_with_a_cut_off_face
+
+    analyzer = stack.srv.analyzer
+    photo = encode_jpeg(id_photo_with_a_cut_off_face())
+    group = (IMAGES / "two_people.jpg").read_bytes()
+    boxes = [fmt_box(b) for b in analyzer.detector.detect(cv2.imdecode(np.frombuffer(group, np.uint8), 1)).boxes]
+    img = cv2.imdecode(np.frombuffer(photo, np.uint8), 1)
+    dets = analyzer.detector.detect(img)
+    chosen = dets[choose_enrolment_face(dets.boxes, img.shape[1], img.shape[0]).index]
+    c, csrf = sign_in(stack.url, stack.tokens["admin"])
+    try:
+        c.post("/watchlists/create", data={"csrf": csrf, "name": "ids"})
+        form = {"csrf": csrf, "watchlist": "ids", "person_id": "subject"}
+        r = c.post("/persons/enrol", data={**form, "step": "preview"},
+                   files={"photo": ("id.jpg", photo, "image/jpeg")})
+        assert r.status_code == 200 and "2 faces found; this one dominates" in r.text
+        crop = re.search(r'id="preview-crop" src="data:image/jpeg;base64,([^"]+)"', r.text).group(1)
+        got = cv2.imdecode(np.frombuffer(base64.b64decode(crop), np.uint8), 1)
+        want = analyzer.embed_faces(img, chosen)[0]
+        assert float(np.dot(analyzer.largest_face(got)[1], want)) > 0.6  # the crop is the chosen face
+        r = c.post("/persons/enrol", data={**form, "step": "enrol"}, files={"photo": ("id.jpg", photo, "image/jpeg")})
+        assert r.status_code == 303
+        r = c.post("/persons/enrol", data={**form, "step": "preview"},
+                   files={"photo": ("group.jpg", group, "image/jpeg")})
+        problem = html.unescape(re.search(r'id="preview-problem">([^<]*)<', r.text).group(1))
+        assert "none dominates" in problem and all(b in problem for b in boxes), problem
+        r = c.post("/persons/enrol", data={**form, "person_id": "group", "step": "enrol"},
+                   files={"photo": ("group.jpg", group, "image/jpeg")})
+        assert r.status_code == 400 and all(b in html.unescape(r.text) for b in boxes)
+        assert [p.person_id for p in stack.srv.store.list_persons("ids")] == ["subject"]
     finally:
         c.close()

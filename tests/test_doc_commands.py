@@ -166,6 +166,13 @@ def test_pages_exist_and_readme_is_short() -> None:
     assert len(PAGES) > 3 and any(b.lang in SHELL for b in ALL_BLOCKS)
 
 
+@pytest.mark.parametrize("page", [*PAGES, ROOT / "CHANGELOG.md"], ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_internal_issue_numbers(page: Path) -> None:
+    """User docs speak of features, not of the tracker: no "issue 12", no "Must-show 5"."""
+    found = re.findall(r"\b(?:issues? ?#?\d+|must[- ]show \d+)", page.read_text(), re.I)
+    assert not found, f"{page.relative_to(ROOT)}: {found}"
+
+
 @pytest.mark.parametrize("block", ALL_BLOCKS, ids=lambda b: b.where)
 def test_every_block_is_tagged_and_marked_correctly(block: Block) -> None:
     assert block.lang, f"{block.where}: tag the fence (sh for commands; text, toml, json, python otherwise)"

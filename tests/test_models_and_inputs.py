@@ -141,23 +141,23 @@ def test_identify_cli_json_and_video_progress(tmp_path: Path, model_dir: Path) -
     import json
 
     db = str(tmp_path / "g.db")
-    out = run_cli("enroll-local", "--model-dir", str(model_dir), "--db", db, "--watchlist", "vip", "--person",
-                  "obama", "--name", "Barack Obama", str(IMAGES / "obama.jpg"))
+    out = run_cli("enroll-local", "--model-dir", str(model_dir), "--db", db, "--watchlist", "vip", "--create",
+                  "--person", "obama", "--name", "Barack Obama", str(IMAGES / "obama.jpg"))
     assert out.returncode == 0, out.stderr
     out = run_cli("identify", str(IMAGES / "obama_and_biden.jpg"), "--json", "--model-dir", str(model_dir), "--db", db)
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout)
     names = [f["match"]["person_id"] for f in res["faces"] if f["match"]]
     assert names == ["obama"] and len(res["faces"]) == 3
-    # a group photo: strict mode refuses it with the face count; by default the largest face is enrolled, said so
-    out = run_cli("enroll-local", "--model-dir", str(model_dir), "--db", db, "--person", "x", "--strict",
+    # a group photo: strict mode refuses it with the face count; so does the default, no face dominating
+    out = run_cli("enroll-local", "--model-dir", str(model_dir), "--db", db, "--watchlist", "vip", "--person", "x",
+                  "--strict",
                   str(IMAGES / "multiface.jpg"))
     assert out.returncode == 1 and "6 faces found" in out.stderr
-    out = run_cli("enroll-local", "--model-dir", str(model_dir), "--db", db, "--person", "x", "--json",
+    out = run_cli("enroll-local", "--model-dir", str(model_dir), "--db", db, "--watchlist", "vip", "--person", "x",
+                  "--json",
                   str(IMAGES / "multiface.jpg"))
-    assert out.returncode == 0, out.stderr
-    notes = json.loads(out.stdout.strip().splitlines()[-1])["notes"]
-    assert len(notes) == 1 and "6 faces found; enrolled the largest" in notes[0]
+    assert out.returncode == 1 and "6 faces found and none dominates: boxes [" in out.stderr
 
 
 def test_site_model_from_local_manifest(tmp_path: Path) -> None:

@@ -80,7 +80,7 @@ def test_enroll_stream_subscribe_and_query_after_restart(cfg: Config, analyzer) 
         track_ids = {f.track_id for f in results[-1].faces}
         assert all(tid >= 0 for tid in track_ids) and track_ids == {f.track_id for f in results[1].faces}
         assert events and events[0].person_id == "obama" and events[0].display_name == "Barack Obama"
-        assert events[0].thumbnail[:2] == b"\xff\xd8" and events[0].score > cfg.gallery.match_threshold
+        assert events[0].thumbnail[:2] == b"\xff\xd8" and events[0].score > srv.settings.match_threshold
         first_id = events[0].event_id
         c.close()
     finally:
@@ -164,9 +164,10 @@ def test_watchlist_errors_map_to_codes(server: FaceEngineServer) -> None:
     assert code(c.cameras.RemoveCamera, pb.CameraRequest(camera_id="x"))[0] == grpc.StatusCode.NOT_FOUND
     # failed enrolments left nothing behind
     assert c.watchlists.ListPersons(pb.ListPersonsRequest(watchlist="w")).persons == []
-    # by default a group photo enrols its largest face and the reply says so
-    p = c.enroll("w", "group", [(IMAGES / "multiface.jpg").read_bytes()])
-    assert p.template_count == 1 and len(p.notes) == 1 and "6 faces found; enrolled the largest" in p.notes[0]
+    # by default a group photo with no dominant face is refused too, naming the comparable faces' boxes
+    status, details = code(c.enroll, "w", "group", [(IMAGES / "multiface.jpg").read_bytes()])
+    assert status == grpc.StatusCode.INVALID_ARGUMENT and "6 faces found and none dominates: boxes [" in details
+    assert c.watchlists.ListPersons(pb.ListPersonsRequest(watchlist="w")).persons == []
 
 
 def test_search_verify_and_person_lifecycle(server: FaceEngineServer) -> None:

@@ -51,8 +51,21 @@ def register(sub: Any, lazy: Callable[[str, str], Callable[[argparse.Namespace],
     b.add_argument("--workers", default="1,2", help="cluster: comma-separated worker counts (default 1,2)")
     b.add_argument("--video", default=None, help="video file (default shared multiface_1080p.mp4)")
     b.add_argument("--cameras", type=int, default=4, help="simulated cameras: the engine runs 1..N (default 4)")
-    b.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians reported (default 3)")
-    b.add_argument("--window", type=int, default=4, help="frames in flight per camera (default 4)")
+    b.add_argument("--rounds", type=int, default=None,
+                   help="interleaved rounds; medians reported (default 3; cluster: 1)")
+    b.add_argument("--window", type=int, default=None,
+                   help="frames in flight per camera (default 4; cluster with the fake runner: 32)")
+    b.add_argument("--runner", choices=["onnx", "fake"], default="onnx",
+                   help="cluster: fake = canned detections and embeddings on small frames: the cluster's own "
+                        "ceiling (frames in and results back a second through one front end)")
+    b.add_argument("--fake-cost-ms", default="0", help="cluster, fake runner: ms slept an image a model call")
+    b.add_argument("--fake-faces", default="1", help="cluster, fake runner: faces in every frame (default 1)")
+    b.add_argument("--frame-size", default="64x48", help="cluster, fake runner: frames resized to WxH")
+    b.add_argument("--warmup", default="5", help="cluster: seconds run before a point is measured (default 5)")
+    b.add_argument("--frames-per-call", default="0",
+                   help="cluster: cluster.frames_per_call (0 = configured; 32 with the fake runner)")
+    b.add_argument("--calls-per-worker", default="0", help="cluster: cluster.calls_per_worker (0 = configured)")
+    b.add_argument("--no-single", action="store_true", help="cluster: skip the single-process pass")
     b.add_argument("--max-frames", type=int, default=0, help="use only the first N frames (0 = all)")
     b.add_argument("--out", default=None, help="output prefix for .json and .png (default bench-results/<target>)")
     b.add_argument("--no-grpc", action="store_true", help="skip the gRPC passes (and the engine-jpeg pass)")
@@ -64,7 +77,8 @@ def register(sub: Any, lazy: Callable[[str, str], Callable[[argparse.Namespace],
                    help="LFW people enrolled as distractors, so false matches show (default 200)")
     b.add_argument("--batches", default=None, help="models: detector frames a call, comma-separated (default 1,8,32)")
     b.add_argument("--face-batches", default=None, help="models: embedder faces a call (default 1,32,256)")
-    b.add_argument("--seconds", type=float, default=None, help="models: timed seconds a point (default 2)")
+    b.add_argument("--seconds", type=float, default=None,
+                   help="models: timed seconds a point (default 2); cluster: steady-state seconds a point (20)")
     b.add_argument("--embedders", default=None,
                    help="models: embedders to time, comma-separated (default mobilefacenet + the configured one)")
     b.add_argument("--quick", action="store_true",
@@ -90,10 +104,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return int(mod.main(argv, cfg=cfg) or 0)
     if args.target == "cluster":
         mod = _bench_module("bench_cluster")
-        argv = ["--workers", args.workers, "--cameras", str(args.cameras), "--rounds", str(args.rounds),
-                "--window", str(args.window), "--out", args.out or "bench-results/cluster.json"]
+        argv = ["--workers", args.workers, "--cameras", str(args.cameras), "--rounds", str(args.rounds or 1),
+                "--out", args.out or "bench-results/cluster.json", "--runner", args.runner,
+                "--fake-cost-ms", args.fake_cost_ms, "--fake-faces", args.fake_faces, "--frame-size", args.frame_size,
+                "--warmup", args.warmup, "--seconds", str(args.seconds or 20), "--frames-per-call",
+                args.frames_per_call, "--calls-per-worker", args.calls_per_worker]
+        argv += (["--window", str(args.window)] if args.window else []) + (["--no-single"] if args.no_single else [])
         argv += ["--max-frames", str(args.max_frames or 120)] + (["--video", args.video] if args.video else [])
         return int(mod.main(argv + (["--json"] if args.json else [])) or 0)
+    args.rounds = args.rounds or 3
+    args.window = args.window or 4
     mod = _bench_module("bench_models" if args.target == "models" else "bench_pipeline")
     cfg = load_config(args)
     mirror = Path(mod.DEFAULT_VIDEO).parents[2] / "models"  # ../shared/testdata/videos -> ../shared/models

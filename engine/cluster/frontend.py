@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.cluster.worker import WireFrame, config_to_dict, ray_worker_class
+from engine.cluster.worker import WireFrame, ray_worker_class, worker_config
 from engine.config import Config
 from engine.errors import (
     FaceEngineError,
@@ -62,6 +62,13 @@ class _Worker:
     failures: int = 0
 
 
+def model_threads(cfg: Config, workers: int) -> tuple[int, int]:
+    """(model threads the workers may run at once, intra-op threads a session): workers x calls in flight a
+    worker x intra-op threads, with `runtime.intra_op_threads = 0` sized as `worker_config` sizes it."""
+    intra = cfg.runtime.intra_op_threads or max(1, int(cfg.cluster.cpus_per_worker))
+    return workers * max(1, cfg.cluster.calls_per_worker) * intra, intra
+
+
 class ClusterEngine(VideoEngine):
     """Front-end engine that schedules cameras onto Ray worker actors (they decode and run frames)."""
 
@@ -79,12 +86,14 @@ class ClusterEngine(VideoEngine):
         self._threads: list[threading.Thread] = []
         self._running = False
         self._inflight = 0
+        self._stats = {"frames": 0, "calls": 0, "queue_wait_s": 0.0, "call_s": 0.0}
+        self._stats_lock = threading.Lock()
 
     # ---- workers ---------------------------------------------------------------------------------
     def _spawn(self) -> list[Any]:
         c = self.cfg.cluster
         cls = ray_worker_class()
-        data = config_to_dict(self.cfg)
+        data = worker_config(self.cfg)  # model threads sized to the worker's CPUs
         opts: dict[str, Any] = {"num_cpus": c.cpus_per_worker}
         if c.gpus_per_worker > 0:
             opts["num_gpus"] = c.gpus_per_worker
@@ -113,6 +122,27 @@ class ClusterEngine(VideoEngine):
                 if cam.worker < 0:
                     self._assign(cam)
         log.info("cluster: %d workers serving", len(self._workers))
+        self._check_thread_budget(ray)
+
+    def _check_thread_budget(self, ray: Any) -> None:
+        """Warn when the workers' model threads (workers x calls in flight x intra-op threads) exceed the
+        CPUs Ray has: the extra threads contend for cores and every worker slows down."""
+        c = self.cfg.cluster
+        if c.gpus_per_worker > 0:
+            return  # models run on GPUs; CPU threads are not the budget
+        threads, intra = model_threads(self.cfg, len(self._workers))
+        cpus = float(ray.cluster_resources().get("CPU", 0.0))
+        if cpus and threads > cpus:
+            log.warning("cluster: %d workers x %d calls in flight x %d intra-op threads = %d model threads on %g "
+                        "CPUs; lower cluster.calls_per_worker or runtime.intra_op_threads so they fit",
+                        len(self._workers), c.calls_per_worker, intra, threads, cpus)
+
+    def stats(self) -> dict[str, float]:
+        """Cumulative counters for benchmarks (deltas over a window give rates): frames answered by a
+        worker call, calls, queue_wait_s (frames' seconds queued here before their call, summed) and call_s
+        (calls' round trips, summed: the worker's own time plus Ray's transfer and scheduling)."""
+        with self._stats_lock:
+            return dict(self._stats)
 
     def workers(self) -> list[Any]:
         """The worker actor handles (for benchmarks and tests)."""
@@ -281,8 +311,16 @@ class ClusterEngine(VideoEngine):
             cam, batch = got
             try:
                 try:
+                    sent = time.monotonic()
                     ref = w.handle.process.remote([p.frame for p in batch])
                     outs = ray.get(ref, timeout=self.cfg.cluster.call_timeout_s + 5)
+                    back = time.monotonic()
+                    with self._stats_lock:
+                        st = self._stats
+                        st["frames"] += len(batch)
+                        st["calls"] += 1
+                        st["call_s"] += back - sent
+                        st["queue_wait_s"] += sum(sent - p.arrival for p in batch)
                 except Exception as exc:  # noqa: BLE001 - Ray errors: the worker died or hangs
                     self._fail_worker(w, exc)
                     err = UnavailableError(f"worker {w.index} failed while processing; camera "

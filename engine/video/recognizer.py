@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -34,15 +35,16 @@ import numpy as np
 
 from engine.config import Config
 from engine.errors import FaceEngineError
-from engine.gallery.calibration import configured_min_quality, configured_threshold
 from engine.metrics import EngineMetrics
 from engine.video.bestshot import BestShotPolicy, TrackRegistry, TrackState
+from engine.video.motion import MotionDetector, plan_regions, region_share
 from engine.video.quality import QualityGate, face_quality
 from engine.video.tracker import FaceTracker
-from engine.vision.detections import Detections
+from engine.vision.detections import Detections, box_iou
 
 if TYPE_CHECKING:
     from engine.gallery.gallery import Match
+    from engine.settings import Settings
 
 
 @dataclass
@@ -59,6 +61,8 @@ class Frame:
     image: np.ndarray
     scale: float = field(default=1.0, kw_only=True)
     loader: Callable[[], np.ndarray] | None = field(default=None, repr=False, kw_only=True)
+    backlog: int = field(default=0, kw_only=True)
+    """Frames of the camera queued behind this one when it was taken (the scheduler sets it; overload signal)."""
     _full: np.ndarray | None = field(default=None, repr=False, init=False)
 
     def full_image(self) -> np.ndarray:
@@ -80,6 +84,7 @@ class Inference(Protocol):
     @property
     def dim(self) -> int: ...
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[Detections]: ...
+    def detect_regions(self, images: Sequence[np.ndarray], scale: float) -> list[Detections]: ...
     def align(self, image: np.ndarray, landmarks: np.ndarray) -> np.ndarray: ...
     def embed(self, crops: np.ndarray) -> np.ndarray: ...
 
@@ -105,22 +110,56 @@ class RecognizerSettings:
     identity_switch_similarity: float = 0.2
     match_threshold: float = 0.40
     max_faces_per_frame: int = 200
+    motion_gating: bool = False
+    detect_interval: int = 1
+    max_detect_interval: int = 8
+    full_frame_interval_s: float = 2.0
+    motion_width: int = 320
+    motion_threshold: float = 20.0
+    max_region_share: float = 0.5
+    region_scale: float = 0.0
+    queue_size: int = 8
+    detector_min_face_size: float = 20.0
+    nms_threshold: float = 0.4
 
     @classmethod
-    def from_config(cls, cfg: Config) -> RecognizerSettings:
+    def from_settings(cls, settings: Settings) -> RecognizerSettings:
+        """The policy from resolved settings (thresholds from the loaded models where left to auto)."""
+        cfg, t = settings.config, settings.thresholds
         p = cfg.pipeline
         return cls(
             tracking=p.tracking,
             track_max_age_s=p.track_max_age_s,
-            track_start_score=max(cfg.detector.score_threshold, p.track_start_score),
+            track_start_score=max(t.detector_score, p.track_start_score),
             min_face_size=float(p.min_face_size),
-            min_quality=configured_min_quality(cfg),  # negative in the config = the embedder's calibrated gate
+            min_quality=t.min_quality,
             reembed_margin=p.reembed_margin,
             reembed_interval_s=p.reembed_interval_s,
             identity_switch_similarity=p.identity_switch_similarity,
-            match_threshold=configured_threshold(cfg),  # 0 in the config = from gallery.match_fpir
+            match_threshold=t.match,
             max_faces_per_frame=cfg.limits.max_faces_per_frame,
+            motion_gating=p.motion_gating,
+            detect_interval=p.detect_interval,
+            max_detect_interval=max(p.detect_interval, p.max_detect_interval),
+            full_frame_interval_s=p.full_frame_interval_s,
+            motion_width=p.motion_width,
+            motion_threshold=p.motion_threshold,
+            max_region_share=p.max_region_share,
+            region_scale=p.region_scale,
+            queue_size=p.queue_size,
+            detector_min_face_size=float(cfg.detector.min_face_size),
+            nms_threshold=cfg.detector.nms_threshold,
         )
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> RecognizerSettings:
+        """The policy for cfg's models without loading them (thresholds from the model manifest)."""
+        from engine.models.registry import ModelSpec, load_manifest
+        from engine.settings import Settings
+
+        specs = load_manifest()
+        emb = specs.get(cfg.models.embedder) or ModelSpec(cfg.models.embedder, "", "embedder", "")  # no calibration
+        return cls.from_settings(Settings.resolve(cfg, emb, specs.get(cfg.models.detector)))
 
 
 @dataclass(frozen=True)
@@ -176,13 +215,54 @@ class FrameRecognition:
         return next((m for m in self.matches if m.face == face), None)
 
 
+SCALES = (0.25, 0.375, 0.5, 0.75, 1.0)
+"""Region scales a camera's auto scale picks from (few values: few network shapes)."""
+SCALE_MIN_FACES = 30
+"""Faces a camera must have shown before its region scale follows their sizes."""
+
+
+class Carried(Detections):
+    """`Recognizer.detect`'s result for a frame it did not detect (detection interval): `recognize` carries the
+    camera's live tracks to it instead."""
+
+    @classmethod
+    def make(cls) -> Carried:
+        e = Detections.empty()
+        return cls(e.boxes, e.landmarks, e.scores)
+
+
+@dataclass
+class GateState:
+    """One camera's detection gating: motion background, detection interval, full-frame schedule, face sizes."""
+
+    motion: MotionDetector
+    interval: int = 1
+    since_detect: int = 0
+    next_full: float = float("-inf")
+    last_time: float = float("-inf")
+    sizes: deque[float] = field(default_factory=lambda: deque(maxlen=256))
+    peak_interval: int = 1
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def scale(self, pinned: float, floor: float) -> float:
+        """Region scale: `pinned` if set, else the smallest of `SCALES` (at least `floor`... 1) at which the
+        camera's small faces (10th percentile of recent sizes) still reach 1.25x the detector's reliable size."""
+        if pinned > 0:
+            return pinned
+        if len(self.sizes) < SCALE_MIN_FACES:
+            return 1.0
+        need = 1.25 * floor / max(float(np.percentile(np.asarray(self.sizes), 10)), 1.0)
+        return next((s for s in SCALES if s >= need), 1.0)
+
+
 @dataclass
 class CameraTracking:
-    """One camera's recognition state: its tracker, per-track best-shot state, last frame time."""
+    """One camera's recognition state: its tracker, per-track best-shot state, last frame time, gating."""
 
     tracker: FaceTracker
     tracks: TrackRegistry = field(default_factory=TrackRegistry)
     last_time: float = float("-inf")
+    gate: GateState | None = None
 
 
 class Recognizer:
@@ -207,7 +287,9 @@ class Recognizer:
             if state is None:
                 s = self.settings
                 state = self._cams[camera_id] = CameraTracking(
-                    FaceTracker(max_age_s=s.track_max_age_s, high_score=s.track_start_score))
+                    FaceTracker(max_age_s=s.track_max_age_s, high_score=s.track_start_score),
+                    gate=GateState(MotionDetector(s.motion_width, s.motion_threshold), interval=s.detect_interval,
+                                   peak_interval=s.detect_interval))
             return state
 
     def remove_camera(self, camera_id: str) -> list[int]:
@@ -254,8 +336,38 @@ class Recognizer:
         return self.recognize(frames, self.detect(frames))
 
     def detect(self, frames: Sequence[Frame]) -> list[Detections]:
-        """Detections of each frame's `image` (its own, possibly reduced, pixels): stateless, so
-        several batches of one camera may be detected at once."""
+        """Detections of each frame in its `image`'s pixels. Without gating (`motion_gating` off, interval 1)
+        every frame is detected whole. Otherwise per camera: a frame between detections (`detect_interval`)
+        gets `Carried` (no detection); a detected frame is searched in its motion regions and live tracks'
+        boxes, cut from the full-resolution frame (`plan_regions`), or whole when it is the camera's first,
+        a periodic full-frame pass is due or the regions cover most of it. Consecutive batches of one camera
+        may be detected at once (its gate state is locked)."""
+        s = self.settings
+        if not s.motion_gating and s.detect_interval <= 1 and s.max_detect_interval <= 1:
+            return self._detect_full(frames)
+        t0 = time.perf_counter()
+        plans = [self._plan(f) for f in frames]
+        self._observe("motion", time.perf_counter() - t0)
+        out: list[Detections] = [Carried.make() for _ in frames]
+        full = [i for i, p in enumerate(plans) if p == "full"]
+        if full:
+            for i, d in zip(full, self._detect_full([frames[i] for i in full]), strict=True):
+                out[i] = d
+        gated = [i for i, p in enumerate(plans) if isinstance(p, tuple)]
+        if gated:
+            t1 = time.perf_counter()
+            for i, d in zip(gated, self.detect_regions([frames[i] for i in gated],
+                                                        [plans[i] for i in gated]), strict=True):  # type: ignore[misc]
+                out[i] = d
+            self._observe("detect_regions", time.perf_counter() - t1)
+        if self.metrics is not None:
+            for p in plans:
+                self.metrics.detect_frames.labels("full" if p == "full" else "carried" if p is None
+                                                  else "regions").inc()
+        return out
+
+    def _detect_full(self, frames: Sequence[Frame]) -> list[Detections]:
+        """Whole-frame detection of each frame's `image` (one batched call)."""
         t0 = time.perf_counter()
         dets = self.inference.detect_batch([f.image for f in frames])
         if self.metrics is not None:
@@ -268,6 +380,101 @@ class Recognizer:
                 self._observe("detect_model", timing.model)
                 self._observe("detect_post", timing.postprocess)
         return dets
+
+    def _plan(self, frame: Frame) -> str | tuple[float, list[tuple[int, ...]]] | None:
+        """How to detect one frame: None (carried), "full", or (scale, regions in full-resolution pixels)."""
+        s = self.settings
+        cam = self.add_camera(frame.camera_id)
+        g = cam.gate
+        assert g is not None
+        t = frame.capture_time
+        with g.lock:
+            if frame.backlog * 2 >= max(2, s.queue_size):  # overload: detect less often before frames drop
+                g.interval = min(s.max_detect_interval, g.interval + 1)
+            elif frame.backlog == 0 and g.interval > s.detect_interval:
+                g.interval -= 1
+            g.peak_interval = max(g.peak_interval, g.interval)
+            if self.metrics is not None:
+                self.metrics.detect_interval.labels(frame.camera_id).set(g.interval)
+            first = t < g.last_time or g.last_time == float("-inf")  # a camera's first frame, or a restart
+            g.last_time = t
+            if not first and g.since_detect + 1 < g.interval:
+                g.since_detect += 1
+                return None
+            g.since_detect = 0
+            if not s.motion_gating:
+                return "full"
+            if first:
+                g.motion.reset()
+                g.motion.update(frame.image)
+                g.next_full = t + s.full_frame_interval_s if s.full_frame_interval_s > 0 else float("inf")
+                return "full"
+            motion = g.motion.update(frame.image) * np.float32(frame.scale)
+            if t >= g.next_full:
+                g.next_full = t + s.full_frame_interval_s
+                return "full"
+            scale = g.scale(s.region_scale, self._min_face_px() * 1.0)
+            scale = min(scale, 1.0) if s.region_scale <= 0 else scale
+        h, w = frame.image.shape[:2]
+        fw, fh = round(w * frame.scale), round(h * frame.scale)
+        tracks = cam.tracker.predicted_boxes(t)
+        regions = plan_regions(motion, tracks, fw, fh, scale)
+        if region_share(regions, fw, fh) > s.max_region_share:
+            return "full"
+        return (scale, regions)
+
+    def _min_face_px(self) -> float:
+        """The detector's smallest reliable face in network pixels (its manifest's min_face_px; 20 if unknown)."""
+        det = getattr(self.inference, "detector", None)
+        return float(getattr(det, "min_face_px", 20.0))
+
+    def detect_regions(self, frames: Sequence[Frame],
+                        plans: Sequence[tuple[float, list[tuple[int, ...]]]]) -> list[Detections]:
+        """Detect the planned regions of several frames (equal shapes batched by the detector), map the faces to
+        each frame's `image` pixels, drop duplicates where regions meet, and re-detect a face cut by a region's
+        inner edge in a region centred on it, so it is found whole."""
+        s = self.settings
+        crops: dict[float, list[tuple[int, tuple[int, ...], np.ndarray]]] = {}
+        for fi, (frame, (scale, regions)) in enumerate(zip(frames, plans, strict=True)):
+            if not regions:
+                continue
+            full = frame.full_image()
+            for r in regions:
+                crops.setdefault(scale, []).append((fi, r, full[r[1]:r[3], r[0]:r[2]]))
+        found: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = [[] for _ in frames]
+        for scale, items in crops.items():
+            dets = self.inference.detect_regions([c for _, _, c in items], scale)
+            redo: list[tuple[int, tuple[int, ...], np.ndarray]] = []
+            for (fi, r, _), d in zip(items, dets, strict=True):
+                if len(d) == 0:
+                    continue
+                off = np.array([r[0], r[1]], np.float32)
+                boxes, lms = d.boxes + np.tile(off, 2), d.landmarks + off
+                cut = _touches_inner_edge(boxes, r, frames[fi], s.detector_min_face_size)
+                found[fi].append((boxes[~cut], lms[~cut], d.scores[~cut]))
+                full = frames[fi].full_image()
+                for b in boxes[cut]:
+                    side = 3 * max(b[2] - b[0], b[3] - b[1], 32.0)
+                    cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
+                    square = np.array([[cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2]], np.float32)
+                    rr = plan_regions(square,
+                                      np.zeros((0, 4), np.float32), full.shape[1], full.shape[0], scale,
+                                      pad_frac=0.0, pad_px=0.0, up_frac=0.0)
+                    for r2 in rr:
+                        redo.append((fi, r2, full[r2[1]:r2[3], r2[0]:r2[2]]))
+            if redo:
+                for (fi, r, _), d in zip(redo, self.inference.detect_regions([c for _, _, c in redo], scale),
+                                         strict=True):
+                    off = np.array([r[0], r[1]], np.float32)
+                    found[fi].append((d.boxes + np.tile(off, 2), d.landmarks + off, d.scores))
+        return [_merge_found(parts, frame.scale, s.nms_threshold) for parts, frame in zip(found, frames, strict=True)]
+
+    def detect_interval(self, camera_id: str) -> tuple[int, int]:
+        """(current, highest so far) detection interval of a camera (1, 1 if unknown)."""
+        state = self._cams.get(camera_id)
+        if state is None or state.gate is None:
+            return 1, 1
+        return state.gate.interval, state.gate.peak_interval
 
     def recognize(self, frames: Sequence[Frame], detections: Sequence[Detections]) -> list[FrameRecognition]:
         """Track, gate, embed best shots and match `frames` with their `detect` results.
@@ -285,8 +492,20 @@ class Recognizer:
         for fi, (frame, raw) in enumerate(zip(frames, detections, strict=True)):
             tt = time.perf_counter()
             cam = self.add_camera(frame.camera_id)
-            dets = _scaled(raw[: s.max_faces_per_frame], frame.scale)  # original coordinates
             t = frame.capture_time
+            if isinstance(raw, Carried):  # not detected: the live tracks carried to this frame, nothing embedded
+                if s.tracking and t >= cam.last_time:
+                    dets = cam.tracker.carry(t)[: s.max_faces_per_frame]
+                else:
+                    dets = Detections.empty().with_extra(track_id=np.zeros(0, np.int64))
+                cam.last_time = max(cam.last_time, t)
+                per_frame.append((dets, np.asarray(dets.extra["track_id"], np.int64), np.zeros(len(dets), np.float32),
+                                  []))
+                track_s += time.perf_counter() - tt
+                continue
+            dets = _scaled(raw[: s.max_faces_per_frame], frame.scale)  # original coordinates
+            if cam.gate is not None and len(dets):
+                cam.gate.sizes.extend(dets.sizes.tolist())  # the camera's face sizes (auto region scale)
             ended: list[int] = []
             if s.tracking:
                 if t < cam.last_time:  # clock went back (source restarted): start tracking afresh
@@ -334,11 +553,11 @@ class Recognizer:
                       for (fi, k, q), emb in zip(owners, embs, strict=True)]
             hits = self.gallery.search(np.stack(probes), top_k=1, threshold=s.match_threshold)
             self._observe("search", time.perf_counter() - t3)
-            for (fi, k, _q), probe, hit in zip(owners, probes, hits, strict=True):
+            for (fi, face, _q), probe, hit in zip(owners, probes, hits, strict=True):
                 # a person removed while this batch was in flight: erased data stays erased
                 if hit and self.gallery.has_template(hit[0].template_id):
                     dets, tids = per_frame[fi][0], per_frame[fi][1]
-                    decisions[fi].append(MatchDecision(k, int(tids[k]), dets.boxes[k].astype(np.float32),
+                    decisions[fi].append(MatchDecision(face, int(tids[face]), dets.boxes[face].astype(np.float32),
                                                        probe, hit[0]))
         out: list[FrameRecognition] = []
         for fi, frame in enumerate(frames):
@@ -369,6 +588,41 @@ class Recognizer:
             self.metrics.stage_seconds.labels(stage).observe(seconds)
 
 
+def _touches_inner_edge(boxes: np.ndarray, region: tuple[int, ...], frame: Frame, min_size: float) -> np.ndarray:
+    """(N,) bool: boxes within 2 px of an edge of `region` that is not the frame's edge (the face may be cut)."""
+    h, w = frame.image.shape[:2]
+    fw, fh = round(w * frame.scale), round(h * frame.scale)
+    x1, y1, x2, y2 = region
+    m = 2.0
+    cut = np.zeros(len(boxes), bool)
+    if x1 > 0:
+        cut |= boxes[:, 0] <= x1 + m
+    if y1 > 0:
+        cut |= boxes[:, 1] <= y1 + m
+    if x2 < fw:
+        cut |= boxes[:, 2] >= x2 - m
+    if y2 < fh:
+        cut |= boxes[:, 3] >= y2 - m
+    return cut & (np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) >= min_size * 0.5)
+
+
+def _merge_found(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], scale: float, nms: float) -> Detections:
+    """One frame's faces from its regions, duplicates where regions meet suppressed (NMS), in `image` pixels."""
+    parts = [p for p in parts if len(p[2])]
+    if not parts:
+        return Detections.empty()
+    boxes = np.concatenate([p[0] for p in parts]).astype(np.float32)
+    lms = np.concatenate([p[1] for p in parts]).astype(np.float32)
+    scores = np.concatenate([p[2] for p in parts]).astype(np.float32)
+    order = np.argsort(-scores)
+    keep: list[int] = []
+    for i in order:  # greedy NMS on IoU (few boxes)
+        if all(box_iou(boxes[i], boxes[k])[0, 0] <= nms for k in keep):
+            keep.append(int(i))
+    inv = np.float32(1.0 / scale)
+    return Detections(boxes[keep] * inv, lms[keep] * inv, scores[keep])
+
+
 def _scaled(dets: Detections, scale: float) -> Detections:
     """Detections with boxes and landmarks multiplied by `scale` (no copy when it is 1)."""
     if scale == 1.0:
@@ -376,5 +630,5 @@ def _scaled(dets: Detections, scale: float) -> Detections:
     return Detections(dets.boxes * np.float32(scale), dets.landmarks * np.float32(scale), dets.scores, dets.extra)
 
 
-__all__ = ["CameraTracking", "Frame", "FrameRecognition", "GalleryView", "Inference", "MatchDecision",
-           "Recognizer", "RecognizerSettings"]
+__all__ = ["CameraTracking", "Carried", "Frame", "FrameRecognition", "GalleryView", "GateState", "Inference",
+           "MatchDecision", "Recognizer", "RecognizerSettings"]

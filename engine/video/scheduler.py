@@ -156,7 +156,7 @@ class Scheduler:
         return self.registry.find(camera_id)
 
     def cameras(self) -> list[CameraState]:
-        return self.registry.list()
+        return self.registry.all()
 
     # ---- ingest ----------------------------------------------------------------------------------
     def submit(self, job: FrameJob) -> None:
@@ -225,6 +225,7 @@ class Scheduler:
                     if cam.queue and (cid in mine or (cam.inflight < depth and len(mine) < max_cams
                                                       and not cam.collecting)):
                         job = cam.queue.popleft()
+                        job.backlog = len(cam.queue)  # the recognizer raises the detection interval on it
                         if cid not in mine:
                             cam.inflight += 1
                             cam.busy = True

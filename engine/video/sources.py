@@ -41,8 +41,10 @@ PUSH_URIS = ("", "push", "push://")
 
 
 # ---- credentials -------------------------------------------------------------------------------
-_SECRET_KEYS = re.compile(r"(?i)^(user(name)?|login|pass(word|wd)?|pwd|token|access_token|api_?key|key|secret|"
-                          r"auth(orization)?|sig(nature)?|credentials?)$")
+_SECRET_KEYS = re.compile(r"(?i)^(user(name)?|login|u|p|pw|sid|sig)$|pass|pwd|secret|token|key|auth|signature|"
+                          r"session|sess_?id|cookie|ticket|cred|nonce|hash")
+"""Query keys whose values are masked: exact short names, or any key containing a secret-looking word
+(password, api_key, access_token, sessionid, JSESSIONID, X-Amz-Signature, credentials, ...)."""
 
 
 def redact_uri(uri: str) -> str:
@@ -67,7 +69,7 @@ def redact_uri(uri: str) -> str:
         items = []
         for item in query.split("&"):
             key, eq, _ = item.partition("=")
-            items.append(f"{key}=***" if eq and _SECRET_KEYS.match(key) else item)
+            items.append(f"{key}=***" if eq and _SECRET_KEYS.search(key) else item)
         tail = head + "?" + "&".join(items) + hash_ + fragment
     return f"{scheme}://{authority}{tail}"
 

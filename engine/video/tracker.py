@@ -53,6 +53,7 @@ class _Track:
     score: float
     hits: int = 1
     confirmed: bool = False
+    landmarks: np.ndarray | None = None  # (5, 2) float64 of the last matched detection, if it had them
 
     def predict(self, timestamp: float, horizon_s: float) -> np.ndarray:
         """The box moved by its velocity to ``timestamp`` (extrapolating at most ``horizon_s``)."""
@@ -134,6 +135,36 @@ class FaceTracker:
         track = self._tracks.get(track_id)
         return None if track is None else track.box.astype(np.float32)
 
+    def predicted_boxes(self, timestamp: float) -> np.ndarray:
+        """(M, 4) float32 boxes of the live, reported tracks moved to ``timestamp`` (read-only: no state changes)."""
+        tracks = [t for t in list(self._tracks.values()) if t.confirmed]
+        if not tracks:
+            return np.zeros((0, 4), np.float32)
+        return np.stack([t.predict(timestamp, self.max_predict_s) for t in tracks]).astype(np.float32)
+
+    def carry(self, timestamp: float) -> Detections:
+        """The live, reported tracks matched in the last detected frame, as detections at ``timestamp``, for
+        a frame that was not detected (a detection interval above 1): boxes moved by each track's velocity,
+        landmarks moved with the box centre and scaled with its size, the last score, ``extra["track_id"]``.
+        No state changes: tracks age and end only on detected frames (``update``)."""
+        last = self._last_timestamp
+        tracks = [t for t in list(self._tracks.values()) if t.confirmed and t.last_seen == last]  # seen last time
+        if not tracks:
+            return Detections.empty().with_extra(track_id=np.zeros(0, np.int64))
+        boxes = np.stack([t.predict(timestamp, self.max_predict_s) for t in tracks])
+        lms = np.zeros((len(tracks), 5, 2), np.float64)
+        for k, t in enumerate(tracks):
+            if t.landmarks is None:
+                continue
+            old, new = t.box, boxes[k]
+            sx = (new[2] - new[0]) / max(old[2] - old[0], 1e-6)
+            sy = (new[3] - new[1]) / max(old[3] - old[1], 1e-6)
+            lms[k, :, 0] = new[0] + (t.landmarks[:, 0] - old[0]) * sx
+            lms[k, :, 1] = new[1] + (t.landmarks[:, 1] - old[1]) * sy
+        return Detections(boxes.astype(np.float32), lms.astype(np.float32),
+                          np.asarray([t.score for t in tracks], np.float32),
+                          {"track_id": np.asarray([t.track_id for t in tracks], np.int64)})
+
     def reset(self) -> list[int]:
         """End every track (e.g. on a stream restart or scene cut); returns the reported ids ended."""
         ended = self.active_tracks()
@@ -181,7 +212,7 @@ class FaceTracker:
         matched: list[tuple[int, int]] = [(track_ids[t], int(high[d])) for t, d in pairs_hi]
         matched += [(track_ids[free_tracks[t]], int(low[d])) for t, d in pairs_lo]
         for tid, det in matched:
-            self._observe(self._tracks[tid], dets.boxes[det], float(scores[det]), timestamp)
+            self._observe(self._tracks[tid], dets.boxes[det], float(scores[det]), timestamp, dets.landmarks[det])
 
         # Tentative tracks must be matched in consecutive frames (ByteTrack's rule).
         for t in free_tracks[free_tracks2]:
@@ -201,6 +232,7 @@ class FaceTracker:
         # 4. Unmatched high-score detections start new tracks.
         for d in high[free_high]:
             tid = self._start(dets.boxes[d], float(scores[d]), timestamp)
+            self._tracks[tid].landmarks = np.asarray(dets.landmarks[d], np.float64).copy()
             if self._tracks[tid].confirmed:
                 assigned[d] = tid
                 started.append(tid)
@@ -229,7 +261,8 @@ class FaceTracker:
         )
         return tid
 
-    def _observe(self, track: _Track, box: np.ndarray, score: float, timestamp: float) -> None:
+    def _observe(self, track: _Track, box: np.ndarray, score: float, timestamp: float,
+                 landmarks: np.ndarray | None = None) -> None:
         """Move a matched track to its new box and refresh its damped velocity estimate."""
         box = np.asarray(box, np.float64)
         dt = timestamp - track.last_seen
@@ -238,6 +271,8 @@ class FaceTracker:
             a = self.velocity_smoothing
             track.velocity = a * measured + (1.0 - a) * track.velocity
         track.box = box.copy()
+        if landmarks is not None:
+            track.landmarks = np.asarray(landmarks, np.float64).copy()
         track.last_seen = timestamp
         track.score = score
         track.hits += 1

@@ -12,13 +12,13 @@ import numpy as np
 
 from engine.config import Config
 from engine.errors import MultipleFacesError, NoFaceError
-from engine.gallery.calibration import resolve_match_threshold, resolve_min_quality
 from engine.models.registry import ModelRegistry
 from engine.models.runner import RunnerInfo
 from engine.vision.align import Aligner
 from engine.vision.detections import Detections
 from engine.vision.detectors import DetectTiming, FaceDetector, load_detector
 from engine.vision.embedder import FaceEmbedder, load_embedder
+from engine.vision.enrolment import choose_enrolment_face
 from engine.vision.image import check_array
 
 log = logging.getLogger(__name__)
@@ -43,11 +43,8 @@ class FaceAnalyzer:
         registry = registry or ModelRegistry.from_config(cfg.models)
         det = load_detector(registry, cfg.models.detector, cfg.detector, cfg.runtime)
         emb = load_embedder(registry, cfg.models.embedder, cfg.embedder, cfg.runtime)
-        resolve_match_threshold(cfg, emb.spec)  # match_threshold 0 = from gallery.match_fpir
-        resolve_min_quality(cfg, emb.spec)  # min_quality < 0 = the embedder's calibrated gate
-        log.info("analyzer: detector=%s embedder=%s (dim %d) on %s (IO binding %s), match threshold %.4f",
-                 det.name, emb.name, emb.dim, emb.runner.provider, "on" if emb.runner.io_binding else "off",
-                 cfg.gallery.match_threshold)
+        log.info("analyzer: detector=%s embedder=%s (dim %d) on %s (IO binding %s)",
+                 det.name, emb.name, emb.dim, emb.runner.provider, "on" if emb.runner.io_binding else "off")
         return cls(det, emb)
 
     @property
@@ -78,6 +75,10 @@ class FaceAnalyzer:
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """Detections of several images in one batched detector call (one list entry per image)."""
         return self.detector.detect_batch(images)
+
+    def detect_regions(self, images: Sequence[np.ndarray], scale: float) -> list[Detections]:
+        """Detections of regions cut from video frames at `scale` network pixels per pixel (motion gating)."""
+        return self.detector.detect_scaled(images, scale)
 
     def last_detect_timing(self) -> DetectTiming | None:
         """Pre-process / model / post-process split of this thread's last `detect_batch` call."""
@@ -130,25 +131,32 @@ class FaceAnalyzer:
 
     def enrol_face(self, image: np.ndarray, what: str = "image",
                    strict: bool = False) -> tuple[Detections, np.ndarray, str]:
-        """The face to enrol and a note ('' if none): with several faces the largest is taken and the
-        note says so (ID photos often show a bystander); strict=True refuses them (MultipleFacesError)."""
+        """The face to enrol and a note ('' if none), chosen by `choose_enrolment_face`: with several
+        faces the one that dominates by size and position, and a note saying so; comparable faces are
+        refused naming their boxes (MultipleFacesError). strict=True refuses any second face."""
         if strict:
             det, emb = self.single_face(image, what)
             return det, emb, ""
         image = check_array(image)
         dets = self.detector.detect(image)
-        if len(dets) == 0:
-            raise NoFaceError(f"{what}: no face found (need one clear, frontal face of at least "
-                              f"{self.detector.cfg.min_face_size} px)")  # type: ignore[attr-defined]
-        k = int(np.argmax(dets.sizes))
-        note = ""
-        if len(dets) > 1:
-            b = dets.boxes[k]
-            note = (f"{what}: {len(dets)} faces found; enrolled the largest, box [{int(b[0])},{int(b[1])},"
-                    f"{int(b[2])},{int(b[3])}] ({int(dets.sizes[k])} px)")
-            log.info("%s", note)
-        best = dets[k]
-        return best, self.embed_faces(image, best)[0], note
+        choice = choose_enrolment_face(dets.boxes, image.shape[1], image.shape[0], what,
+                                       self.detector.cfg.min_face_size)  # type: ignore[attr-defined]
+        if choice.note:
+            log.info("%s", choice.note)
+        best = dets[choice.index]
+        return best, self.embed_faces(image, best)[0], choice.note
+
+    def enrolment_preview(self, image: np.ndarray, what: str = "image") -> tuple[Detections, int | None, str]:
+        """Every face found, the index of the one `enrol_face` would enrol (None when it would refuse) and
+        why not ('' when it can): an enrolment preview that makes the same choice, without embedding."""
+        image = check_array(image)
+        dets = self.detector.detect(image)
+        try:
+            choice = choose_enrolment_face(dets.boxes, image.shape[1], image.shape[0], what,
+                                           self.detector.cfg.min_face_size)  # type: ignore[attr-defined]
+        except (NoFaceError, MultipleFacesError) as exc:
+            return dets, None, str(exc)
+        return dets, choice.index, ""
 
     def largest_face(self, image: np.ndarray, what: str = "image") -> tuple[Detections, np.ndarray]:
         """The largest face (for search/verify probes, where a bystander should not fail the call)."""

@@ -7,6 +7,7 @@ to original image coordinates.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -16,11 +17,12 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from engine.config import DetectorConfig, RuntimeConfig, gpu_provider
+from engine.config import DetectorConfig, RuntimeConfig
 from engine.models.factory import load_runner
 from engine.models.registry import ModelRegistry, ModelSpec
 from engine.models.runner import BatchVerdict, InferenceRunner, RunFn
 from engine.models.session import warmup_on
+from engine.settings import detector_score_threshold, gpu_provider
 from engine.vision.batchcheck import compare_detections, sample_images
 from engine.vision.detections import Detections
 from engine.vision.graph_preprocess import letterbox_for, prepend_letterbox
@@ -58,12 +60,18 @@ class FaceDetector(ABC):
 
     name: str
     runner: InferenceRunner
+    spec: ModelSpec
+    score_threshold: float  # resolved: detector.score_threshold or the model's own
 
     def detect(self, image: np.ndarray) -> Detections:
         return self.detect_batch([image])[0]
 
     @abstractmethod
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[Detections]: ...
+
+    def detect_scaled(self, images: Sequence[np.ndarray], scale: float) -> list[Detections]:
+        """Detections of frame regions at `scale` network pixels per image pixel (default: as `detect_batch`)."""
+        return self.detect_batch(images)
 
     def last_timing(self) -> DetectTiming | None:
         """The split of this thread's last `detect_batch` call (None when the detector keeps none)."""
@@ -84,6 +92,7 @@ class OnnxFaceDetector(FaceDetector):
         """True when the runner's graph starts with the pre-processing nodes (`prepend_letterbox`):
         it then takes uint8 BGR frames (N, H, W, 3) and letterboxes them itself."""
         self.cfg = cfg
+        self.score_threshold = detector_score_threshold(cfg, spec)  # "auto": the model's own (manifest)
         self._anchor_cache: dict[tuple[int, int, int], np.ndarray] = {}
         self._local = threading.local()
 
@@ -155,10 +164,25 @@ class OnnxFaceDetector(FaceDetector):
         images = [check_array(im) for im in images]
         if self.graph_letterbox:
             return self._detect_frames(images)
+        return self._detect_sized(images, [self.target_size(im.shape[1], im.shape[0]) for im in images])
+
+    def detect_scaled(self, images: Sequence[np.ndarray], scale: float) -> list[Detections]:
+        """Detections of regions cut from a frame, each run at `scale` network pixels per image pixel (1 = as
+        they are: a 24 px face stays 24 px), not letterboxed up to `input_size` as small stills are. Regions
+        whose sides are multiples of 32 / `scale` run unpadded; equal shapes share one runner call. With the
+        graph letterbox (GPU) the graph picks the size as for any image."""
+        images = [check_array(im) for im in images]
+        if self.graph_letterbox:
+            return self._detect_frames(images)
+        sizes = [input_size(im.shape[1], im.shape[0], max(32, round(max(im.shape[:2]) * scale))) for im in images]
+        return self._detect_sized(images, sizes)
+
+    def _detect_sized(self, images: list[np.ndarray], sizes: list[tuple[int, int]]) -> list[Detections]:
+        """CPU letterbox of each image into its network (width, height); equal sizes run as one batch."""
         results: list[Detections | None] = [None] * len(images)
         groups: dict[tuple[int, int], list[int]] = {}
-        for i, im in enumerate(images):
-            groups.setdefault(self.target_size(im.shape[1], im.shape[0]), []).append(i)
+        for i, size in enumerate(sizes):
+            groups.setdefault(size, []).append(i)
         pre = model = post = 0.0  # a perf_counter pair per step: the split bench/metrics report
         for size, idx in groups.items():
             tw, th = size
@@ -185,7 +209,8 @@ class OnnxFaceDetector(FaceDetector):
         for shape, idx in groups.items():
             t0 = time.perf_counter()
             scale, tw, th = letterbox_for(shape[0], shape[1], self.network_side(shape[1], shape[0]))
-            frames = self._buffer((self.runner.padded(len(idx)), *shape), np.uint8)
+            # not cached: a 32-frame 1080p bucket is 200 MB a thread; spare rows of np.empty are never touched
+            frames = np.empty((self.runner.padded(len(idx)), *shape), np.uint8)
             for k, i in enumerate(idx):
                 frames[k] = images[i]
             t1 = time.perf_counter()
@@ -198,6 +223,10 @@ class OnnxFaceDetector(FaceDetector):
         self._local.timing = DetectTiming(len(images), pre, model, post)
         return [r if r is not None else Detections.empty() for r in results]
 
+    def _detect_copies(self, frame: np.ndarray, rows: int) -> list[Detections]:
+        """`rows` copies of one frame in one batched call (warm-up)."""
+        return self.detect_batch([frame] * rows)
+
     def warm_up(self, frame_sizes: Sequence[str]) -> float:
         """Run every bucket at each frame size (WIDTHxHEIGHT, one per stream class) through `detect_batch`
         with black frames, so each shape steady state will use is met once at load; returns seconds."""
@@ -205,7 +234,7 @@ class OnnxFaceDetector(FaceDetector):
         for size in frame_sizes:
             w, h = (int(v) for v in size.lower().split("x"))
             frame = np.zeros((h, w, 3), np.uint8)
-            total += self.runner.warm_up(lambda rows, f=frame: self.detect_batch([f] * rows), f"{w}x{h} frames")
+            total += self.runner.warm_up(functools.partial(self._detect_copies, frame), f"{w}x{h} frames")
         return total
 
     @abstractmethod
@@ -234,12 +263,12 @@ class OnnxFaceDetector(FaceDetector):
 
     def postprocess(self, boxes: np.ndarray, kps: np.ndarray, scores: np.ndarray, lb: Letterbox,
                     shape: tuple[int, ...]) -> Detections:
-        keep = scores >= self.cfg.score_threshold
+        keep = scores >= self.score_threshold
         boxes, kps, scores = boxes[keep], kps[keep], scores[keep]
         if len(scores) == 0:
             return Detections.empty()
         xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
-        idx = cv2.dnn.NMSBoxes(xywh.tolist(), scores.tolist(), self.cfg.score_threshold, self.cfg.nms_threshold)
+        idx = cv2.dnn.NMSBoxes(xywh.tolist(), scores.tolist(), self.score_threshold, self.cfg.nms_threshold)
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
         boxes, kps, scores = boxes[idx] / lb.scale, kps[idx] / lb.scale, scores[idx]
         h, w = shape[:2]
@@ -271,7 +300,7 @@ class YuNetDetector(OnnxFaceDetector):
 
     def decode(self, outs: list[np.ndarray], w: int, h: int,
                threshold: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        thr = self.cfg.score_threshold if threshold is None else threshold
+        thr = self.score_threshold if threshold is None else threshold
         all_b, all_k, all_s = [], [], []
         for i, stride in enumerate(STRIDES):
             cls, obj = outs[i].reshape(-1), outs[3 + i].reshape(-1)
@@ -295,7 +324,7 @@ class ScrfdDetector(OnnxFaceDetector):
 
     def decode(self, outs: list[np.ndarray], w: int, h: int,
                threshold: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        thr = self.cfg.score_threshold if threshold is None else threshold
+        thr = self.score_threshold if threshold is None else threshold
         all_b, all_k, all_s = [], [], []
         n = len(outs) // 3
         anchors = 2 if n == 3 else 1
@@ -313,7 +342,7 @@ class ScrfdDetector(OnnxFaceDetector):
         return _cat(all_b, all_k, all_s)
 
 
-def _cat(b: list[np.ndarray], k: list[np.ndarray], s: list[np.ndarray]) -> tuple[np.ndarray, ...]:
+def _cat(b: list[np.ndarray], k: list[np.ndarray], s: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if not s:
         return np.zeros((0, 4), np.float32), np.zeros((0, 5, 2), np.float32), np.zeros((0,), np.float32)
     return np.concatenate(b), np.concatenate(k), np.concatenate(s)
@@ -328,8 +357,6 @@ def load_detector(registry: ModelRegistry, name: str, cfg: DetectorConfig, runti
     spec = registry.spec(name)
     if spec.task != "detector" or spec.family not in _FAMILIES:
         raise ValueError(f"model {name} is not a supported detector (task={spec.task}, family={spec.family})")
-    if cfg.score_threshold <= 0:  # 0 = the model's own calibrated threshold (scores differ per family)
-        cfg.score_threshold = float(spec.extra.get("score_threshold", 0.6))  # type: ignore[arg-type]
     graph = runtime.runner == "onnx" and (runtime.graph_preprocess == "on" or (
         runtime.graph_preprocess == "auto" and gpu_provider(runtime.provider)))
     auto = None
