@@ -401,6 +401,10 @@ class ClusterConfig(Section):
                               ge=1, le=1024)
     calls_per_worker: int = _f(2, "Calls in flight per worker, each for a different camera (keeps workers busy).",
                                ge=1, le=1024)
+    worker_threads: int = _f(
+        1, "Frame calls a worker processes at once; the other calls in flight (calls_per_worker) wait in Ray with "
+        "their frames already sent, so a worker never idles between calls and its model threads stay within its "
+        "CPUs. Raise it for GPU workers, whose calls wait on the device.", ge=1, le=64)
     call_timeout_s: float = _f(30.0, "A worker call that takes longer fails its frames with UNAVAILABLE.",
                                gt=0.0, le=3600.0)
     connect_timeout_s: float = _f(5.0, "Seconds to reach a remote Ray address before failing with a clear error.",
