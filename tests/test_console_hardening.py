@@ -17,10 +17,11 @@ import httpx
 import pytest
 import uvicorn
 
-from engine.cli.console_cmds import proxy_options
+from engine.cli.console_cmds import proxy_options, refuse_open_engine
 from engine.client import Client
 from engine.config import Config, ConsoleConfig
 from engine.console.app import ConsoleSettings, create_app
+from engine.errors import ConfigError
 from engine.service.auth import create_token
 from engine.service.proto import pb
 from engine.service.server import FaceEngineServer
@@ -97,6 +98,10 @@ def test_sign_in_pacing_cannot_be_dodged_and_spares_the_engines_other_callers(en
 
 
 def test_an_auth_off_engine_is_not_re_exposed_beyond_loopback(engines: Engines) -> None:
+    with pytest.raises(ConfigError, match="--allow-open-engine"):  # `faceengine console` refuses to start
+        refuse_open_engine(ConsoleSettings(server=engines.dev.address, host="0.0.0.0"))
+    refuse_open_engine(ConsoleSettings(server=engines.dev.address, host="0.0.0.0", allow_open_engine=True))
+    refuse_open_engine(ConsoleSettings(server=engines.secured.address, host="0.0.0.0"))  # auth on: fine
     with console(ConsoleSettings(server=engines.dev.address, host="0.0.0.0")) as url, \
             httpx.Client(base_url=url, timeout=30) as c:
         r = _sign_in(c, "anything")

@@ -93,3 +93,24 @@ def test_dryrun_rehearses_the_calls_within_the_device_budget(tmp_path: Path) -> 
         names = tar.getnames()
     assert any(n.endswith(".top.json") and "profile-e2e-cuda" in n for n in names) and "results/ledger.json" in names
     assert not list(work.glob("repo-*"))  # no call's tree is left: the stash alone carried the parts
+
+
+def test_a_step_prints_as_it_goes_and_is_cut_at_its_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """run.py's run_step: each line a step prints reaches the call's output and $OUT/run.log at once; at its
+    timeout the step's process group is stopped (rc 124) and what it printed and wrote stays. The ledger
+    charges the machine start once, then each call's wall time and transfers."""
+    monkeypatch.setenv("OUT", str(tmp_path / "out"))
+    monkeypatch.setenv("DEVICE_STASH", str(tmp_path / "stash"))
+    run = _load(ROOT / "benchmarks" / "device" / "run.py", "device_run")
+    point = tmp_path / "point.json"
+    script = (f"import time, pathlib\nprint('figure 1: 12.5 fps', flush=True)\n"
+              f"pathlib.Path({str(point)!r}).write_text('{{}}')\ntime.sleep(60)\nprint('never')")
+    rc = run.run_step("slow", [sys.executable, "-c", script], dict(os.environ), timeout_s=3)
+    assert rc == 124 and point.is_file()
+    log = (tmp_path / "out" / "run.log").read_text()
+    assert "slow| figure 1: 12.5 fps" in log and "TIMED OUT" in log and "slow| never" not in log
+    assert "figure 1" in (tmp_path / "stash" / "results" / "slow.log").read_text()
+    led = run.read_ledger()
+    run.record_call(led)
+    assert run.spent(led) == pytest.approx(run.START_S + led["calls"][0]["wall_s"] + run.CALL_OVERHEAD_S)
+    assert json.loads((tmp_path / "stash" / "ledger.json").read_text())["calls"][0]["pid"] == os.getpid()

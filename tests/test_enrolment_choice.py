@@ -140,8 +140,8 @@ def test_cli_makes_the_same_choice(analyzer, model_dir: Path, tmp_path: Path,  #
     chosen = fmt_box(dets.boxes[choose_enrolment_face(dets.boxes, img.shape[1], img.shape[0]).index])
     group_boxes = [fmt_box(b) for b in analyzer.detector.detect(read_image(IMAGES / "two_people.jpg")).boxes]
     capsys.readouterr()  # one run (one model load): the ID photo is taken, then the group photo refused
-    assert cli(["enroll-local", "--model-dir", str(model_dir), "--db", str(tmp_path / "cli.db"), "--person", "p",
-                str(photo), str(IMAGES / "two_people.jpg")]) == 1
+    assert cli(["enroll-local", "--model-dir", str(model_dir), "--db", str(tmp_path / "cli.db"), "--create",
+                "--person", "p", str(photo), str(IMAGES / "two_people.jpg")]) == 1
     err = capsys.readouterr().err
     assert f"note: {photo}: 2 faces found; enrolled the dominant face, box {chosen}" in err
     assert "two_people.jpg: 2 faces found and none dominates" in err and all(b in err for b in group_boxes)

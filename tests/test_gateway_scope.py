@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +23,7 @@ from engine.service.auth import create_token
 from engine.service.proto import pb
 from engine.service.server import FaceEngineServer
 from engine.store.base import EventQuery
-from tests.procs import ServeProcess, cli, cli_env, serve
+from tests.procs import ServeProcess, cli, cli_env, serve, wait_for
 from tests.shared_data import IMAGES, ROOT
 
 OBAMA = (IMAGES / "obama.jpg").read_bytes()
@@ -126,3 +128,25 @@ def test_a_gateway_cannot_feed_another_gateways_camera_nor_learn_identities(cfg:
         assert len(srv.store.query_events(EventQuery(camera_id="door-a"))[0]) == 2
     finally:
         srv.stop(grace=1)
+
+
+def test_a_camera_removed_while_streaming_stops_the_gateway_with_one_line(served) -> None:  # noqa: ANN001
+    srv, env, video = served
+    admin = cli("token", "create", "--name", "ops-admin", "--role", "admin", env=env).stdout.strip()
+    gate = cli("token", "create", "--name", "gate-10", "--role", "gateway", "--camera", "door-10", env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "engine", "stream", "--server", srv.address, "--token",
+                             gate.stdout.strip(), "--camera", "door-10", "--loop", str(video)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        c = Client(srv.address, token=admin)
+        assert wait_for(lambda: any(x.camera_id == "door-10" and x.frames_processed > 0 for x in
+                                    c.cameras.ListCameras(pb.Empty(), metadata=c.metadata).cameras), 30)
+        c.cameras.RemoveCamera(pb.CameraRequest(camera_id="door-10"), metadata=c.metadata)
+        _, err = proc.communicate(timeout=30)  # --loop would stream for ever: it stops at the first NOT_FOUND
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "NOT_FOUND" in lines[0] and "stopped" in lines[0], err

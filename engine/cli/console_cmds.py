@@ -46,6 +46,29 @@ def _secret(path: str) -> bytes:
     return key
 
 
+def refuse_open_engine(settings: Any) -> None:
+    """Refuse to start (ConfigError) in front of an engine that answers without a token (`serve --dev`)
+    when this console would re-expose it beyond loopback over plain HTTP; sign-ins are refused as well,
+    for an engine started later."""
+    import grpc
+
+    from engine.console.app import open_engine_allowed
+    from engine.service.proto import pb, rpc
+
+    if open_engine_allowed(settings) or settings.ca_cert:  # a TLS engine is never a --dev one
+        return
+    with grpc.insecure_channel(settings.server) as ch:
+        try:
+            who = rpc.AdminStub(ch).WhoAmI(pb.Empty(), timeout=3)
+        except grpc.RpcError:  # auth on (UNAUTHENTICATED), or not up yet: sign-in checks again
+            return
+    if who.role == "auth-off":
+        raise ConfigError(f"the engine at {settings.server} runs without authentication (serve --dev) and this "
+                          f"console would listen on {settings.host} over plain HTTP, where anyone could act as admin; "
+                          "listen on 127.0.0.1, serve HTTPS (tls.cert_file/key_file), enable auth on the engine, "
+                          "or pass --allow-open-engine")
+
+
 def proxy_options(cc: ConsoleConfig) -> dict[str, Any]:
     """uvicorn's options for X-Forwarded-For: believed only from `console.trusted_proxies` (uvicorn's own
     default trusts 127.0.0.1, so any local caller could pick the address sign-ins are paced by)."""
@@ -77,6 +100,10 @@ def cmd_console(args: argparse.Namespace) -> int:
                                      session_hours=cc.session_hours, max_cards=cc.max_cards, https=https,
                                      host=cc.host, allow_open_engine=cc.allow_open_engine,
                                      revoked_file=f"{cc.secret_file}.revoked" if cc.secret_file else ""))
+    settings = ConsoleSettings(server=cc.server, ca_cert=cc.ca_cert, client_cert=cc.client_cert,
+                               client_key=cc.client_key, https=https, host=cc.host,
+                               allow_open_engine=cc.allow_open_engine)
+    refuse_open_engine(settings)
     print(f"faceengine console on {'https' if https else 'http'}://{cc.host}:{cc.port} (engine {cc.server})",
           flush=True)
     uvicorn.run(app, host=cc.host, port=cc.port, log_level="info" if args.verbose else "warning",

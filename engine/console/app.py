@@ -506,7 +506,7 @@ def create_app(settings: ConsoleSettings) -> Starlette:
         sess, _ = await require(request)
         q = request.query_params
         filters = {k: q.get(k, "") for k in ("camera", "watchlist", "person", "since", "until", "min_score")}
-        ctx = {"q": q, "filters_qs": _qs(**filters), "next_qs": ""}
+        ctx: dict[str, Any] = {"q": q, "filters_qs": _qs(**filters), "next_qs": ""}
         try:
             req = history_request(q, 50, q.get("page", ""), True)
         except ValueError as exc:
@@ -550,7 +550,7 @@ def create_app(settings: ConsoleSettings) -> Starlette:
         if not data:
             return render(request, "search.html", 400, result=None, probe="", error="choose a photo to search with")
         res = await stubs().matches.SearchByImage(pb.SearchRequest(image=pb.Image(encoded=data),
-                                                                   top_k=int(form.get("top_k") or 5)),
+                                                                   top_k=int(str(form.get("top_k") or 5))),
                                                   metadata=sess.metadata, timeout=60)
         return render(request, "search.html", result=res, probe=b64(data))
 

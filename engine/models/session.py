@@ -27,10 +27,11 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from engine.config import RuntimeConfig, gpu_provider
+from engine.config import RuntimeConfig
 from engine.errors import ConfigError, ModelError
 from engine.models.profile import summarise_profile
 from engine.models.runner import BatchCheck, BatchVerdict, InferenceRunner
+from engine.settings import gpu_provider
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ def cuda_options(runtime: RuntimeConfig) -> dict[str, str]:
     """CUDA provider options for inference: cuDNN's heuristic algorithm pick (no timing runs per new shape;
     `runtime.cudnn_conv_algo_search`) and, with `runtime.cuda_graphs` and shape buckets on, CUDA graph
     capture (one graph per bucket, replayed through preallocated device buffers)."""
-    opts = {"cudnn_conv_algo_search": runtime.cudnn_conv_algo_search}
+    opts: dict[str, str] = {"cudnn_conv_algo_search": runtime.cudnn_conv_algo_search}
     if runtime.cuda_graphs and buckets_on(runtime):
         opts["enable_cuda_graph"] = "1"
     return opts
@@ -246,10 +247,11 @@ class OnnxRunner(InferenceRunner):
         fixed_batch = _input_batch_dim(model) == 1
         shape = transform or (lambda m: m)
         want_fp16 = fp16_on(runtime)
-        raw = shape(model).SerializeToString()
-        self._session = self._make(raw, opts, providers)
-        self._raw: bytes | None = raw if want_fp16 else None
-        """The serialised graph behind `_session`, kept only until the fp16 conversion is settled."""
+        self._transform = shape
+        self._raw: bytes | None = model.SerializeToString() if want_fp16 else None
+        """The graph behind `_session` before `transform` (pre-processing nodes stay float32: they compute
+        sizes), kept only until the fp16 conversion is settled."""
+        self._session = self._make(shape(model).SerializeToString(), opts, self._providers)
         self._cand_raw: bytes | None = None
         self._input_name = self._session.get_inputs()[0].name
         self._input_shape = tuple(self._session.get_inputs()[0].shape)
@@ -265,30 +267,38 @@ class OnnxRunner(InferenceRunner):
         self._calls = 0
         self._warmup_s: float | None = None
         self._fp16 = "pending check" if want_fp16 else "off"
-        self._graphs = any(o.get("enable_cuda_graph") == "1" for _, o in providers) and on_gpu and self._io
+        graphs_asked = any(o.get("enable_cuda_graph") == "1" for _, o in self._providers)
+        self._graphs = graphs_asked and on_gpu and self._io
         """CUDA graphs (runtime.cuda_graphs): one captured graph per bucket shape, replayed through its slot."""
         self._no_graph: ort.RunOptions | None = None
-        if self._graphs or any(o.get("enable_cuda_graph") == "1" for _, o in providers):
+        if graphs_asked:
             self._no_graph = ort.RunOptions()  # every call outside a slot runs plainly, never captured
             self._no_graph.add_run_config_entry("gpu_graph_id", "-1")
         self._slots: dict[tuple[tuple[int, ...], str], _GraphSlot] = {}
         self._slot_lock = threading.Lock()
         if batchable and fixed_batch:
             try:
-                cand_raw = shape(make_batchable(model)).SerializeToString()
-                self._candidate = self._make(cand_raw, opts, providers)
-                self._cand_raw = cand_raw if want_fp16 else None
+                batched = make_batchable(model)
+                self._cand_raw = batched.SerializeToString() if want_fp16 else None
+                self._candidate = self._make(shape(batched).SerializeToString(), opts, self._providers)
                 self._verdict = "batch rewrite pending check"
             except Exception as exc:  # rewrite is an optimisation: never fail the load for it
                 self._verdict = f"batch rewrite failed ({exc})"
                 log.warning("%s: batch rewrite failed (%s); running one image a call", self.model, exc)
 
-    @staticmethod
-    def _make(raw: bytes, opts: ort.SessionOptions,
+    def _make(self, raw: bytes, opts: ort.SessionOptions,
               providers: list[tuple[str, dict[str, str]]]) -> ort.InferenceSession:
+        """A session; one that onnxruntime refuses with CUDA graphs (a model with nodes outside the CUDA
+        provider) is loaded without them, with one warning, and so is every later session of this runner."""
         try:
             return ort.InferenceSession(raw, opts, providers=providers)
         except Exception as exc:
+            if any(o.get("enable_cuda_graph") == "1" for _, o in providers):
+                plain = [(p, {k: v for k, v in o.items() if k != "enable_cuda_graph"}) for p, o in providers]
+                log.warning("%s: onnxruntime refused CUDA graphs (%s); loading without them", self.model,
+                            (str(exc).splitlines() or [type(exc).__name__])[0][:300])
+                self._providers = plain
+                return self._make(raw, opts, plain)
             raise ModelError(f"onnxruntime cannot load the model: {exc}") from exc
 
     @property
@@ -382,7 +392,8 @@ class OnnxRunner(InferenceRunner):
             return BatchVerdict(False, self._fp16)
         fp32 = self._session
         try:
-            fp16 = self._make(to_fp16(onnx.load_from_string(raw)).SerializeToString(), self._opts, self._providers)
+            graph = self._transform(to_fp16(onnx.load_from_string(raw)))  # the model in fp16, pre-processing in fp32
+            fp16 = self._make(graph.SerializeToString(), self._opts, self._providers)
             if self._batched:
                 verdict = check(lambda x: self._call(fp16, x), lambda x: self._call(fp32, x))
             else:

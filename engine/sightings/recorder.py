@@ -48,7 +48,7 @@ class SightingRecorder:
 
     def __init__(self, store: SightingStore, model: str, thumbnail: Thumbnailer,
                  on_written: Callable[[list[Sighting]], None] | None = None, queue_size: int = 10_000,
-                 max_track_s: float = 600.0, batch: int = 256) -> None:
+                 max_track_s: float = 600.0, batch: int = 1024) -> None:
         """on_written(batch): called by the writer after each stored batch (ids set), e.g. to index it."""
         self.store = store
         self.model = model
@@ -81,9 +81,9 @@ class SightingRecorder:
             for k, tid in enumerate(rec.track_ids.tolist()):
                 if tid < 0:
                     if k in emb_of:  # no tracking: each embedded face is its own sighting
-                        tr = _OpenTrack(t, t)
-                        self._fold(tr, frame, rec, k, emb_of[k], matched.get(k))
-                        done.append(self._sighting(cam, -1, tr))
+                        single = _OpenTrack(t, t)
+                        self._fold(single, frame, rec, k, emb_of[k], matched.get(k))
+                        done.append(self._sighting(cam, -1, single))
                     continue
                 tr = self._open.get((cam, tid))
                 if tr is None:
@@ -124,7 +124,8 @@ class SightingRecorder:
             tr.match = (hit.watchlist, hit.person_id, float(hit.score))
 
     def _sighting(self, cam: str, tid: int, tr: _OpenTrack) -> Sighting:
-        emb = tr.emb_sum / max(np.linalg.norm(tr.emb_sum), 1e-12)  # type: ignore[operator]
+        assert tr.emb_sum is not None  # a written track has had at least one best shot
+        emb = tr.emb_sum / max(np.linalg.norm(tr.emb_sum), 1e-12)
         return Sighting(cam, tr.first_seen, tr.last_seen, emb.astype(np.float32), self.model, max(tr.quality, 0.0),
                         tid, tr.box, tr.thumbnail, tr.match[0], tr.match[1], tr.match[2])
 
