@@ -167,3 +167,23 @@ def test_interval_rises_under_backlog_and_falls_back(analyzer: FaceAnalyzer) -> 
     for j in range(12, 20):
         rec.detect([Frame("c", j, j / FPS, frame, backlog=0)])
     assert rec.detect_interval("c") == (2, 5)
+
+
+def test_quarter_decode_detects_at_full_resolution(analyzer: FaceAnalyzer, face_photo: np.ndarray) -> None:
+    """With gating a large gateway JPEG is decoded at a quarter for the motion mask; the full-frame pass and the
+    quality gate still work on the full-resolution frame: the same face box and quality as a full decode."""
+    from engine.video.decode import CpuJpegDecoder, decode_pipeline_frame
+    from engine.video.quality import face_quality
+
+    data = cv2.imencode(".jpg", face_photo, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+    cfg = Config.load(env={})
+    image, scale, loader = decode_pipeline_frame(CpuJpegDecoder(), data, cfg)
+    assert scale == 4.0 and loader is not None and image.shape[1] * 4 == face_photo.shape[1]
+    full = loader()
+    ref = analyzer.detect_batch([full])[0]
+    rec = Recognizer(analyzer, NoGallery(), settings(motion_gating=True))
+    out = rec.process(Frame("c", 0, 0.0, image, scale=scale, loader=loader))
+    assert len(out.detections) == len(ref) == 1
+    assert box_iou(out.detections.boxes, ref.boxes)[0, 0] > 0.95
+    q = face_quality(full, ref, float(rec.settings.min_face_size))
+    assert abs(float(out.quality[0]) - float(q[0])) < 0.02, (out.quality, q)

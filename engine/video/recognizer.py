@@ -65,6 +65,10 @@ class Frame:
     """Frames of the camera queued behind this one when it was taken (the scheduler sets it; overload signal)."""
     _full: np.ndarray | None = field(default=None, repr=False, init=False)
 
+    def decoded_full(self) -> bool:
+        """Whether the full-resolution frame is at hand (no loader, or it ran)."""
+        return self.loader is None or self._full is not None
+
     def full_image(self) -> np.ndarray:
         """The frame at its original resolution (decoded on first use when `image` is reduced)."""
         if self.loader is None:
@@ -338,8 +342,8 @@ class Recognizer:
         self._observe("motion", time.perf_counter() - t0)
         out: list[Detections] = [Carried.make() for _ in frames]
         full = [i for i, p in enumerate(plans) if p == "full"]
-        if full:
-            for i, d in zip(full, self._detect_full([frames[i] for i in full]), strict=True):
+        if full:  # at full resolution: with gating a frame's `image` may be the motion mask's reduced decode
+            for i, d in zip(full, self._detect_full([frames[i] for i in full], full_res=True), strict=True):
                 out[i] = d
         gated = [i for i, p in enumerate(plans) if isinstance(p, tuple)]
         if gated:
@@ -354,10 +358,17 @@ class Recognizer:
                                                   else "regions").inc()
         return out
 
-    def _detect_full(self, frames: Sequence[Frame]) -> list[Detections]:
-        """Whole-frame detection of each frame's `image` (one batched call)."""
+    def _detect_full(self, frames: Sequence[Frame], full_res: bool = False) -> list[Detections]:
+        """Whole-frame detection of each frame's `image` (one batched call); `full_res`: of its full-resolution
+        frame when `image` is reduced more than by half, the faces mapped to `image` pixels."""
         t0 = time.perf_counter()
-        dets = self.inference.detect_batch([f.image for f in frames])
+        # a half decode (fast_decode) is made only where it still holds the detector's input: detect on it; a
+        # quarter decode (the motion mask's, with gating) may not: detect on the full frame
+        if full_res and any(f.scale > 2.0 for f in frames):
+            raw = self.inference.detect_batch([f.full_image() if f.scale > 2.0 else f.image for f in frames])
+            dets = [_scaled(d, 1.0 / f.scale) if f.scale > 2.0 else d for d, f in zip(raw, frames, strict=True)]
+        else:
+            dets = self.inference.detect_batch([f.image for f in frames])
         if self.metrics is not None:
             self.metrics.stage_seconds.labels("detect").observe(time.perf_counter() - t0)
             self.metrics.batch_size.observe(len(frames))
@@ -505,8 +516,12 @@ class Recognizer:
             else:
                 track_ids = np.full(len(dets), -1, np.int64)
             cam.last_time = t
-            quality = (face_quality(frame.image, _scaled(dets, 1 / frame.scale), s.min_face_size / frame.scale)
-                       if len(dets) else np.zeros(0, np.float32))
+            if not len(dets):
+                quality = np.zeros(0, np.float32)
+            elif frame.scale != 1.0 and frame.decoded_full():  # detected at full resolution: judge it there
+                quality = face_quality(frame.full_image(), dets, float(s.min_face_size))
+            else:
+                quality = face_quality(frame.image, _scaled(dets, 1 / frame.scale), s.min_face_size / frame.scale)
             per_frame.append((dets, np.asarray(track_ids, np.int64), quality, ended))
             passes = self.gate.passes(dets, quality)  # tiny or poor faces are tracked but never matched
             track_s += time.perf_counter() - tt
