@@ -71,18 +71,21 @@ def test_motion_mask_still_scene_and_moving_face(face_photo: np.ndarray) -> None
 
 
 def test_plan_regions_aligned_and_padded() -> None:
-    """Regions hold the padded motion and track boxes, lie inside the frame and have sides that are multiples of
-    64 network pixels at the detection scale (few shapes), without overlapping."""
+    """Regions hold the padded motion and track boxes, lie inside the frame, and sit on the grid of 64 network
+    pixels at the detection scale (start on a grid line, span whole cells: few shapes, and the pixels the
+    full-frame pass sees), cut only at the frame's right and bottom edges."""
     motion = np.float32([[100, 100, 160, 300], [1500, 800, 1540, 900]])
     tracks = np.float32([[1000, 200, 1040, 240]])
     regions = plan_regions(motion, tracks, 1920, 1080, 0.5)
     assert len(regions) == 3
     for r in regions:
         assert 0 <= r[0] < r[2] <= 1920 and 0 <= r[1] < r[3] <= 1080
+        assert r[0] % 128 == 0 and r[1] % 128 == 0
         assert ((r[2] - r[0]) * 0.5) % 64 == 0 and ((r[3] - r[1]) * 0.5) % 64 == 0
     for b in np.concatenate([motion, tracks]):
         assert any(r[0] <= b[0] and r[1] <= b[1] and r[2] >= b[2] and r[3] >= b[3] for r in regions)
-    assert align_region(np.float32([1900, 1070, 1920, 1080]), 1920, 1080, 1.0) == (1856, 1016, 1920, 1080)
+    assert align_region(np.float32([1900, 1070, 1920, 1080]), 1920, 1080, 1.0) == (1856, 1024, 1920, 1080)
+    assert align_region(np.float32([100, 100, 110, 110]), 1920, 1080, 2 / 3) == (96, 96, 192, 192)
 
 
 def test_face_cut_by_region_edge_found_whole(analyzer: FaceAnalyzer, face_photo: np.ndarray) -> None:

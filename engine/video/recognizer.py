@@ -236,15 +236,16 @@ class GateState:
     peak_interval: int = 1
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def scale(self, pinned: float, floor: float) -> float:
-        """Region scale: `pinned` if set, else the smallest of `SCALES` (at least `floor`... 1) at which the
-        camera's small faces (10th percentile of recent sizes) still reach 1.25x the detector's reliable size."""
+    def scale(self, pinned: float, floor: float, base: float) -> float:
+        """Region scale: `pinned` if set, else `base` (the scale the whole frame is detected at, so regions and
+        full-frame passes see faces alike), lowered to the smallest of `SCALES` at which the camera's small faces
+        (10th percentile of recent sizes) still reach 1.25x the detector's reliable size `floor`."""
         if pinned > 0:
             return pinned
         if len(self.sizes) < SCALE_MIN_FACES:
-            return 1.0
+            return base
         need = 1.25 * floor / max(float(np.percentile(np.asarray(self.sizes), 10)), 1.0)
-        return next((s for s in SCALES if s >= need), 1.0)
+        return min(base, next((s for s in SCALES if s >= need), 1.0))
 
 
 @dataclass
@@ -412,15 +413,23 @@ class Recognizer:
             if t >= g.next_full:
                 g.next_full = t + s.full_frame_interval_s
                 return "full"
-            scale = g.scale(s.region_scale, self._min_face_px() * 1.0)
-            scale = min(scale, 1.0) if s.region_scale <= 0 else scale
         h, w = frame.image.shape[:2]
         fw, fh = round(w * frame.scale), round(h * frame.scale)
+        with g.lock:
+            scale = g.scale(s.region_scale, self._min_face_px(), self._full_scale(fw, fh))
         tracks = cam.tracker.predicted_boxes(t)
         regions = plan_regions(motion, tracks, fw, fh, scale)
         if region_share(regions, fw, fh) > s.max_region_share:
             return "full"
         return (scale, regions)
+
+    def _full_scale(self, w: int, h: int) -> float:
+        """Network pixels per pixel at which the detector takes a whole w x h frame (1 if it does not say)."""
+        det = getattr(self.inference, "detector", None)
+        side = getattr(det, "network_side", None)
+        if not callable(side):
+            return 1.0
+        return min(1.0, float(side(w, h)) / max(w, h))
 
     def _min_face_px(self) -> float:
         """The detector's smallest reliable face in network pixels (its manifest's min_face_px; 20 if unknown)."""
@@ -503,7 +512,8 @@ class Recognizer:
                 continue
             dets = _scaled(raw[: s.max_faces_per_frame], frame.scale)  # original coordinates
             if cam.gate is not None and len(dets):
-                cam.gate.sizes.extend(dets.sizes.tolist())  # the camera's face sizes (auto region scale)
+                with cam.gate.lock:
+                    cam.gate.sizes.extend(dets.sizes.tolist())  # the camera's face sizes (auto region scale)
             ended: list[int] = []
             if s.tracking:
                 if t < cam.last_time:  # clock went back (source restarted): start tracking afresh
