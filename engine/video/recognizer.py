@@ -174,8 +174,9 @@ class MatchDecision:
 class FrameRecognition:
     """What the recognizer decided for one frame (arrays are row-aligned with `detections`).
 
-    detections: faces in original pixels (`extra["track_id"]` when tracking). track_ids: (N,)
-    int64, -1 = untracked. quality: (N,) float32 in [0, 1]. embedded: (N,) bool, faces embedded in
+    detections: faces in original pixels (`extra["track_id"]` when tracking; on a frame that was not detected,
+    the live tracks carried to it). track_ids: (N,) int64, -1 = untracked. quality: (N,) float32 in [0, 1] (a
+    carried face: its track's quality when last detected). embedded: (N,) bool, faces embedded in
     this frame (the best shots). embeddings: (E, D) float32 raw unit embeddings of those faces, in
     the order of `np.flatnonzero(embedded)`. matches: decisions for faces whose probe matched.
     ended_tracks: this camera's tracks that ended with this frame (never seen again).
@@ -256,6 +257,7 @@ class CameraTracking:
     tracks: TrackRegistry = field(default_factory=TrackRegistry)
     last_time: float = float("-inf")
     gate: GateState | None = None
+    quality: dict[int, float] = field(default_factory=dict)  # track id -> quality when last detected (carried)
 
 
 class Recognizer:
@@ -302,6 +304,7 @@ class Recognizer:
             return []
         ended = sorted(set(state.tracker.reset()) | {t.track_id for t in state.tracks})
         state.tracks.drop(ended)
+        state.quality.clear()
         state.last_time = float("-inf")
         return ended
 
@@ -506,8 +509,9 @@ class Recognizer:
                 else:
                     dets = Detections.empty().with_extra(track_id=np.zeros(0, np.int64))
                 cam.last_time = max(cam.last_time, t)
-                per_frame.append((dets, np.asarray(dets.extra["track_id"], np.int64), np.zeros(len(dets), np.float32),
-                                  []))
+                tids = np.asarray(dets.extra["track_id"], np.int64)
+                carried_q = np.asarray([cam.quality.get(int(k), 0.0) for k in tids], np.float32)
+                per_frame.append((dets, tids, carried_q, []))
                 track_s += time.perf_counter() - tt
                 continue
             dets = _scaled(raw[: s.max_faces_per_frame], frame.scale)  # original coordinates
@@ -532,6 +536,10 @@ class Recognizer:
                 quality = face_quality(frame.full_image(), dets, float(s.min_face_size))
             else:
                 quality = face_quality(frame.image, _scaled(dets, 1 / frame.scale), s.min_face_size / frame.scale)
+            if s.tracking and cam.gate is not None:  # each track's quality, for the frames that carry it
+                for k in ended:
+                    cam.quality.pop(k, None)
+                cam.quality.update((int(k), float(q)) for k, q in zip(track_ids, quality, strict=True) if k >= 0)
             per_frame.append((dets, np.asarray(track_ids, np.int64), quality, ended))
             passes = self.gate.passes(dets, quality)  # tiny or poor faces are tracked but never matched
             track_s += time.perf_counter() - tt
