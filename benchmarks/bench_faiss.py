@@ -63,6 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import bench_config, embed_lfw, lfw_faces, loadavg, machine  # noqa: E402
 
+from engine.gallery.calibration import configured_threshold  # noqa: E402
 from engine.gallery.faiss_index import (  # noqa: E402
     DEFAULT_NPROBE_FRACTION,
     DEFAULT_REFINE_K,
@@ -364,7 +365,7 @@ def run(sizes: Sequence[int] = DEFAULT_SIZES, dims: Sequence[int] = DEFAULT_DIMS
     if real:
         faiss.omp_set_num_threads(threads)
         xr, names, model_name = real_embeddings(model_dir, lfw_limit)
-        thr = bench_config(model_dir).gallery.match_threshold
+        thr = configured_threshold(bench_config(model_dir))
         real_meta = {"embedder": model_name, "faces": len(names), "match_threshold": thr,
                      "what": "LFW dev faces embedded by the engine (aligned on landmarks_5pt.txt); gallery = first "
                              "image of each identity with >= 2 images + single-image identities as real "

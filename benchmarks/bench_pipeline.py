@@ -87,10 +87,10 @@ from gpu_monitor import GpuMonitor, describe  # noqa: E402
 
 from engine.config import Config  # noqa: E402
 from engine.errors import FaceEngineError  # noqa: E402
-from engine.gallery.calibration import effective_min_quality  # noqa: E402
 from engine.gallery.gallery import Gallery  # noqa: E402
 from engine.metrics import EngineMetrics  # noqa: E402
 from engine.models.registry import ModelRegistry  # noqa: E402
+from engine.settings import Settings  # noqa: E402
 from engine.store.base import Store  # noqa: E402
 from engine.video.decode import build_decoders, decode_pipeline_frame  # noqa: E402
 from engine.video.pipeline import Engine, FrameJob, FrameOutcome  # noqa: E402
@@ -204,7 +204,8 @@ def cv2_pass(frames: Sequence[np.ndarray], analyzer: FaceAnalyzer, gallery: Gall
     scale = cfg.detector.input_size / max(w, h)
     size = (round(w * scale), round(h * scale))
     path = str(Path(cfg.models.dir) / analyzer.detector.spec.file)  # type: ignore[attr-defined]
-    yn = cv2.FaceDetectorYN.create(path, "", size, cfg.detector.score_threshold, cfg.detector.nms_threshold, 5000)
+    yn = cv2.FaceDetectorYN.create(path, "", size, analyzer.detector.score_threshold, cfg.detector.nms_threshold,
+                                 5000)
     counts: dict[str, int] = {}
     n_emb = 0
     t0 = time.perf_counter()
@@ -217,7 +218,7 @@ def cv2_pass(frames: Sequence[np.ndarray], analyzer: FaceAnalyzer, gallery: Gall
             crop = analyzer.aligner.align(frame, row[4:14].reshape(5, 2) / scale)
             emb = analyzer.embedder.embed(crop[None])
             n_emb += 1
-            hit = gallery.search(emb, top_k=1, threshold=cfg.gallery.match_threshold)[0]
+            hit = gallery.search(emb, top_k=1, threshold=Settings.for_analyzer(cfg, analyzer).match_threshold)[0]
             if hit:
                 counts[hit[0].person_id] = counts.get(hit[0].person_id, 0) + 1
     return PassResult("cv2", 1, len(frames), time.perf_counter() - t0, counts, embeddings=n_emb)
@@ -494,8 +495,9 @@ def run(video: str | Path = DEFAULT_VIDEO, cameras: int = 4, rounds: int = 3, wi
     clip_persons = set(persons)
     persons.update(enroll_distractors(analyzer, gallery, lfw_distractors))
     del clip
+    settings = Settings.for_analyzer(cfg, analyzer)
     log(f"enrolled {len(clip_persons)} persons from held-out frames and {len(persons) - len(clip_persons)} "
-        f"distractors (photos + LFW); match threshold {cfg.gallery.match_threshold}")
+        f"distractors (photos + LFW); match threshold {settings.match_threshold}")
     payloads = [cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes() for f in frames]
     app, peer_note = insightface_peer(cfg) if peer and baselines else (None, "peer mode off")
     log(f"peer: {peer_note}" if app is not None else f"peer skipped: {peer_note}")
@@ -506,8 +508,8 @@ def run(video: str | Path = DEFAULT_VIDEO, cameras: int = 4, rounds: int = 3, wi
     passes: list[PassResult] = []
     per_round: list[dict[str, float]] = []
     stage_rounds: list[dict[str, float]] = []
-    gate = (cfg.pipeline.min_face_size, effective_min_quality(cfg, analyzer.embedder.spec)[0])
-    thr = cfg.gallery.match_threshold
+    gate = (cfg.pipeline.min_face_size, settings.min_quality)
+    thr = settings.match_threshold
     full_cfg = cfg_copy(cfg, pipeline=FULL_FRAME)
 
     def add(res: PassResult, r: int, row: dict[str, float], key: str) -> None:

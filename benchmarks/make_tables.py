@@ -261,6 +261,22 @@ def detail_tables(res: dict[str, Any]) -> str:
             for r in c["scaling"]:
                 out.append(f"| {r['workers']} | {_f(r['fps'])} | {_f(r['vs_single_process'], 3)} | "
                            f"{_f(r['speedup_vs_1_worker'], 2)} |")
+            if c.get("breakdown"):
+                out += ["", f"Where the time went (runner {c.get('runner', 'onnx')}, steady state "
+                        f"{_f(c.get('seconds_per_point'))} s a point after {_f(c.get('warmup_s'))} s warm-up):", "",
+                        "| workers | front-end CPU ms a frame | frames a front-end core | queue ms a frame | "
+                        "call ms = worker + Ray | frames a call | worker busy share | model threads / cores |",
+                        "|---|---|---|---|---|---|---|---|"]
+                for b in c["breakdown"]:
+                    tb = b["thread_budget"]
+                    out.append(f"| {b['workers']} | {_f(b['frontend_cpu_ms_per_frame'], 3)} | "
+                               f"{_f(b.get('frontend_fps_per_cpu_core'))} | {_f(b['queue_wait_ms_per_frame'], 1)} | "
+                               f"{_f(b['call_ms'], 1)} = {_f(b['worker_ms_per_call'], 1)} + "
+                               f"{_f(b['ray_ms_per_call'], 1)} | {_f(b['frames_per_call'], 1)} | "
+                               f"{', '.join(_f(x, 2) for x in b['worker_busy_share'])} | "
+                               f"{tb['model_threads']} / {_f(tb['cores'])} |")
+            if c.get("machine", {}).get("note"):
+                out.append(f"\nMachine: {c['machine']['note']}.")
             for k, v in c.get("verdicts", {}).items():
                 out.append(f"\n{k}: {v['value']:.3f} (target {v['target']}): **{'met' if v['met'] else 'MISSED'}**")
         elif "slope_mb_per_min" in c:

@@ -103,10 +103,21 @@ class Client:
 
 def video_frames(source: str, camera_id: str, realtime: bool = True, loop: bool = False, max_frames: int = 0,
                  jpeg_quality: int = 85, stop: threading.Event | None = None) -> Iterator[pb.Frame]:
-    """Read a video file, RTSP URL or webcam index and yield JPEG-encoded Frames."""
+    """Read a video file, RTSP URL or webcam index and yield JPEG-encoded Frames.
+
+    The source is opened here, before the first frame is asked for, so a missing file or a source OpenCV
+    cannot open raises OSError to the caller instead of failing later inside a gRPC request thread."""
+    if not source.isdigit() and "://" not in source and not Path(source).is_file():
+        raise OSError(f"{source}: no such file")
     cap = cv2.VideoCapture(int(source) if source.isdigit() else source)
     if not cap.isOpened():
+        cap.release()
         raise OSError(f"cannot open video source {source}")
+    return _read_frames(cap, camera_id, realtime, loop, max_frames, jpeg_quality, stop)
+
+
+def _read_frames(cap: cv2.VideoCapture, camera_id: str, realtime: bool, loop: bool, max_frames: int,
+                 jpeg_quality: int, stop: threading.Event | None) -> Iterator[pb.Frame]:
     fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
     seq, t0 = 0, time.monotonic()
     try:

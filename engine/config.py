@@ -25,7 +25,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from engine.errors import ConfigError
 
@@ -43,6 +43,23 @@ def default_data_dir() -> str:
 
 def default_model_dir() -> str:
     return os.environ.get("FACEENGINE_MODEL_DIR", str(Path(default_data_dir()) / "models"))
+
+
+AUTO = "auto"
+Auto = Literal["auto"]
+"""A setting left to the engine: resolved once at start-up into `engine.settings.Settings` (the
+config itself keeps "auto"), e.g. from the provider or the loaded model's calibration."""
+
+
+def _old_auto(value: Any, is_sentinel: typing.Callable[[float], bool]) -> Any:
+    """Config files from before "auto" spelled it 0 or -1: read those as "auto"."""
+    if isinstance(value, bool):
+        return value
+    try:
+        number = float(value) if isinstance(value, (int, float, str)) else None
+    except ValueError:
+        return value
+    return AUTO if number is not None and is_sentinel(number) else value
 
 
 class Section(BaseModel):
@@ -154,9 +171,9 @@ class DecodeConfig(Section):
 class DetectorConfig(Section):
     input_size: int = _f(640, "Network input side in pixels; frames are letterboxed to it (aspect kept).",
                          ge=64, le=4096)
-    score_threshold: float = _f(
-        0.0, "Minimum detector confidence for a face; 0 = the model's own (manifest score_threshold: YuNet 0.6, "
-        "SCRFD 0.5, as their authors ship them).", ge=0.0, le=1.0)
+    score_threshold: Auto | typing.Annotated[float, Field(gt=0.0, le=1.0)] = _f(
+        "auto", "Minimum detector confidence for a face; auto = the model's own (manifest score_threshold: YuNet "
+        "0.6, SCRFD 0.5, as their authors ship them).")
     nms_threshold: float = _f(0.4, "IoU above which overlapping boxes are suppressed.", gt=0.0, le=1.0)
     min_face_size: int = _f(20, "Every detector call drops faces whose shorter box side is below this many pixels "
                             "(stills, enrolment and video; see pipeline.min_face_size for matching).", ge=0, le=10000)
@@ -170,6 +187,11 @@ class DetectorConfig(Section):
         1280, "Largest network side auto_scale may choose: 1280 detects 720p at full resolution and 1080p at 2/3 "
         "(faces from ~30 px); 1920 finds 20 px faces in 1080p at ~2x the detector cost.", ge=64, le=8192)
 
+    @field_validator("score_threshold", mode="before")
+    @classmethod
+    def _score_auto(cls, v: Any) -> Any:
+        return _old_auto(v, lambda x: x == 0)
+
 
 class EmbedderConfig(Section):
     flip_augment: bool = _f(False, "Add the embedding of the mirrored crop (more accurate, twice the cost).")
@@ -179,9 +201,9 @@ class EmbedderConfig(Section):
 
 class GalleryConfig(Section):
     index: str = _f("Flat", "FAISS index: Flat (exact), IVF or IVF<nlist> for large galleries.", min_length=1)
-    match_threshold: float = _f(
-        0.0, "Cosine similarity at or above which a face matches; 0 = derived from match_fpir and watchlist_size "
-        "for the embedder (the effective value is shown below and in the start-up log).", ge=-1.0, le=1.0)
+    match_threshold: Auto | typing.Annotated[float, Field(ge=-1.0, le=1.0)] = _f(
+        "auto", "Cosine similarity at or above which a face matches; auto = derived from match_fpir and "
+        "watchlist_size for the embedder (the effective value is shown below and in the start-up log).")
     match_fpir: float = _f(
         1e-3, "Share of strangers (people not enrolled) an operator accepts to raise a false alert (FPIR).",
         gt=0.0, lt=1.0)
@@ -190,12 +212,17 @@ class GalleryConfig(Section):
         ge=1, le=100_000_000)
     top_k: int = _f(5, "Candidates returned by a gallery search.", ge=1, le=1000)
 
+    @field_validator("match_threshold", mode="before")
+    @classmethod
+    def _threshold_auto(cls, v: Any) -> Any:
+        return _old_auto(v, lambda x: x == 0)
+
 
 class StoreConfig(Section):
     path: str = Field(default_factory=lambda: str(Path(default_data_dir()) / "faceengine.db"), min_length=1,
                       description="SQLite database file for watchlists, events and audit (used when url is empty).")
-    url: str = Field("", description="Store URL: postgresql://USER:PASS@HOST:PORT/DB (shared by several engines) "
-                     "or sqlite:///FILE; empty = the SQLite file at path.")
+    url: str = Field(default="", description="Store URL: postgresql://USER:PASS@HOST:PORT/DB (shared by several "
+                     "engines) or sqlite:///FILE; empty = the SQLite file at path.")
     pg_wait_s: float = _f(
         3.0, "PostgreSQL: how long a call waits for a database connection before it fails UNAVAILABLE (an "
         "outage is reported at once instead of blocking every call).", gt=0.0, le=600.0)
@@ -247,18 +274,14 @@ class CamerasConfig(Section):
         [], "Folders whose video files may be pull cameras (absolute paths; symlinks resolved); empty = no files.")
 
 
-AUTO_BATCH = {"cpu": (1, 0.0), "gpu": (16, 5.0)}
-"""(pipeline.batch_size, batch_wait_ms) chosen when left to auto: on a CPU a batch only adds latency
-(benchmarks/README.md); on a GPU 16 frames and 5 ms doubled end-to-end fps (issue 13's H100 run)."""
-
-
 class PipelineConfig(Section):
     queue_size: int = _f(8, "Frames buffered per camera; when full the oldest is dropped (newest wins).",
                          ge=1, le=10000)
-    batch_size: int = _f(0, "Most frames detected in one batched call across cameras; 0 = auto from the provider "
-                         "(CPU 1, GPU 16). Not embedder.batch_size, which is faces.", ge=0, le=1024)
-    batch_wait_ms: float = _f(-1.0, "Longest wait to fill a detection batch, in milliseconds; negative = auto "
-                              "from the provider (CPU 0, GPU 5).", ge=-1.0, le=1000.0)
+    batch_size: Auto | typing.Annotated[int, Field(ge=1, le=1024)] = _f(
+        "auto", "Most frames detected in one batched call across cameras; auto = from the provider "
+        "(CPU 1, GPU 16). Not embedder.batch_size, which is faces.")
+    batch_wait_ms: Auto | typing.Annotated[float, Field(ge=0.0, le=1000.0)] = _f(
+        "auto", "Longest wait to fill a detection batch, in milliseconds; auto = from the provider (CPU 0, GPU 5).")
     workers: int = _f(2, "Inference worker threads sharing the model sessions (two keep two cores busy).",
                       ge=1, le=256)
     tracking: bool = _f(True, "Track faces across frames and recognise each track from its best shots.")
@@ -267,10 +290,10 @@ class PipelineConfig(Section):
         28, "Video faces whose shorter box side is below this (pixels) are tracked but never matched (faces of "
         "~32 px are boxed at 29-38 px; boxed at 28-32 px they were still recognised 88 % of the time on eval "
         "watchlist; detector.min_face_size drops them from detection altogether).", ge=0, le=10000)
-    min_quality: float = _f(
-        -1.0, "Faces below this quality score (0..1) are never matched; 0 = no quality gate; negative (default) = "
-        "the embedder's calibrated gate from the model manifest (SFace 0.25, MobileFaceNet 0.30: each keeps ~90 % "
-        "of correctly recognised faces, see engine/video/quality.py).", ge=-1.0, le=1.0)
+    min_quality: Auto | typing.Annotated[float, Field(ge=0.0, le=1.0)] = _f(
+        "auto", "Faces below this quality score (0..1) are never matched; 0 = no quality gate; auto = the "
+        "embedder's calibrated gate from the model manifest (SFace 0.25, MobileFaceNet 0.30: each keeps ~90 % "
+        "of correctly recognised faces, see engine/video/quality.py).")
     reembed_margin: float = _f(0.1, "Re-embed a track only when quality improves by this much...", ge=0.0, le=1.0)
     reembed_interval_s: float = _f(2.0, "...or when this many seconds passed since its last embedding.",
                                    ge=0.0, le=3600.0)
@@ -310,6 +333,16 @@ class PipelineConfig(Section):
         "detected at (detector.max_input_side: 2/3 for 1080p), lowered down to 0.25 where every face the camera "
         "sees is large; 1 = native resolution (faces from ~20 px, more detector work).", ge=0.0, le=2.0)
 
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch_auto(cls, v: Any) -> Any:
+        return _old_auto(v, lambda x: x == 0)
+
+    @field_validator("batch_wait_ms", "min_quality", mode="before")
+    @classmethod
+    def _negative_auto(cls, v: Any) -> Any:
+        return _old_auto(v, lambda x: -1 <= x < 0)  # the old range started at -1
+
 
 class ServerConfig(Section):
     host: str = _f("0.0.0.0", "Address the gRPC server binds to.", min_length=1)
@@ -344,6 +377,9 @@ class AuthConfig(Section):
     recheck_s: float = _f(
         2.0, "Open streams re-check their token this often; a revoked token ends them (UNAUTHENTICATED).",
         gt=0.0, le=3600.0)
+    trusted_proxies: list[str] = _f(
+        ["127.0.0.1", "::1"], "Peers (the console, a gRPC proxy) whose x-forwarded-for metadata names the real "
+        "client: their callers' failed authentications are throttled per client, not against the proxy's address.")
 
 
 class TLSConfig(Section):
@@ -418,6 +454,12 @@ class ConsoleConfig(Section):
                               "(everyone signs in again). Share it between console replicas.")
     session_hours: float = _f(12.0, "A console sign-in expires after this many hours.", gt=0.0, le=24.0 * 365)
     max_cards: int = _f(50, "Live alert cards kept on the page; older cards drop off.", ge=1, le=10_000)
+    trusted_proxies: list[str] = _f(
+        [], "Reverse proxies (addresses) whose X-Forwarded-For names the browser; empty = none: sign-ins are paced "
+        "by the TCP peer and the header is ignored (a forged one cannot dodge the pacing).")
+    allow_open_engine: bool = _f(
+        False, "Allow sign-ins when the engine runs without auth (--dev) although the console listens beyond "
+        "loopback over plain HTTP (anyone reaching it would be admin).")
 
 
 class Config(BaseModel):
@@ -444,11 +486,18 @@ class Config(BaseModel):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="Cluster mode (Ray workers).")
     console: ConsoleConfig = Field(default_factory=ConsoleConfig, description="Operator web console.")
 
-    _auto: dict[str, Any] = PrivateAttr(default_factory=dict)
-    """Fields left to auto -> the value auto wrote (re-chosen when the provider changes)."""
-
-    def model_post_init(self, context: Any, /) -> None:
-        self.resolve_auto()
+    @model_validator(mode="after")
+    def _cross_field(self) -> Config:
+        """Rules between fields (checked on load and on every `update`, with all values in place)."""
+        t = self.tls
+        if bool(t.cert_file) != bool(t.key_file):
+            raise ValueError("TLS needs both tls.cert_file and tls.key_file (or neither, for plaintext)")
+        if t.client_ca_file and not t.cert_file:
+            raise ValueError("tls.client_ca_file needs tls.cert_file and tls.key_file (mutual TLS is over TLS)")
+        if self.server.reserved_workers >= self.server.max_workers:
+            raise ValueError(f"server.reserved_workers ({self.server.reserved_workers}) must be below "
+                             f"server.max_workers ({self.server.max_workers}): streams need threads too")
+        return self
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, env: typing.Mapping[str, str] | None = None) -> Config:
@@ -500,9 +549,28 @@ class Config(BaseModel):
                     raise ConfigError(f"{source}: {sec_name}.{key} = {raw!r} is invalid: "
                                       f"{_reason(exc)}") from exc
                 staged.append((section, key, getattr(checked, key)))
+        if staged:  # the rules between fields, on the whole configuration as it would become
+            merged = self.model_dump()
+            for section, key, value in staged:
+                name = next(n for n, sec in self._sections() if sec is section)
+                merged[name][key] = value
+            try:
+                type(self).model_validate(merged)
+            except ValidationError as exc:
+                raise ConfigError(f"{source}: {_reason(exc)}") from exc
         for section, key, value in staged:
             setattr(section, key, value)
-        self.resolve_auto()
+
+    def overrides(self) -> dict[str, dict[str, Any]]:
+        """The values set on this config (file, environment, flags, assignments), not the defaults: what a
+        cluster worker is started with, so that what is left to auto or to a default is chosen on the
+        worker's own machine (a GPU worker behind a CPU front end gets its GPU batching)."""
+        out: dict[str, dict[str, Any]] = {}
+        for sec_name, section in self._sections():
+            values = section.model_dump(include=set(section.model_fields_set))
+            if values:
+                out[sec_name] = values
+        return out
 
     def with_overrides(self, data: dict[str, Any], source: str = "override") -> Config:
         """A validated copy with `data` applied (this config is left as it is)."""
@@ -510,37 +578,18 @@ class Config(BaseModel):
         copy.update(data, source=source)
         return copy
 
-    def resolve_auto(self) -> None:
-        """Fill fields left to auto (pipeline.batch_size = 0, batch_wait_ms < 0) from the provider.
-
-        Runs after construction and every `update`; a value set explicitly since is kept."""
-        gpu = gpu_provider(self.runtime.provider)
-        batch, wait = AUTO_BATCH["gpu" if gpu else "cpu"]
-        p = self.pipeline
-        for name, is_auto, value in (("pipeline.batch_size", p.batch_size == 0, batch),
-                                     ("pipeline.batch_wait_ms", p.batch_wait_ms < 0, wait)):
-            attr = name.split(".")[1]
-            if is_auto or (name in self._auto and getattr(p, attr) == self._auto[name]):
-                setattr(p, attr, value)
-                self._auto[name] = value
-            else:
-                self._auto.pop(name, None)
-
     def describe(self) -> list[tuple[str, Any, str]]:
         """(dotted name, value, description) for every field."""
         rows = []
         for sec_name, section in self._sections():
             for name, info in type(section).model_fields.items():
                 doc = info.description or ""
-                if f"{sec_name}.{name}" in self._auto:
-                    doc += " [auto]"
                 rows.append((f"{sec_name}.{name}", getattr(section, name), doc))
         return rows
 
     def to_toml(self, show_secrets: bool = False) -> str:
-        """The configuration as a commented TOML document (auto fields written as auto, with the
-        value chosen now in the comment, so the file stays portable between CPU and GPU hosts).
-        The store URL's password is masked unless `show_secrets`."""
+        """The configuration as a commented TOML document (auto fields written as "auto", so the file
+        stays portable between CPU and GPU hosts). The store URL's password is masked unless `show_secrets`."""
         from engine.store import redact
 
         out: list[str] = []
@@ -550,24 +599,12 @@ class Config(BaseModel):
                 value = getattr(section, name)
                 out.append(f"# {info.description or ''}")
                 dotted = f"{sec_name}.{name}"
-                if dotted in self._auto:
-                    sentinel = 0 if name == "batch_size" else -1.0
-                    out.append(f"{name} = {_toml_value(sentinel)}  # auto: {_toml_value(value)} now")
-                elif dotted == "store.url" and not show_secrets and redact(value) != value:
+                if dotted == "store.url" and not show_secrets and redact(value) != value:
                     out.append(f"{name} = {_toml_value(redact(value))}  # password masked")
                 else:
                     out.append(f"{name} = {_toml_value(value)}")
             out.append("")
         return "\n".join(out)
-
-
-def gpu_provider(provider: str) -> bool:
-    """Whether a provider name runs on a GPU; `auto` asks onnxruntime (imported only then)."""
-    if provider == "auto":
-        import onnxruntime as ort
-
-        return "CUDAExecutionProvider" in ort.get_available_providers()
-    return provider in ("cuda", "tensorrt")
 
 
 def _reason(exc: ValidationError) -> str:

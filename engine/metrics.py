@@ -3,6 +3,7 @@ so tests and several engines in one process never collide."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -56,7 +57,7 @@ class EngineMetrics:
         for name in ("jpeg", "video"):
             dec = getattr(decoders, name)
             used.labels(name, dec.name).set(1)
-            fallbacks.labels(name).set_function(lambda dec=dec: float(getattr(dec, "fallbacks", 0)))
+            fallbacks.labels(name).set_function(functools.partial(_float_attr, dec, "fallbacks"))
 
     def watch_sessions(self, sessions: Callable[[], dict[str, dict[str, Any]]]) -> None:
         """Publish, read when scraped, each inference session's distinct input shapes
@@ -69,9 +70,10 @@ class EngineMetrics:
         buckets = Gauge("faceengine_session_buckets", "Bucket shapes allowed for the input sizes the session saw "
                         "(runtime.shape_buckets; 0 = not padding)", ["role", "model"], registry=self.registry)
         for role, st in sessions().items():
-            shapes.labels(role, st["model"]).set_function(
-                lambda role=role: float(sessions()[role]["distinct_shapes"] or 0))
-            buckets.labels(role, st["model"]).set_function(lambda role=role: float(sessions()[role]["buckets"] or 0))
+            shapes.labels(role, st["model"]).set_function(functools.partial(_session_figure, sessions, role,
+                                                                            "distinct_shapes"))
+            buckets.labels(role, st["model"]).set_function(functools.partial(_session_figure, sessions, role,
+                                                                             "buckets"))
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         """Expose /metrics over HTTP (prometheus-client's own server) until `close()`."""
@@ -83,3 +85,13 @@ class EngineMetrics:
         if http is not None:
             http.shutdown()
             http.server_close()
+
+
+def _float_attr(obj: object, name: str) -> float:
+    """A numeric attribute read when scraped (0 when the object has none)."""
+    return float(getattr(obj, name, 0))
+
+
+def _session_figure(sessions: Callable[[], dict[str, dict[str, Any]]], role: str, key: str) -> float:
+    """One inference session's figure, read when scraped."""
+    return float(sessions()[role][key] or 0)

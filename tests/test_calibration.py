@@ -11,7 +11,6 @@ from engine.gallery.calibration import (
     effective_min_quality,
     effective_threshold,
     fmr_for_fpir,
-    resolve_min_quality,
     threshold_for_fpir,
 )
 from engine.models.registry import load_manifest
@@ -32,7 +31,7 @@ def test_threshold_rises_with_watchlist_size_and_explicit_value_wins() -> None:
     assert all(a < b for a, b in zip(t, t[1:], strict=False)), t
     assert 0.45 < t[2] < 0.6  # lfw-dev: 1e-6 of cross-person pairs score above ~0.52
     cfg = Config.load(env={})
-    assert cfg.gallery.match_threshold == 0.0  # default: derived
+    assert cfg.gallery.match_threshold == "auto"  # default: derived
     thr, how = effective_threshold(cfg, spec)
     assert thr == t[2] and "match_fpir" in how
     cfg.gallery.match_threshold = 0.4
@@ -50,7 +49,7 @@ def test_config_show_prints_effective_threshold() -> None:
 def test_quality_gate_per_embedder_from_the_manifest_explicit_value_wins() -> None:
     specs = load_manifest()
     cfg = Config.load(env={})
-    assert cfg.pipeline.min_quality < 0  # default: the embedder's calibrated gate
+    assert cfg.pipeline.min_quality == "auto"  # default: the embedder's calibrated gate
     assert effective_min_quality(cfg, specs["sface"])[0] == 0.25
     assert effective_min_quality(cfg, specs["mobilefacenet"])[0] == 0.30
     q, how = effective_min_quality(cfg, specs["w600k_mbf"])  # no calibration in the manifest
@@ -63,9 +62,9 @@ def test_quality_gate_per_embedder_from_the_manifest_explicit_value_wins() -> No
                                                          "pipeline.min_quality set explicitly; 0 = no quality gate")
     cfg.pipeline.min_quality = 0.4
     assert configured_min_quality(cfg) == 0.4
-    assert resolve_min_quality(cfg, specs["sface"]) == 0.4 and cfg.pipeline.min_quality == 0.4
-    cfg.pipeline.min_quality = -1.0
-    assert resolve_min_quality(cfg, specs["sface"]) == 0.25 and cfg.pipeline.min_quality == 0.25
+    assert effective_min_quality(cfg, specs["sface"])[0] == 0.4 and cfg.pipeline.min_quality == 0.4
+    cfg.pipeline.min_quality = -1.0  # the old spelling of auto
+    assert effective_min_quality(cfg, specs["sface"])[0] == 0.25 and cfg.pipeline.min_quality == "auto"
 
 
 def test_recognizer_settings_use_the_embedders_gate() -> None:

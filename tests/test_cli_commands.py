@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tomllib
 from collections.abc import Iterator
@@ -165,3 +166,22 @@ def test_bench_command_tiny_run(tmp_path: Path, env: dict[str, str]) -> None:
     assert set(saved["modes"]["engine1"]["stages_ms_per_frame"]) >= {"decode", "preprocess", "record", "total"}
     assert "gpu" in saved and "gpu" in saved["modes"]["engine1"]
     assert prefix.with_suffix(".png").is_file()
+
+
+def test_long_commands_show_one_progress_style_only_on_a_terminal_or_when_asked(env: dict[str, str]) -> None:
+    """`identify` on a video: no progress in a pipe or a log (stderr not a terminal) unless --progress asks;
+    then one bar with the count, the rate and the time left; the results on stdout are the same."""
+    video = str(VIDEOS / "stage_360p.mp4")
+    quiet = cli("identify", video, "--every", "50", "--json", env=env)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "frame" not in quiet.stderr and "\r" not in quiet.stderr, quiet.stderr
+    shown = cli("identify", video, "--every", "50", "--json", "--progress", env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(r"stage_360p\.mp4: +100%\|.*\| 275/275 \[\d\d:\d\d<00:00, +[\d.]+frame/s\]", shown.stderr), (
+        shown.stderr)
+    assert shown.stdout == quiet.stdout and shown.stdout.count('"frame"') >= 3
+    from argparse import Namespace
+
+    from engine.cli.progress import progress_shown
+
+    assert not progress_shown(Namespace(progress=True, quiet=True))  # --quiet wins

@@ -28,7 +28,7 @@ ray = pytest.importorskip("ray", reason="cluster mode needs Ray: pip install -e 
 
 def _frontend_cfg(tmp_path: Path, pg_url: str, name: str) -> Config:
     cfg = Config.load(env={})
-    cfg.update({"runtime": {"runner": "fake"},
+    cfg.update({"runtime": {"runner": "fake"}, "pipeline": {"motion_gating": False},
                 "store": {"url": pg_url, "path": str(tmp_path / f"{name}.db")},
                 "server": {"host": "127.0.0.1", "port": 0, "metrics_port": 0, "event_relay_s": 0.2},
                 "auth": {"enabled": False},

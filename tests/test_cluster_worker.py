@@ -18,7 +18,9 @@ from tests.shared_data import IMAGES
 
 def _cfg(tmp_path: Path) -> Config:
     cfg = Config.load(env={})
-    cfg.update({"runtime": {"runner": "fake"}, "store": {"path": str(tmp_path / "w.db")}}, source="test")
+    # the fake detector reports its canned faces in whatever region it is given: detect whole frames
+    cfg.update({"runtime": {"runner": "fake"}, "store": {"path": str(tmp_path / "w.db")},
+                "pipeline": {"motion_gating": False}}, source="test")
     return cfg
 
 
@@ -48,3 +50,14 @@ def test_worker_model_threads_follow_the_workers_cpus(tmp_path: Path, intra: int
     cfg.runtime.intra_op_threads = intra
     cfg.cluster.cpus_per_worker = cpus
     assert worker_config(cfg)["runtime"]["intra_op_threads"] == want
+
+
+@pytest.mark.parametrize(("workers", "calls", "intra", "want"), [(14, 1, 0, 14), (14, 2, 0, 28), (8, 2, 2, 32)])
+def test_thread_budget_counts_workers_calls_and_intra_op_threads(tmp_path: Path, workers: int, calls: int,
+                                                                 intra: int, want: int) -> None:
+    from engine.cluster.frontend import model_threads
+
+    cfg = _cfg(tmp_path)
+    cfg.cluster.calls_per_worker = calls
+    cfg.runtime.intra_op_threads = intra
+    assert model_threads(cfg, workers)[0] == want

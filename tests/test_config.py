@@ -50,7 +50,7 @@ def test_bad_value_in_env_names_the_variable() -> None:
         Config.load(env={"FACEENGINE_PIPELINE_BATCH_WAIT_MS": "-5"})
     msg = str(err.value)
     assert "environment variable FACEENGINE_PIPELINE_BATCH_WAIT_MS" in msg
-    assert "pipeline.batch_wait_ms = '-5'" in msg and "greater than or equal to -1" in msg
+    assert "pipeline.batch_wait_ms = '-5'" in msg and "greater than or equal to 0" in msg
     with pytest.raises(ConfigError, match=r"FACEENGINE_AUTH_ENABLED: auth.enabled = 'perhaps'"):
         Config.load(env={"FACEENGINE_AUTH_ENABLED": "perhaps"})
     ok = Config.load(env={"FACEENGINE_AUTH_ENABLED": "off", "FACEENGINE_SERVER_PORT": "7000"})
@@ -116,7 +116,7 @@ def test_config_show_lists_every_field() -> None:
             shown.add(f"{section}.{m.group(1)}")
     assert shown == {name for name, _, _ in Config().describe()}
     # the printed file loads back unchanged
-    assert "batch_size = 0  # auto: 1 now" in out.stdout
+    assert 'batch_size = "auto"\n' in out.stdout and "# effective batching: 1 frames, 0 ms wait (CPU)" in out.stdout
 
 
 def test_config_show_output_round_trips(tmp_path: Path) -> None:
@@ -131,7 +131,7 @@ def test_config_show_output_round_trips(tmp_path: Path) -> None:
 def test_with_overrides_copies_and_validates() -> None:
     c = Config.load(env={})
     d = c.with_overrides({"server": {"port": 0}, "runtime": {"provider": "cuda"}}, source="bench")
-    assert (d.server.port, d.pipeline.batch_size) == (0, 16)
-    assert (c.server.port, c.pipeline.batch_size) == (50051, 1)
+    assert (d.server.port, d.runtime.provider) == (0, "cuda")
+    assert (c.server.port, c.runtime.provider) == (50051, "cpu")
     with pytest.raises(ConfigError, match="bench: server.port = -1"):
         c.with_overrides({"server": {"port": -1}}, source="bench")

@@ -152,6 +152,16 @@ def parse_faceengine(argv: list[str], allow_missing: bool = False) -> str:
     return ""
 
 
+def _steps(script: str) -> list[str]:
+    """A script's commands joined by && or on their own lines, comments dropped, whitespace normalised."""
+    out = []
+    for ln in script.splitlines():
+        ln = ln.split("  #")[0].strip()
+        if ln and not ln.startswith("#"):
+            out += [" ".join(part.split()) for part in ln.split("&&") if part.strip()]
+    return out
+
+
 def _is_faceengine(argv: list[str]) -> bool:
     return bool(argv) and Path(argv[0]).name == "faceengine"
 
@@ -164,6 +174,13 @@ ALL_BLOCKS = [b for p in PAGES for b in blocks(p)]
 def test_pages_exist_and_readme_is_short() -> None:
     assert (ROOT / "README.md").stat().st_size <= 12_000, "README.md must stay <= 12,000 bytes: move text to docs/"
     assert len(PAGES) > 3 and any(b.lang in SHELL for b in ALL_BLOCKS)
+
+
+@pytest.mark.parametrize("page", [*PAGES, ROOT / "CHANGELOG.md"], ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_internal_issue_numbers(page: Path) -> None:
+    """User docs speak of features, not of the tracker: no "issue 12", no "Must-show 5"."""
+    found = re.findall(r"\b(?:issues? ?#?\d+|must[- ]show \d+)", page.read_text(), re.I)
+    assert not found, f"{page.relative_to(ROOT)}: {found}"
 
 
 @pytest.mark.parametrize("block", ALL_BLOCKS, ids=lambda b: b.where)
@@ -189,10 +206,11 @@ def test_every_block_is_tagged_and_marked_correctly(block: Block) -> None:
         assert block.arg, f"{block.where}: covered-by names no test"
         for target in block.arg.split():
             if target == ".ci/run":
-                ci = (ROOT / ".ci" / "run").read_text()
-                for ln in block.text.splitlines():
-                    if ln.strip() and not ln.lstrip().startswith("#"):
-                        assert ln.strip() in ci, f"{block.where}: `{ln.strip()}` is not what .ci/run runs"
+                ci = _steps((ROOT / ".ci" / "run").read_text())
+                want = _steps(block.text)
+                it = iter(ci)  # every step of the block, in the block's order, among .ci/run's steps
+                missing = [w for w in want if not any(w == c for c in it)]
+                assert want and not missing, f"{block.where}: .ci/run does not run {missing} (in this order)"
                 continue
             path, _, name = target.partition("::")
             file = ROOT / path
@@ -221,6 +239,9 @@ def test_the_checks_can_fail() -> None:
     bad = Block(ROOT / "README.md", 1, "sh", "covered-by", "tests/test_doc_commands.py::test_nothing_by_this_name",
                 "faceengine --version")
     with pytest.raises(AssertionError, match="no such test"):
+        test_every_block_is_tagged_and_marked_correctly(bad)
+    bad = Block(ROOT / "README.md", 1, "sh", "covered-by", ".ci/run", ".venv/bin/python -m pytest -q -x")
+    with pytest.raises(AssertionError, match="does not run"):
         test_every_block_is_tagged_and_marked_correctly(bad)
 
 

@@ -7,8 +7,6 @@ embedder against other photos of the same people."""
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 
 import cv2
@@ -24,7 +22,6 @@ from engine.service.server import FaceEngineServer
 from engine.vision.enrolment import FaceChoice, choose_enrolment_face, fmt_box
 from engine.vision.image import read_image
 from tests.conftest import IMAGES
-from tests.test_models_and_inputs import run_cli
 
 
 def id_photo_with_a_cut_off_face() -> np.ndarray:
@@ -90,8 +87,8 @@ def test_analyzer_enrols_the_centred_subject_not_the_larger_cut_off_face(analyze
         assert "crop the image to the person to enrol" in str(err.value)
 
 
-def test_grpc_and_cli_make_the_same_choice(cfg: Config, analyzer, refs, model_dir: Path,  # noqa: ANN001
-                                           tmp_path: Path) -> None:
+def test_grpc_and_console_preview_make_the_same_choice(cfg: Config, analyzer, refs,  # noqa: ANN001
+                                                        tmp_path: Path) -> None:
     photo = tmp_path / "id.jpg"
     photo.write_bytes(encode_jpeg(id_photo_with_a_cut_off_face()))
     group = (IMAGES / "two_people.jpg").read_bytes()
@@ -130,13 +127,22 @@ def test_grpc_and_cli_make_the_same_choice(cfg: Config, analyzer, refs, model_di
                 == ["subject"]
     finally:
         srv.stop(grace=1)
-    db = str(tmp_path / "cli.db")
-    out = run_cli("enroll-local", "--model-dir", str(model_dir), "--db", db, "--person", "subject", "--json",
-                  str(photo))
-    assert out.returncode == 0, out.stderr
-    notes = json.loads(out.stdout.strip().splitlines()[-1])["notes"]
-    assert len(notes) == 1 and f"enrolled the dominant face, box {chosen}" in notes[0]
-    out = run_cli("enroll-local", "--model-dir", str(model_dir), "--db", db, "--person", "group",
-                  str(IMAGES / "two_people.jpg"))
-    assert out.returncode == 1 and "none dominates" in out.stderr
-    assert all(b in out.stderr for b in group_boxes) and not re.search(r"Traceback", out.stderr)
+
+
+def test_cli_makes_the_same_choice(analyzer, model_dir: Path, tmp_path: Path,  # noqa: ANN001
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.cli.main import main as cli
+
+    photo = tmp_path / "id.jpg"
+    photo.write_bytes(encode_jpeg(id_photo_with_a_cut_off_face()))
+    img = read_image(photo)
+    dets = analyzer.detector.detect(img)
+    chosen = fmt_box(dets.boxes[choose_enrolment_face(dets.boxes, img.shape[1], img.shape[0]).index])
+    group_boxes = [fmt_box(b) for b in analyzer.detector.detect(read_image(IMAGES / "two_people.jpg")).boxes]
+    capsys.readouterr()  # one run (one model load): the ID photo is taken, then the group photo refused
+    assert cli(["enroll-local", "--model-dir", str(model_dir), "--db", str(tmp_path / "cli.db"), "--create",
+                "--person", "p", str(photo), str(IMAGES / "two_people.jpg")]) == 1
+    err = capsys.readouterr().err
+    assert f"note: {photo}: 2 faces found; enrolled the dominant face, box {chosen}" in err
+    assert "two_people.jpg: 2 faces found and none dominates" in err and all(b in err for b in group_boxes)
+    assert "Traceback" not in err

@@ -14,11 +14,13 @@ from tests.test_models_and_inputs import run_cli
 
 def test_watchlist_eval_reports_every_metric_and_sane_accuracy(model_dir: Path) -> None:
     out = run_cli("eval", "watchlist", "--data", str(TESTDATA / "lfw-dev"), "--model-dir", str(model_dir),
-                  "--conditions", "original,24px", "--max-probes", "60", "--max-gallery", "150", timeout=600)
+                  "--conditions", "original,24px", "--max-probes", "60", "--max-gallery", "150", "--progress",
+                  timeout=600)
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["enrolled"] >= 140 and res["enrol_failed"] <= 10
-    assert "original: detected=" in out.stderr  # progress goes to stderr
+    assert "original: detected=" in out.stderr  # progress goes to stderr (asked for: stderr is not a terminal)
+    assert "100%|" in out.stderr and "face/s]" in out.stderr  # the bar, with the rate and the time left
     by = {c["condition"]: c for c in res["conditions"]}
     assert set(by) == {"original", "24px"}
     keys = {"detected", "rank1", "fnir_at_fpir_1e2", "fnir_at_fpir_1e3", "matched", "false_alert", "gate_pass",

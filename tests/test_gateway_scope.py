@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +23,7 @@ from engine.service.auth import create_token
 from engine.service.proto import pb
 from engine.service.server import FaceEngineServer
 from engine.store.base import EventQuery
-from tests.procs import ServeProcess, cli, cli_env, serve
+from tests.procs import ServeProcess, cli, cli_env, serve, wait_for
 from tests.shared_data import IMAGES, ROOT
 
 OBAMA = (IMAGES / "obama.jpg").read_bytes()
@@ -98,6 +100,7 @@ def test_gateway_outside_its_scope_gets_one_line_of_advice_and_exits_1(served) -
 def test_a_gateway_cannot_feed_another_gateways_camera_nor_learn_identities(cfg: Config, analyzer) -> None:  # noqa: ANN001
     cfg.server.host, cfg.server.port, cfg.server.metrics_port = "127.0.0.1", 0, 0
     cfg.pipeline.tracking = False  # every matched frame is an event
+    cfg.pipeline.motion_gating, cfg.pipeline.detect_interval = False, 1  # single photos: each detected whole
     srv = FaceEngineServer(cfg, analyzer=analyzer).start()
     try:
         admin = Client(srv.address, token=create_token(srv.store, "admin", "admin")[0])
@@ -121,7 +124,29 @@ def test_a_gateway_cannot_feed_another_gateways_camera_nor_learn_identities(cfg:
         plain = list(gw_a.stream(iter([frame("door-a", 1)])))
         assert plain[0].faces and not plain[0].faces[0].HasField("match")  # matched, but not told to the gateway
         named = list(gw_id.stream(iter([frame("door-a", 2)])))
-        assert named[0].faces[0].match.person_id == "obama"  # this gateway's scope grants identities
+        assert named[0].faces and named[0].faces[0].match.person_id == "obama", named  # its scope grants identities
         assert len(srv.store.query_events(EventQuery(camera_id="door-a"))[0]) == 2
     finally:
         srv.stop(grace=1)
+
+
+def test_a_camera_removed_while_streaming_stops_the_gateway_with_one_line(served) -> None:  # noqa: ANN001
+    srv, env, video = served
+    admin = cli("token", "create", "--name", "ops-admin", "--role", "admin", env=env).stdout.strip()
+    gate = cli("token", "create", "--name", "gate-10", "--role", "gateway", "--camera", "door-10", env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "engine", "stream", "--server", srv.address, "--token",
+                             gate.stdout.strip(), "--camera", "door-10", "--loop", str(video)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        c = Client(srv.address, token=admin)
+        assert wait_for(lambda: any(x.camera_id == "door-10" and x.frames_processed > 0 for x in
+                                    c.cameras.ListCameras(pb.Empty(), metadata=c.metadata).cameras), 30)
+        c.cameras.RemoveCamera(pb.CameraRequest(camera_id="door-10"), metadata=c.metadata)
+        _, err = proc.communicate(timeout=30)  # --loop would stream for ever: it stops at the first NOT_FOUND
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "NOT_FOUND" in lines[0] and "stopped" in lines[0], err

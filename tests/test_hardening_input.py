@@ -366,6 +366,34 @@ def test_saved_camera_that_fails_at_startup_is_reported(cfg: Config, analyzer, t
         srv.stop(grace=1)
 
 
+def test_saved_camera_rows_with_damaged_options_are_listed_in_error(cfg: Config, analyzer,  # noqa: ANN001
+                                                                    tmp_path: Path) -> None:
+    """A camera row whose options column is not JSON, or is JSON but not an object of strings (a hand edit,
+    a bad restore), neither stops the start with a traceback nor hides the camera: state 'error', saying why."""
+    cfg = _cfg(cfg, tmp_path)
+    store = SQLiteStore(cfg.store.path)
+    for cid in ("not-json", "a-list", "numbers", "good"):
+        store.save_camera(cid, "rtsp://127.0.0.1:9/a" if cid != "good" else "push", {})
+    for cid, raw in (("not-json", "{fps: 5"), ("a-list", '["fps", "5"]'), ("numbers", '{"fps": 5}')):
+        store._db.execute("UPDATE cameras SET options=? WHERE camera_id=?", (raw, cid))
+    store.close()
+    srv = FaceEngineServer(cfg, analyzer=analyzer).start()
+    try:
+        with Client(srv.address) as c:
+            cams = {x.camera_id: x for x in c.cameras.ListCameras(pb.ListCamerasRequest()).cameras}
+            assert set(cams) == {"not-json", "a-list", "numbers", "good"}
+            assert cams["good"].state != "error"
+            for cid, why in (("not-json", "saved options are not JSON"),
+                             ("a-list", "saved options are a JSON list, not an object"),
+                             ("numbers", "a value that is not a string")):
+                assert cams[cid].state == "error" and why in cams[cid].last_error, cams[cid]
+                assert "remove and add it again" in cams[cid].last_error
+            c.cameras.RemoveCamera(pb.CameraRequest(camera_id="not-json"))  # an admin can clean up
+            assert "not-json" not in {cid for cid, _, _ in srv.store.list_camera_defs()}
+    finally:
+        srv.stop(grace=1)
+
+
 def _cam(uri: str, options: dict[str, str]) -> CameraState:
     return CameraState("cam", uri, "pull", options)
 

@@ -5,9 +5,11 @@ Everything runs on loopback against a real server with the real models; every wa
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
+import os
 import sqlite3
 import statistics
 import threading
@@ -363,6 +365,74 @@ def test_capture_time_config_is_validated(cfg: Config, analyzer) -> None:  # noq
 
 
 # ---- 9. disk full --------------------------------------------------------------------------------
+@pytest.fixture()
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 4 MB file system (tmpfs) for the store: writes fail with ENOSPC exactly as on a full disk.
+    Mounting needs root (CAP_SYS_ADMIN); elsewhere the test skips, saying so."""
+    import subprocess
+
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True, text=True,
+                         check=False)
+    if res.returncode != 0:
+        pytest.skip(f"a small real disk needs a tmpfs mount, which failed here: {res.stderr.strip()[:200]}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _fill_disk(path: Path) -> None:
+    """Write a ballast file until the file system is full."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC, exc
+    finally:
+        os.close(fd)
+
+
+def test_health_is_not_serving_while_a_real_disk_is_full(cfg: Config, analyzer, small_disk: Path) -> None:  # noqa: ANN001
+    """On a real full disk (not SQLite's page cap) a rolled-back write probe never reaches the disk and small
+    commits still fit WAL space allocated earlier: health must follow the disk itself."""
+    cfg.auth.enabled = False
+    cfg.server.health_probe_s = 0.1
+    cfg.store.path = str(small_disk / "engine.db")
+    srv = _serve(cfg, analyzer)
+    try:
+        with Client(srv.address, token="") as c:
+            c.ensure_watchlist("vip")
+            health = health_pb2_grpc.HealthStub(c.channel)
+
+            def status() -> int:
+                return health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+
+            assert status() == health_pb2.HealthCheckResponse.SERVING
+            _fill_disk(small_disk / "ballast")
+            codes = []
+            for i in range(30):  # the first writes may still fit WAL pages; then none does
+                try:
+                    c.enroll("vip", f"p{i}", [OBAMA, BIDEN])
+                    codes.append("OK")
+                except grpc.RpcError as exc:
+                    codes.append(exc.code().name)
+                    assert "disk is full" in (exc.details() or ""), exc.details()
+                    if len(codes) - codes.count("OK") >= 3:
+                        break
+            assert set(codes[-3:]) <= {"RESOURCE_EXHAUSTED", "UNAVAILABLE"}, codes  # (audit first: UNAVAILABLE)
+            assert _wait(lambda: status() == health_pb2.HealthCheckResponse.NOT_SERVING, timeout=5)
+            time.sleep(1.0)  # ten probes later: still not serving, the disk is still full
+            assert status() == health_pb2.HealthCheckResponse.NOT_SERVING
+            (small_disk / "ballast").unlink()  # space freed: back without a restart
+            assert _wait(lambda: status() == health_pb2.HealthCheckResponse.SERVING, timeout=5)
+            c.enroll("vip", "after", [OBAMA])
+    finally:
+        srv.stop(grace=1)
+
+
 def test_disk_full_is_resource_exhausted_and_health_follows(cfg: Config, analyzer) -> None:  # noqa: ANN001
     cfg.auth.enabled = False
     cfg.pipeline.tracking = False

@@ -141,8 +141,8 @@ def test_identify_cli_json_and_video_progress(tmp_path: Path, model_dir: Path) -
     import json
 
     db = str(tmp_path / "g.db")
-    out = run_cli("enroll-local", "--model-dir", str(model_dir), "--db", db, "--watchlist", "vip", "--person",
-                  "obama", "--name", "Barack Obama", str(IMAGES / "obama.jpg"))
+    out = run_cli("enroll-local", "--model-dir", str(model_dir), "--db", db, "--watchlist", "vip", "--create",
+                  "--person", "obama", "--name", "Barack Obama", str(IMAGES / "obama.jpg"))
     assert out.returncode == 0, out.stderr
     out = run_cli("identify", str(IMAGES / "obama_and_biden.jpg"), "--json", "--model-dir", str(model_dir), "--db", db)
     assert out.returncode == 0, out.stderr
@@ -150,10 +150,12 @@ def test_identify_cli_json_and_video_progress(tmp_path: Path, model_dir: Path) -
     names = [f["match"]["person_id"] for f in res["faces"] if f["match"]]
     assert names == ["obama"] and len(res["faces"]) == 3
     # a group photo: strict mode refuses it with the face count; so does the default, no face dominating
-    out = run_cli("enroll-local", "--model-dir", str(model_dir), "--db", db, "--person", "x", "--strict",
+    out = run_cli("enroll-local", "--model-dir", str(model_dir), "--db", db, "--watchlist", "vip", "--person", "x",
+                  "--strict",
                   str(IMAGES / "multiface.jpg"))
     assert out.returncode == 1 and "6 faces found" in out.stderr
-    out = run_cli("enroll-local", "--model-dir", str(model_dir), "--db", db, "--person", "x", "--json",
+    out = run_cli("enroll-local", "--model-dir", str(model_dir), "--db", db, "--watchlist", "vip", "--person", "x",
+                  "--json",
                   str(IMAGES / "multiface.jpg"))
     assert out.returncode == 1 and "6 faces found and none dominates: boxes [" in out.stderr
 

@@ -128,7 +128,7 @@ def test_matches_enrolled_person_and_not_the_others(cfg: Config, analyzer: FaceA
     matches = [(o, m) for o in outs for m in o.matches]
     assert matches, "the enrolled person was never matched"
     assert {m.hit.person_id for _, m in matches} == {"alice"}  # the unknown faces match nobody
-    assert all(m.hit.score >= cfg.gallery.match_threshold for _, m in matches)
+    assert all(m.hit.score >= rec.settings.match_threshold for _, m in matches)
     first = outs[0]
     k = int(np.argmax(box_iou(box[None], first.detections.boxes)[0]))
     alice_track = int(first.track_ids[k])

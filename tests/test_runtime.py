@@ -17,6 +17,7 @@ from engine.models.factory import build_runner
 from engine.models.registry import ModelRegistry
 from engine.models.runner import RunFn
 from engine.models.session import OnnxRunner, provider_options, resolve_providers
+from engine.settings import Batching, DevicePlan
 from engine.vision.batchcheck import compare_detections, compare_embeddings
 from engine.vision.detections import box_iou
 from engine.vision.detectors import load_detector
@@ -176,17 +177,21 @@ def test_tensorrt_options_carry_cache_and_fp16(monkeypatch: pytest.MonkeyPatch, 
 
 
 def test_pipeline_batching_follows_the_provider_unless_set() -> None:
+    def batching(c: Config) -> tuple[int, float]:
+        b = Batching.resolve(c.pipeline, DevicePlan.resolve(c.runtime))
+        return b.batch_size, b.batch_wait_ms
+
     cfg = Config.load(env={})
-    assert (cfg.pipeline.batch_size, cfg.pipeline.batch_wait_ms) == (1, 0.0)  # CPU default
+    assert batching(cfg) == (1, 0.0)  # CPU default
     cfg.update({"runtime": {"provider": "cuda"}}, source="test")
-    assert (cfg.pipeline.batch_size, cfg.pipeline.batch_wait_ms) == (16, 5.0)
+    assert batching(cfg) == (16, 5.0)
     cfg.update({"pipeline": {"batch_size": 8}}, source="test")
     cfg.update({"runtime": {"provider": "cpu"}}, source="test")
-    assert (cfg.pipeline.batch_size, cfg.pipeline.batch_wait_ms) == (8, 0.0)  # set value kept, wait still auto
+    assert batching(cfg) == (8, 0.0)  # set value kept, wait still auto
     text = cfg.to_toml()
-    assert "batch_size = 8\n" in text and "batch_wait_ms = -1.0  # auto: 0.0 now" in text
+    assert "batch_size = 8\n" in text and 'batch_wait_ms = "auto"\n' in text
     env = Config.load(env={"FACEENGINE_RUNTIME_PROVIDER": "tensorrt", "FACEENGINE_PIPELINE_BATCH_WAIT_MS": "2"})
-    assert (env.pipeline.batch_size, env.pipeline.batch_wait_ms) == (16, 2.0)
+    assert batching(env) == (16, 2.0)
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs onnxruntime-gpu and an NVIDIA GPU (CUDAExecutionProvider)")

@@ -80,7 +80,7 @@ def test_enroll_stream_subscribe_and_query_after_restart(cfg: Config, analyzer) 
         track_ids = {f.track_id for f in results[-1].faces}
         assert all(tid >= 0 for tid in track_ids) and track_ids == {f.track_id for f in results[1].faces}
         assert events and events[0].person_id == "obama" and events[0].display_name == "Barack Obama"
-        assert events[0].thumbnail[:2] == b"\xff\xd8" and events[0].score > cfg.gallery.match_threshold
+        assert events[0].thumbnail[:2] == b"\xff\xd8" and events[0].score > srv.settings.match_threshold
         first_id = events[0].event_id
         c.close()
     finally:

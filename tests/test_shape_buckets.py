@@ -21,6 +21,7 @@ from engine.models.registry import ModelRegistry
 from engine.models.session import cuda_options
 from engine.vision.analyzer import FaceAnalyzer
 from engine.vision.batchcheck import FP16_MIN_COSINE, compare_detections, compare_embeddings
+from engine.vision.detections import box_iou
 from engine.vision.detectors import load_detector
 from engine.vision.embedder import load_embedder
 from engine.vision.image import read_image
@@ -216,3 +217,85 @@ def test_metrics_publish_each_sessions_shapes(analyzer: FaceAnalyzer) -> None:
         got = m.registry.get_sample_value("faceengine_session_distinct_shapes", {"role": role, "model": st["model"]})
         assert got == st["distinct_shapes"] >= 1
         assert m.registry.get_sample_value("faceengine_session_buckets", {"role": role, "model": st["model"]}) == 0
+
+
+def test_graph_slots_preallocate_per_bucket_and_match_plain_calls(model_dir: Path) -> None:
+    """The CUDA-graph path's plumbing, run on the CPU (where onnxruntime captures nothing): one slot per
+    bucket shape with its device buffers bound once, the slot's own check passes, and every call through
+    a slot gives the plain call's outputs."""
+    reg = ModelRegistry(model_dir)
+    cfg, base = _cfg(model_dir, shape_buckets="on", bucket_sizes=[1, 2, 4], io_binding="on"), _cfg(model_dir)
+    plain = load_embedder(reg, "mobilefacenet", base.embedder, base.runtime).runner
+    runner = load_embedder(reg, "mobilefacenet", cfg.embedder, cfg.runtime).runner
+    assert runner.batched and runner.session_stats()["cuda_graphs"] == 0  # off unless CUDA with cuda_graphs
+    runner._graphs = True  # type: ignore[attr-defined]  # what runtime.cuda_graphs turns on for a CUDA session
+    rng = np.random.default_rng(0)
+    for n in (3, 1, 4, 3, 2):
+        x = rng.random((n, 3, 112, 112), dtype=np.float32)
+        np.testing.assert_allclose(runner.run(x)[0], plain.run(x)[0], atol=1e-5)
+    st = runner.session_stats()
+    assert st["cuda_graphs"] == 3 == st["distinct_shapes"]  # buckets 4, 1, 2: one slot each, reused
+
+
+
+def test_fp16_with_graph_preprocessing_keeps_the_letterbox_in_fp32(model_dir: Path) -> None:
+    """The GPU default (uint8 frames letterboxed by graph nodes): only the detector itself is converted, the
+    pre-processing nodes (which compute sizes) stay float32; the check passes and real frames give the
+    same faces as the fp32 graph."""
+    reg = ModelRegistry(model_dir)
+    c32, c16 = _cfg(model_dir, graph_preprocess="on"), _cfg(model_dir, graph_preprocess="on", fp16="on")
+    d32 = load_detector(reg, "yunet", c32.detector, c32.runtime)
+    d16 = load_detector(reg, "yunet", c16.detector, c16.runtime)
+    assert d16.runner.session_stats()["fp16"].startswith("kept: "), d16.runner.session_stats()["fp16"]
+    for name in ("multiface.jpg", "obama_and_biden.jpg"):
+        img = read_image(IMAGES / name)
+        a, b = d32.detect(img), d16.detect(img)
+        assert len(a) == len(b) >= 2
+        assert float(box_iou(a.boxes, b.boxes).max(axis=1).min()) > 0.95  # every face found again (any order)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs onnxruntime-gpu and an NVIDIA GPU (CUDAExecutionProvider)")
+def test_cuda_graphs_capture_per_bucket_and_match_the_cpu(model_dir: Path) -> None:
+    reg = ModelRegistry(model_dir)
+    gpu = _cfg(model_dir, provider="cuda", cuda_graphs=True, fp16="off", bucket_sizes=[1, 2, 4, 8])
+    cpu = _cfg(model_dir)
+    g = load_embedder(reg, "sface", gpu.embedder, gpu.runtime)
+    c = load_embedder(reg, "sface", cpu.embedder, cpu.runtime)
+    crops = np.random.default_rng(1).integers(0, 255, (7, 112, 112, 3), dtype=np.uint8)
+    for n in (7, 3, 7):
+        assert compare_embeddings(c.embed(crops[:n]), g.embed(crops[:n]), min_cosine=0.9999).accepted
+    assert g.runner.session_stats()["cuda_graphs"] >= 1  # captured and checked (else a warning turned them off)
+
+
+def test_every_runner_reports_the_same_session_fields(model_dir: Path) -> None:
+    """Bench JSON and metrics read the same keys whatever the backend (onnxruntime or the fake runner)."""
+    from engine.models.factory import build_runner, fake_runner
+
+    onnx_stats = build_runner(ModelRegistry(model_dir).path("mobilefacenet"), _cfg(model_dir).runtime).session_stats()
+    fake = fake_runner(ModelRegistry(model_dir).spec("mobilefacenet"), _cfg(model_dir).runtime).session_stats()
+    assert set(fake) == set(onnx_stats)
+
+
+def test_a_model_refused_with_cuda_graphs_loads_without_them(model_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """onnxruntime refuses CUDA graphs for a model with nodes outside the CUDA provider (shape arithmetic of
+    the letterbox nodes, say): the runner loads it without them, warns once, and runs it as usual."""
+    from engine.models import session as sess
+
+    real = ort.InferenceSession
+
+    def refusing(raw: bytes, opts: ort.SessionOptions, providers: list) -> ort.InferenceSession:  # noqa: ANN001
+        if any(o.get("enable_cuda_graph") == "1" for _, o in providers):
+            raise RuntimeError("This session cannot use the CUDA Graph feature as requested by the user as all "
+                               "compute graph nodes have not been partitioned to the CUDA EP.")
+        return real(raw, opts, providers=providers)
+
+    monkeypatch.setattr(sess, "provider_options", lambda rt: [("CPUExecutionProvider", {"enable_cuda_graph": "1"})])
+    monkeypatch.setattr(sess.ort, "InferenceSession", lambda raw, opts, providers: refusing(raw, opts, providers))
+    cfg = _cfg(model_dir, shape_buckets="on")
+    reg = ModelRegistry(model_dir)
+    with caplog.at_level(logging.WARNING, logger="engine.models.session"):
+        emb = load_embedder(reg, "mobilefacenet", cfg.embedder, cfg.runtime)
+    assert sum("refused CUDA graphs" in r.getMessage() for r in caplog.records) == 1  # later sessions: no retry
+    assert emb.runner.batched and emb.runner.session_stats()["cuda_graphs"] == 0
+    assert emb.embed(np.zeros((3, 112, 112, 3), np.uint8)).shape == (3, emb.dim)

@@ -112,7 +112,7 @@ def test_rtsp_camera_from_a_local_server_is_recognised(server: FaceEngineServer,
     # the singer first appears in frame 82, so the clip came over RTSP in order up to there at least
     assert cam.frames_in >= 82 and cam.frames_processed >= 1, cam
     event = next(e for e in _matches(c, "rtsp-cam") if e.person_id == "singer")
-    assert event.score >= server.cfg.gallery.match_threshold
+    assert event.score >= server.settings.match_threshold
     c.cameras.RemoveCamera(pb.CameraRequest(camera_id="rtsp-cam"))
     c.close()
 

@@ -16,7 +16,7 @@ the second call need only them); the SFace model, needed only by the end-to-end 
 
 Options come from the environment: DEVICE_PY (3.12), DEVICE_DIR (<repo>/.device), FACEENGINE_SHARED
 (<repo>/../shared), DEVICE_LIMIT_MB (64, the call's limit in MiB), DEVICE_LFW (200 distractor identities),
-DEVICE_XZ (xz level, 6).
+DEVICE_XZ (xz level, 6), DEVICE_OFFLINE=1 (a rehearsal kit, no network: see OFFLINE).
 """
 
 from __future__ import annotations
@@ -68,6 +68,12 @@ NVIDIA_INIT = "__path__ = __import__('pkgutil').extend_path(__path__, __name__) 
 
 MODELS = {"yunet": "face_detection_yunet_2023mar.onnx", "mobilefacenet": "mobilefacenet.onnx",
           "sface": "face_recognition_sface_2021dec.onnx"}
+OFFLINE = os.environ.get("DEVICE_OFFLINE") == "1"
+"""A rehearsal kit built here without the network (dryrun.sh, tests/test_device_kit.py): the onnxruntime-gpu,
+site, Ray and nvImageCodec items are empty archives (the rehearsing Python has its own packages); models,
+media and the generated code are the real ones, in the real calls' layout (OFFLINE_LAYOUT)."""
+OFFLINE_LAYOUT = [["ort", "model-yunet", "model-mobilefacenet", "proto"], ["site", "ray", "testdata"],
+                  ["model-sface", "decode"]]
 LATE = {"model-sface", "decode"}
 """Items packed after the others: only the end-to-end steps (default embedder SFace, gateway JPEG) need them."""
 
@@ -160,9 +166,10 @@ def lfw_subset() -> list[str]:
 
 
 def testdata_tar(dest: Path) -> None:
-    """The media the benchmarks read: the 1080p clip, the photos (distractors) and the LFW subset."""
+    """The media the benchmarks read: the 1080p clip (the 360p one for quick rehearsals), the photos
+    (distractors) and the LFW subset."""
     td = SHARED / "testdata"
-    files = ["videos/multiface_1080p.mp4", "lfw-dev/landmarks_5pt.txt"]
+    files = ["videos/multiface_1080p.mp4", "videos/stage_360p.mp4", "lfw-dev/landmarks_5pt.txt"]
     files += [f"images/{p.name}" for p in sorted((td / "images").glob("*.jpg"))] + lfw_subset()
     with tarfile.open(dest, "w") as tar:
         for f in files:
@@ -231,13 +238,20 @@ def main() -> int:
     if not SHARED.is_dir():
         raise SystemExit(f"prepare: shared folder {SHARED} not found (set FACEENGINE_SHARED)")
     (KIT / "cache").mkdir(parents=True, exist_ok=True)
-    ort = sorted((SHARED / "gpu").glob("onnxruntime-gpu-*.tar.xz"))
-    if not ort:
-        raise SystemExit(f"prepare: no onnxruntime-gpu tar in {SHARED / 'gpu'}")
-    items: dict[str, Path] = {"ort": ort[-1]}
-    items["site"] = built("site", pins(SITE_PACKAGES))
-    items["ray"] = built("ray", pins(RAY_PACKAGES), RAY_DROP)
-    items["decode"] = built("decode", list(DECODE_PACKAGES), DECODE_DROP)
+    items: dict[str, Path] = {}
+    if OFFLINE:
+        for name in ("ort", "site", "ray", "decode"):
+            items[name] = KIT / "cache" / f"{name}-offline.tar.xz"
+            with tempfile.TemporaryDirectory(prefix="fe-device-") as tmp:
+                xz_tree(Path(tmp), items[name])
+    else:
+        ort = sorted((SHARED / "gpu").glob("onnxruntime-gpu-*.tar.xz"))
+        if not ort:
+            raise SystemExit(f"prepare: no onnxruntime-gpu tar in {SHARED / 'gpu'}")
+        items["ort"] = ort[-1]
+        items["site"] = built("site", pins(SITE_PACKAGES))
+        items["ray"] = built("ray", pins(RAY_PACKAGES), RAY_DROP)
+        items["decode"] = built("decode", list(DECODE_PACKAGES), DECODE_DROP)
     for key, fname in MODELS.items():
         items[f"model-{key}"] = SHARED / "models" / fname
     td = KIT / "cache" / f"testdata-lfw{LFW_IDENTITIES}.tar"
@@ -248,10 +262,10 @@ def main() -> int:
     items["proto"] = pt
     tree = tree_bytes()
     budget = LIMIT - tree - MARGIN - 64 * 1024  # the manifest travels in every part
-    parts = pack(items, budget)
+    parts = OFFLINE_LAYOUT if OFFLINE else pack(items, budget)
     for old in KIT.glob("p[0-9]*"):
         shutil.rmtree(old)
-    manifest = {"commit": commit(), "python": PY, "parts": len(parts),
+    manifest = {"commit": commit(), "python": PY, "parts": len(parts), "offline": OFFLINE,
                 "items": {n: {"part": k + 1, "file": part_name(n, items[n]), "source": items[n].name,
                               "bytes": items[n].stat().st_size, "sha256": sha256_file(items[n])}
                           for k, part in enumerate(parts) for n in part}}

@@ -4,23 +4,31 @@ part, then run every benchmark step whose inputs have all arrived and that has n
 
 The same command serves every call; only `carry` changes (.device/p1, then p2, ...). Each call:
 
-1. stash: verify (sha256) and unpack the items of the carried part(s) into the stash (default
-   .device/stash, git-ignored, so it stays on a warm machine between calls): the onnxruntime-gpu tar,
-   the Python packages (site.tar.xz), Ray (ray.tar.xz), models and media (as a FACEENGINE_SHARED
-   folder), the generated gRPC code;
+1. stash: verify (sha256) and unpack the items of the carried part(s) into the stash, OUTSIDE the repository
+   (default /tmp/faceengine-device/stash: the tool may lay the repository out in another folder each call,
+   /tmp stays while the machine is warm): the onnxruntime-gpu tar, the Python packages (site.tar.xz), Ray
+   (ray.tar.xz), models and media (as a FACEENGINE_SHARED folder), the generated gRPC code;
 2. environment: PYTHONPATH = repo, stash/site, stash/ray, stash/ort; LD_LIBRARY_PATH = the CUDA 13
    libraries of the image's PyTorch (../shared/gpu/README.md); FACEENGINE_SHARED, FACEENGINE_MODEL_DIR;
    a check that onnxruntime runs a session on CUDA (else the GPU steps are skipped, saying why);
-3. steps, in order, each with its own timeout and skipped when the call's time budget cannot hold it:
-   models-cuda, models-cpu, cluster (CPU provider, Ray workers 1/2/4/8), pipeline-cuda (16 cameras,
-   in-process and gRPC), soak-gpu (the rest of the budget, up to DEVICE_SOAK_S), models-cuda-sface;
-4. results: $OUT/results.tar.gz (every JSON, plot and log so far, rewritten after each step) and
+3. device time: a ledger in the stash charges the machine's start (DEVICE_START_S, 90) once, then every
+   call's wall time and DEVICE_CALL_OVERHEAD_S (10, the transfers); a call may spend what is left of
+   DEVICE_TOTAL_S (480: 8 minutes in all), at most DEVICE_BUDGET_S (560) on its steps;
+4. steps, in order (DEFAULT_STEPS unless DEVICE_STEPS names others), each with its own timeout and skipped
+   when the time left cannot hold its estimate: models-cuda, cluster, e2e-cuda (1, then 4, then 16 cameras
+   for DEVICE_E2E_S = 20 s each, then gRPC at 16; each point's JSON written, and copied to $OUT, at once),
+   models-cuda-sface; opt-in: models-cpu, pipeline-cuda, soak-gpu, models-cuda-graphs and e2e-cuda-graphs
+   (CUDA graphs per bucket, to set against models-cuda-sface and e2e-cuda's 16-camera point). A step's
+   output is printed line by line as it runs (and kept in results/<step>.log); GPU steps write
+   onnxruntime's per-node profile of each session (results/profile-<step>/, first DEVICE_PROFILE_RUNS
+   calls) and its top operators are printed;
+5. results: $OUT/results.tar.gz (every JSON, plot, profile and log so far, rewritten after each step) and
    $OUT/run.log. A step that ran (or failed) is not run again in a later call (DEVICE_RETRY=1 to retry).
 
 Environment: OUT (results folder; the device tool sets it), DEVICE_DIR (.device), DEVICE_STASH
-(<DEVICE_DIR>/stash), DEVICE_BUDGET_S (560: seconds this call may spend on steps), DEVICE_SOAK_S (300),
-DEVICE_STEPS (comma list: only these), DEVICE_QUICK=1 (tiny sizes; without CUDA the GPU steps run on the
-CPU provider, to prove the plumbing end to end), DEVICE_RETRY=1.
+(/tmp/faceengine-device/stash), DEVICE_TOTAL_S (480), DEVICE_START_S (90), DEVICE_BUDGET_S (560),
+DEVICE_SOAK_S (300), DEVICE_E2E_S (20), DEVICE_STEPS (comma list: only these), DEVICE_QUICK=1 (tiny sizes;
+without CUDA the GPU steps run on the CPU provider, to prove the plumbing end to end), DEVICE_RETRY=1.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import site
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,11 +52,23 @@ sys.path.insert(0, str(ROOT))
 from engine.models.registry import sha256_file  # noqa: E402  (standard library only: fine before the stash is unpacked)
 
 KIT = Path(os.environ.get("DEVICE_DIR") or ROOT / ".device")
-STASH = Path(os.environ.get("DEVICE_STASH") or KIT / "stash")
+STASH = Path(os.environ.get("DEVICE_STASH") or "/tmp/faceengine-device/stash")
+"""Outside the repository: the tool may lay the working tree out in a new folder each call (the first H200
+run lost a stash kept inside it); /tmp lasts as long as the warm machine."""
 OUT = Path(os.environ.get("OUT") or ROOT / "device-out")
 RESULTS = STASH / "results"
 QUICK = os.environ.get("DEVICE_QUICK") == "1"
 BUDGET_S = float(os.environ.get("DEVICE_BUDGET_S", "560"))
+TOTAL_S = float(os.environ.get("DEVICE_TOTAL_S", "480"))
+"""Device time for the whole kit, every call together: 8 minutes."""
+START_S = float(os.environ.get("DEVICE_START_S", "90"))
+"""A fresh machine's start, charged once (when the stash is new)."""
+CALL_OVERHEAD_S = float(os.environ.get("DEVICE_CALL_OVERHEAD_S", "10"))
+"""Per call, outside run.py: the carry's and $OUT's transfers."""
+E2E_S = float(os.environ.get("DEVICE_E2E_S", "20"))
+PROFILE_RUNS = os.environ.get("DEVICE_PROFILE_RUNS", "50")
+DEFAULT_STEPS = ("models-cuda", "cluster", "e2e-cuda", "models-cuda-sface")
+"""What runs unless DEVICE_STEPS says otherwise: together they fit the 8 minutes (README.md)."""
 SOAK_S = float(os.environ.get("DEVICE_SOAK_S", "300"))
 SOAK_SETUP_S = 75.0
 """Soak time outside the soak itself: enrolment, server start, 20 s calibration, shutdown."""
@@ -62,8 +83,8 @@ def elapsed() -> float:
     return time.monotonic() - T0
 
 
-def log(msg: str) -> None:
-    line = f"[{time.strftime('%H:%M:%S', time.gmtime())} +{elapsed():5.0f}s] {msg}"
+def log(msg: str, stamp: bool = True) -> None:
+    line = f"[{time.strftime('%H:%M:%S', time.gmtime())} +{elapsed():5.0f}s] {msg}" if stamp else msg
     print(line, flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
     with (OUT / "run.log").open("a") as fh:
@@ -71,6 +92,31 @@ def log(msg: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     with (RESULTS / "run.log").open("a") as fh:
         fh.write(line + "\n")
+
+
+# ---- device-time ledger ------------------------------------------------------------------------------
+def read_ledger() -> dict:
+    """{"start_s": charged once, "calls": [{"at", "wall_s"}]} from the stash (a new stash: a new machine)."""
+    f = STASH / "ledger.json"
+    if f.is_file():
+        return json.loads(f.read_text())
+    return {"start_s": START_S, "total_s": TOTAL_S, "calls": []}
+
+
+def spent(led: dict) -> float:
+    """Device seconds used so far: the start, every call's wall time and transfers."""
+    return float(led["start_s"]) + sum(float(c["wall_s"]) + CALL_OVERHEAD_S for c in led["calls"])
+
+
+def record_call(led: dict) -> None:
+    """Write this call's wall time so far into the ledger (after each step: a killed call still counts)."""
+    STASH.mkdir(parents=True, exist_ok=True)
+    if not led["calls"] or led["calls"][-1].get("pid") != os.getpid():
+        led["calls"].append({"at": time.strftime("%H:%M:%S", time.gmtime()), "pid": os.getpid(), "wall_s": 0.0})
+    led["calls"][-1]["wall_s"] = round(elapsed(), 1)
+    tmp = STASH / "ledger.json.partial"
+    tmp.write_text(json.dumps(led, indent=1))
+    tmp.replace(STASH / "ledger.json")
 
 
 # ---- 1. stash ---------------------------------------------------------------------------------------
@@ -233,20 +279,44 @@ def steps() -> list[Step]:
         Step("models-cpu", CORE, False, 25 if q else 40, 120,
              lambda p: _bench("models", "--provider", "cpu", "--embedders", "mobilefacenet", "--json",
                               "--out", f"{r}/models-cpu") + (["--quick"] if q else ["--seconds", "0.5"])),
-        Step("cluster", ("ray", *CORE), False, 40 if q else 100, 240,
+        # steady state: the workers start once for every point, 3 s warm-up then 10 s measured a point (about
+        # 100 s in all); one call in flight a worker keeps model threads (14 x 1) within the 16 cores
+        Step("cluster", ("ray", *CORE), False, 40 if q else 110, 240,
              lambda p: _bench("cluster", "--rounds", "1", "--json", "--out", f"{r}/cluster-16core.json",
-                              *(["--workers", "1,2", "--cameras", "2", "--max-frames", "8"] if q else
-                                ["--workers", "1,2,4,8", "--cameras", "16", "--max-frames", "32"])),
+                              "--calls-per-worker", "1",
+                              *(["--workers", "1,2", "--cameras", "2", "--max-frames", "8", "--warmup", "1",
+                                 "--seconds", "3"] if q else
+                                ["--workers", "1,2,4,8,14", "--cameras", "28", "--max-frames", "32", "--warmup", "3",
+                                 "--seconds", "10"])),
              {"FACEENGINE_MODELS_EMBEDDER": "mobilefacenet", "FACEENGINE_RUNTIME_PROVIDER": "cpu"}),
         Step("pipeline-cuda", ("ort", "model-sface", "decode", *CORE), True, 60 if q else 150, 240 if q else 300,
              lambda p: _bench("--provider", p, "--no-baselines", "--no-peer", "--rounds", "1", "--json",
                               "--out", tag("pipeline", p),
                               *(["--cameras", "2", "--max-frames", "8", "--no-load-latency", *lfw] if q else
                                 ["--cameras", "16"]))),
+        Step("e2e-cuda", ("ort", "model-sface", *CORE), True, 40 if q else 3 * E2E_S + 75,
+             150 if q else 3 * E2E_S + 150,
+             lambda p: [PY, str(ROOT / "benchmarks" / "device" / "e2e.py"), "--provider", p, "--out",
+                        tag("e2e", p), "--copy-to", str(OUT / "points"), "--grpc",
+                        *(["--cameras", "1,2", "--seconds", f"{min(E2E_S, 3):g}", "--max-frames", "6", *lfw,
+                           "--video", str(STASH / "shared" / "testdata" / "videos" / "stage_360p.mp4")] if q
+                          else ["--cameras", "1,4,16", "--seconds", f"{E2E_S:g}"])]),
         Step("soak-gpu", ("ort", "model-sface", "decode", *CORE), True, 0, 0, lambda p: []),  # sized at run time
         Step("models-cuda-sface", ("ort", "model-sface", *CORE), True, 20 if q else 40, 120,
              lambda p: _bench("models", "--provider", p, "--embedders", "sface", "--batches", "32", "--json",
                               "--out", tag("models-sface", p)) + (["--quick"] if q else ["--seconds", "1"])),
+        # on request: the same with CUDA graphs per bucket, to set against models-cuda-sface and e2e-cuda
+        Step("models-cuda-graphs", ("ort", "model-sface", *CORE), True, 20 if q else 40, 120,
+             lambda p: _bench("models", "--provider", p, "--embedders", "sface", "--batches", "32", "--json",
+                              "--out", tag("models-graphs", p)) + (["--quick"] if q else ["--seconds", "1"]),
+             {"FACEENGINE_RUNTIME_CUDA_GRAPHS": "true", "FACEENGINE_RUNTIME_SHAPE_BUCKETS": "on"}),
+        Step("e2e-cuda-graphs", ("ort", "model-sface", *CORE), True, 40 if q else E2E_S + 60, 150,
+             lambda p: [PY, str(ROOT / "benchmarks" / "device" / "e2e.py"), "--provider", p, "--out",
+                        tag("e2e-graphs", p), "--copy-to", str(OUT / "points"),
+                        *(["--cameras", "2", "--seconds", f"{min(E2E_S, 3):g}", "--max-frames", "6", *lfw,
+                           "--video", str(STASH / "shared" / "testdata" / "videos" / "stage_360p.mp4")] if q
+                          else ["--cameras", "16", "--seconds", f"{E2E_S:g}"])],
+             {"FACEENGINE_RUNTIME_CUDA_GRAPHS": "true", "FACEENGINE_RUNTIME_SHAPE_BUCKETS": "on"}),
     ]
 
 
@@ -257,27 +327,66 @@ def soak_argv(provider: str, seconds: float) -> list[str]:
             "--load", "0.5", "--out", tag("memory", provider)] + (["--lfw-distractors", "10"] if q else [])
 
 
+NOISE = ("No registered plugin EP device found",)
+"""onnxruntime warnings printed for every session: kept in the step's log, not echoed."""
+
+
 def run_step(name: str, argv: list[str], env: dict[str, str], timeout_s: float) -> int:
-    """Run one step in its own process group, output to results/<name>.log; killed at `timeout_s`."""
+    """Run one step in its own process group; every line it prints is echoed at once (prefixed with the
+    step) and kept in results/<name>.log, so a call cut short still shows the figures so far. At
+    `timeout_s` the group gets SIGINT, then SIGKILL 10 s later; rc 124."""
     logf = RESULTS / f"{name}.log"
     log(f"step {name}: {' '.join(argv[1:])} (timeout {timeout_s:.0f} s)")
     t = time.monotonic()
-    with logf.open("w") as fh:
-        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    timed_out = threading.Event()
+
+    def kill(proc: subprocess.Popen) -> None:
+        timed_out.set()
         try:
-            rc = proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            rc = 124
-    tail = logf.read_text(errors="replace").strip().splitlines()[-12:]
-    log(f"step {name}: rc {rc} in {time.monotonic() - t:.0f} s" + ("  (TIMED OUT)" if rc == 124 else "")
-        + "".join(f"\n    {ln[:300]}" for ln in tail))
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    with logf.open("w") as fh:
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                errors="replace", bufsize=1, start_new_session=True)
+        timer = threading.Timer(timeout_s, kill, args=(proc,))
+        timer.start()
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            fh.write(line)
+            fh.flush()
+            if not any(n in line for n in NOISE):
+                log(f"  {name}| {line.rstrip()[:400]}", stamp=False)
+        rc = proc.wait()
+        timer.cancel()
+    if timed_out.is_set():
+        rc = 124
+    log(f"step {name}: rc {rc} in {time.monotonic() - t:.0f} s" + ("  (TIMED OUT)" if rc == 124 else ""))
     return rc
+
+
+def profile_env(name: str) -> dict[str, str]:
+    """A GPU step's sessions write onnxruntime's per-node profile (first DEVICE_PROFILE_RUNS calls each)."""
+    return {"FACEENGINE_RUNTIME_PROFILE_DIR": str(RESULTS / f"profile-{name}"),
+            "FACEENGINE_RUNTIME_PROFILE_RUNS": PROFILE_RUNS}
+
+
+def print_profiles(name: str) -> None:
+    """The top operators of each session profile a step wrote (engine.models.profile summaries)."""
+    for f in sorted((RESULTS / f"profile-{name}").glob("*.top.json")):
+        try:
+            top = json.loads(f.read_text())
+        except (OSError, ValueError) as exc:
+            log(f"profile {f.name}: unreadable ({exc})")
+            continue
+        ops = ", ".join(f"{o['op']} {o['ms']:.1f} ms ({o['share']:.0%}, {'/'.join(o['providers'])})"
+                        for o in top.get("top", [])[:6])
+        log(f"profile {name} {f.name.rsplit('_', 3)[0]}: {top.get('runs')} calls, mean "
+            f"{top.get('model_run_ms_mean')} ms; top operators: {ops}")
 
 
 def pack_results() -> None:
@@ -286,6 +395,8 @@ def pack_results() -> None:
     tmp = OUT / "results.tar.gz.partial"
     with tarfile.open(tmp, "w:gz") as tar:
         tar.add(RESULTS, arcname="results")
+        if (STASH / "ledger.json").is_file():
+            tar.add(STASH / "ledger.json", arcname="results/ledger.json")
     tmp.replace(OUT / "results.tar.gz")
 
 
@@ -306,6 +417,11 @@ def main() -> int:
         log("no kit here: carry .device/p1 (made by benchmarks/device/prepare.sh)")
         return 2
     missing = stash(m)
+    led = read_ledger()
+    record_call(led)
+    log(f"device time: {spent(led):.0f} s of {TOTAL_S:.0f} s spent (machine start {led['start_s']:.0f} s charged once, "
+        f"{len(led['calls'])} calls incl. this one, {CALL_OVERHEAD_S:.0f} s transfers each); this call may use "
+        f"{min(BUDGET_S, TOTAL_S - spent(led)):.0f} s more")
     if not (ROOT / "engine" / "_proto" / "faceengine").is_dir() and (STASH / "_proto").is_dir():
         shutil.copytree(STASH / "_proto", ROOT / "engine" / "_proto")
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -330,8 +446,9 @@ def main() -> int:
     done_dir = STASH / "done"
     done_dir.mkdir(parents=True, exist_ok=True)
     pending = 0
+    chosen = ONLY or set(DEFAULT_STEPS)
     for st in steps():
-        if ONLY and st.name not in ONLY:
+        if st.name not in chosen:
             continue
         marker = done_dir / st.name
         if marker.is_file() and not (RETRY and marker.read_text().strip() != "0"):
@@ -347,7 +464,8 @@ def main() -> int:
             marker.write_text("skipped: no CUDA\n")
             continue
         provider = gpu_provider if st.gpu else "cpu"
-        left = BUDGET_S - elapsed()
+        record_call(led)
+        left = min(BUDGET_S - elapsed(), TOTAL_S - spent(led))
         if st.name == "soak-gpu":
             seconds = min(SOAK_S if not QUICK else 15.0, left - SOAK_SETUP_S)
             if seconds < (10 if QUICK else 120):
@@ -362,12 +480,18 @@ def main() -> int:
                 pending += 1
                 log(f"step {st.name}: skipped for now, {left:.0f} s left, expected {st.est_s:.0f} s")
                 continue
-            rc = run_step(st.name, st.argv(provider), {**env, **st.env}, min(st.timeout_s, max(30.0, left)))
+            rc = run_step(st.name, st.argv(provider), {**env, **st.env, **(profile_env(st.name) if st.gpu else {})},
+                          min(st.timeout_s, max(30.0, left)))
+        if st.gpu:
+            print_profiles(st.name)
         marker.write_text(f"{rc}\n")
+        record_call(led)
         pack_results()
     gpu_snapshot("GPU after")
-    left = [s.name for s in steps() if not (done_dir / s.name).is_file() and (not ONLY or s.name in ONLY)]
+    left = [s.name for s in steps() if not (done_dir / s.name).is_file() and s.name in chosen]
     log(f"steps done: {sorted(p.name + '=' + p.read_text().strip() for p in done_dir.iterdir())}; not yet: {left}")
+    record_call(led)
+    log(f"device time: {spent(led):.0f} s of {TOTAL_S:.0f} s spent after this call (ledger {STASH / 'ledger.json'})")
     if missing:
         log(f"NEXT: call again at once with carry .device/p{missing[0]}")
     pack_results()

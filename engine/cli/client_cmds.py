@@ -6,6 +6,7 @@ import argparse
 import datetime as dt
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from functools import wraps
@@ -109,6 +110,8 @@ def _grpc_errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.
             if exc.code() == grpc.StatusCode.UNAVAILABLE:
                 print(f"  is the server running at {args.server}? start it with `faceengine serve`", file=sys.stderr)
             return 1
+        except BrokenPipeError:
+            raise  # the reader went away (`| head`): main() ends quietly
         except OSError as exc:
             print(f"faceengine: error: {exc}", file=sys.stderr)
             return 1
@@ -166,6 +169,34 @@ def _print_event(e: Any, as_json: bool) -> None:
               f"score={e.score:.3f} track={e.track_id}{tag}", flush=True)
 
 
+class _StoppableFrames:
+    """The frames iterator gRPC's sending thread pulls from; `stop()` makes it end and waits until that
+    thread has left the video reader (OpenCV/FFmpeg code running in a daemon thread while the
+    interpreter exits aborts the process: 'FATAL: exception not rethrown', exit -6)."""
+
+    def __init__(self, frames: Any) -> None:
+        self._frames = frames
+        self._stopped = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+
+    def __iter__(self) -> _StoppableFrames:
+        return self
+
+    def __next__(self) -> Any:
+        if self._stopped.is_set():
+            raise StopIteration
+        self._idle.clear()
+        try:
+            return next(self._frames)
+        finally:
+            self._idle.set()
+
+    def stop(self, wait_s: float = 10.0) -> None:
+        self._stopped.set()
+        self._idle.wait(wait_s)
+
+
 _CAMERA_GONE = ("NOT_FOUND", "PERMISSION_DENIED")  # frame errors about the camera, not the frame
 
 
@@ -173,46 +204,51 @@ _CAMERA_GONE = ("NOT_FOUND", "PERMISSION_DENIED")  # frame errors about the came
 def cmd_stream(args: argparse.Namespace) -> int:
     from engine.client import video_frames
 
+    # the source first: a missing file is one line of error, and no camera is registered for it
+    frames = video_frames(args.source, args.camera, realtime=not args.fast, loop=args.loop,
+                          max_frames=args.max_frames)
     with _client(args) as c:
         c.ensure_push_camera(args.camera)
-        frames = video_frames(args.source, args.camera, realtime=not args.fast, loop=args.loop,
-                              max_frames=args.max_frames)
         sent = processed = dropped = faces = errors = 0
         seen_events: set[str] = set()
         t0 = time.monotonic()
         last = None
-        call = c.stream(frames)
-        for res in call:
-            sent = max(sent, res.sequence)
-            last = res
-            if res.HasField("error"):
-                if res.error.code_name == "RESOURCE_EXHAUSTED":
-                    dropped += 1
-                elif res.error.code_name in _CAMERA_GONE:  # every later frame would fail the same way: stop
-                    call.cancel()
-                    print(f"faceengine: error: frame {res.sequence}: {res.error.code_name}: {res.error.message}; "
-                          f"stopped (an admin can register it: faceengine cameras add {args.camera} push)",
-                          file=sys.stderr)
-                    return 1
-                else:
-                    errors += 1
-                    print(f"frame {res.sequence}: {res.error.code_name}: {res.error.message}", file=sys.stderr)
-                continue
-            processed += 1
-            faces += len(res.faces)
-            for f in res.faces:
-                if f.HasField("match") and f.match.event_id not in seen_events:
-                    seen_events.add(f.match.event_id)
-                    m = f.match
-                    if args.json:
-                        jprint({"frame": res.sequence, "camera_id": res.camera_id, "event_id": m.event_id,
-                                "person_id": m.person_id, "name": m.display_name, "watchlist": m.watchlist,
-                                "score": round(m.score, 4), "track_id": f.track_id})
+        pump = _StoppableFrames(frames)
+        call = c.stream(pump)
+        try:
+            for res in call:
+                sent = max(sent, res.sequence)
+                last = res
+                if res.HasField("error"):
+                    if res.error.code_name == "RESOURCE_EXHAUSTED":
+                        dropped += 1
+                    elif res.error.code_name in _CAMERA_GONE:  # every later frame would fail the same way: stop
+                        call.cancel()
+                        print(f"faceengine: error: frame {res.sequence}: {res.error.code_name}: {res.error.message}; "
+                              f"stopped (an admin can register it: faceengine cameras add {args.camera} push)",
+                              file=sys.stderr)
+                        return 1
                     else:
-                        print(f"frame {res.sequence}: MATCH {m.display_name} [{m.watchlist}/{m.person_id}] "
-                              f"score={m.score:.3f} track={f.track_id}", flush=True)
-            if args.faces and not args.json:
-                print(f"frame {res.sequence}: {len(res.faces)} faces, latency {res.latency_ms:.0f} ms")
+                        errors += 1
+                        print(f"frame {res.sequence}: {res.error.code_name}: {res.error.message}", file=sys.stderr)
+                    continue
+                processed += 1
+                faces += len(res.faces)
+                for f in res.faces:
+                    if f.HasField("match") and f.match.event_id not in seen_events:
+                        seen_events.add(f.match.event_id)
+                        m = f.match
+                        if args.json:
+                            jprint({"frame": res.sequence, "camera_id": res.camera_id, "event_id": m.event_id,
+                                    "person_id": m.person_id, "name": m.display_name, "watchlist": m.watchlist,
+                                    "score": round(m.score, 4), "track_id": f.track_id})
+                        else:
+                            print(f"frame {res.sequence}: MATCH {m.display_name} [{m.watchlist}/{m.person_id}] "
+                                  f"score={m.score:.3f} track={f.track_id}", flush=True)
+                if args.faces and not args.json:
+                    print(f"frame {res.sequence}: {len(res.faces)} faces, latency {res.latency_ms:.0f} ms")
+        finally:  # never leave gRPC's sending thread inside the video reader when the process exits
+            pump.stop()
         dt_s = time.monotonic() - t0
         summary = {"camera_id": args.camera, "frames_sent": sent, "frames_processed": processed,
                    "frames_dropped": dropped, "frame_errors": errors, "faces": faces, "matches": len(seen_events),
@@ -322,12 +358,23 @@ def cmd_cameras(args: argparse.Namespace) -> int:
     from engine.service.proto import pb
 
     with _client(args) as c:
+        if args.action in ("add", "remove") and not args.camera:
+            raise OSError(f"cameras {args.action}: name the camera, e.g. faceengine cameras {args.action} door-1")
         if args.action == "add":
             opts = dict(o.split("=", 1) for o in args.option if "=" in o)
-            c.cameras.AddCamera(pb.AddCameraRequest(camera_id=args.camera, uri=args.uri, options=opts),
-                                metadata=c.metadata)
+            cam = c.cameras.AddCamera(pb.AddCameraRequest(camera_id=args.camera, uri=args.uri, options=opts),
+                                      metadata=c.metadata)
+            if args.json:
+                jprint({"added": cam.camera_id, "uri": cam.uri, "kind": cam.kind, "state": cam.state})
+            else:
+                what = cam.kind if cam.uri == cam.kind else f"{cam.kind} {cam.uri}"  # the URI shown is redacted
+                print(f"added camera {cam.camera_id} ({what}, {cam.state})")
         elif args.action == "remove":
             c.cameras.RemoveCamera(pb.CameraRequest(camera_id=args.camera), metadata=c.metadata)
+            if args.json:
+                jprint({"removed": args.camera})
+            else:
+                print(f"removed camera {args.camera}")
         else:
             for cam in c.cameras.ListCameras(pb.ListCamerasRequest(), metadata=c.metadata).cameras:
                 if args.json:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
-import numpy as np
 
 from engine.cli.common import jprint, load_config
+from engine.cli.progress import note, progress_bar
 from engine.errors import FaceEngineError, InvalidImageError
 from engine.models.registry import ModelRegistry
 
@@ -54,9 +56,14 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
 def cmd_config_show(args: argparse.Namespace) -> int:
     from engine.gallery.calibration import effective_min_quality, effective_threshold
     from engine.models.registry import load_manifest
+    from engine.settings import Batching, DevicePlan
 
     cfg = load_config(args)
     print(cfg.to_toml())
+    device = DevicePlan.resolve(cfg.runtime)
+    b = Batching.resolve(cfg.pipeline, device)
+    where = "GPU" if device.gpu else "CPU"
+    print(f"# effective batching: {b.batch_size} frames, {b.batch_wait_ms:g} ms wait ({where})")
     spec = load_manifest().get(cfg.models.embedder)
     if spec is None:
         print(f"# effective quality gate: unknown embedder {cfg.models.embedder!r}")
@@ -78,34 +85,56 @@ def _open_gallery(cfg, analyzer):  # noqa: ANN001, ANN202
 
 
 def cmd_enroll_local(args: argparse.Namespace) -> int:
+    """Offline enrolment through the same `WatchlistService` as gRPC EnrollPerson: the same checks and
+    refusals, and the person's photo is kept."""
+    from engine.app.watchlists import WatchlistService
+    from engine.errors import InvalidArgumentError, NotFoundError
+    from engine.gallery.gallery import Gallery
+    from engine.store import open_store
     from engine.vision.analyzer import FaceAnalyzer
     from engine.vision.image import read_image
 
     cfg = load_config(args)
+    meta: dict[str, str] = {}
+    for kv in args.meta or []:
+        key, eq, value = kv.partition("=")
+        if not eq:
+            raise InvalidArgumentError(f"--meta {kv[:64]!r} must be key=value")
+        meta[key] = value
+    lim = cfg.limits
+    images = [(str(path), lambda path=path: read_image(path, lim.max_image_side, lim.max_image_pixels))
+              for path in args.images]
     analyzer = FaceAnalyzer.from_config(cfg, _registry(cfg))
-    gallery = _open_gallery(cfg, analyzer)
-    gallery.ensure_watchlist(args.watchlist)
-    embs, notes = [], []
-    for path in args.images:
-        _, emb, note = analyzer.enrol_face(read_image(path, cfg.limits.max_image_side, cfg.limits.max_image_pixels),
-                                           str(path), args.strict)
-        embs.append(emb)
-        if note:
-            notes.append(note)
-            print(f"note: {note}", file=sys.stderr)
-    person = gallery.enroll(args.watchlist, args.person, np.stack(embs), args.name or args.person,
-                            dict(kv.split("=", 1) for kv in args.meta or []), replace=args.replace)
+    store = open_store(cfg.store.target())
+    try:
+        gallery = Gallery(store, analyzer.dim, analyzer.model_name, cfg.gallery.index)
+        service = WatchlistService(cfg, analyzer, gallery, store)
+        if args.create and not any(w.name == args.watchlist for w in gallery.list_watchlists()):
+            service.create_watchlist(args.watchlist)
+        try:
+            done = service.enroll(args.watchlist, args.person, images, args.name or "", meta, strict=args.strict,
+                                  replace=args.replace, on_note=lambda text: print(f"note: {text}", file=sys.stderr))
+        except NotFoundError as exc:
+            if args.create:
+                raise
+            raise NotFoundError(f"{exc}; add --create to create it") from None
+    finally:
+        store.close()
+    person = done.person
     print(f"enrolled {person.person_id} ({person.display_name}) in {args.watchlist}: "
           f"{person.template_count} templates", file=sys.stderr)
     if args.json:
         jprint({"watchlist": args.watchlist, "person_id": person.person_id, "templates": person.template_count,
-                "notes": notes})
+                "notes": done.notes})
     return 0
 
 
 def _faces_json(res, gallery, cfg) -> list[dict]:  # noqa: ANN001
+    from engine.gallery.calibration import configured_threshold
+
     faces = []
-    matches = gallery.search(res.embeddings, 1, cfg.gallery.match_threshold) if gallery else [[]] * len(
+    thr = configured_threshold(cfg)
+    matches = gallery.search(res.embeddings, 1, thr) if gallery else [[]] * len(
         res.detections)
     for i in range(len(res.detections)):
         face = {"box": [round(float(v), 1) for v in res.detections.boxes[i]],
@@ -145,12 +174,14 @@ def cmd_identify(args: argparse.Namespace) -> int:
         raise InvalidImageError(f"{path}: cannot open as a video")
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or 0
     fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
-    frame_no, t0, last = 0, time.monotonic(), 0.0
+    frame_no = 0
+    bar = progress_bar(args, total, path.name, "frame")
     try:
         while True:
             ok, frame = cap.read()
             if not ok:
                 break
+            bar.update(1)
             if args.every > 1 and frame_no % args.every:
                 frame_no += 1
                 continue
@@ -162,17 +193,9 @@ def cmd_identify(args: argparse.Namespace) -> int:
                 else:
                     _print_faces(f"frame {frame_no} ({frame_no / fps:.2f}s)", faces)
             frame_no += 1
-            now = time.monotonic()
-            if now - last > 1.0 and not args.quiet:
-                last = now
-                rate = frame_no / max(now - t0, 1e-6)
-                pct = f"{100 * frame_no / total:.0f}% " if total else ""
-                print(f"\r{pct}{frame_no}/{total or '?'} frames, {rate:.1f} fps", end="", file=sys.stderr,
-                      flush=True)
     finally:
+        bar.close()
         cap.release()
-    if not args.quiet:
-        print(f"\rdone: {frame_no} frames in {time.monotonic() - t0:.1f}s", file=sys.stderr)
     return 0
 
 
@@ -184,8 +207,18 @@ def _print_faces(label: str, faces: list[dict]) -> None:
         print(f"  box={f['box']} det={f['score']:.2f} -> {who}")
 
 
+def _advance(bar: Any) -> Callable[[int, int], None]:
+    """A (done, total) callback that moves `bar` to `done` of `total`."""
+    def advance(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.total = total
+        bar.update(done - bar.n)
+
+    return advance
+
+
 def cmd_eval_lfw(args: argparse.Namespace) -> int:
-    from engine.evaluation.lfw import evaluate, print_progress
+    from engine.evaluation.lfw import evaluate
     from engine.vision.analyzer import FaceAnalyzer
 
     cfg = load_config(args)
@@ -198,7 +231,8 @@ def cmd_eval_lfw(args: argparse.Namespace) -> int:
     if not (data / "pairs.txt").is_file():
         raise FaceEngineError(f"{data}/pairs.txt not found: --data must hold pairs.txt and images/")
     t0 = time.monotonic()
-    res, _, _ = evaluate(analyzer, data, args.mode, progress=None if args.quiet else print_progress)
+    with progress_bar(args, None, "embedding", "image") as bar:
+        res, _, _ = evaluate(analyzer, data, args.mode, progress=_advance(bar))
     dt = time.monotonic() - t0
     print(f"model: detector={analyzer.detector.name} embedder={analyzer.embedder.name} mode={args.mode} "
           f"flip={args.flip}")
@@ -218,7 +252,7 @@ def cmd_eval_lfw(args: argparse.Namespace) -> int:
 
 def cmd_eval_watchlist(args: argparse.Namespace) -> int:
     """Open-set 1:N evaluation; the last line is one JSON object."""
-    from engine.evaluation.watchlist import CONDITIONS, evaluate, format_table, print_progress
+    from engine.evaluation.watchlist import CONDITIONS, evaluate, format_table
     from engine.vision.analyzer import FaceAnalyzer
 
     cfg = load_config(args)
@@ -230,8 +264,9 @@ def cmd_eval_watchlist(args: argparse.Namespace) -> int:
     if not data.is_dir():
         raise FaceEngineError(f"{data} is not a folder of person/image.jpg")
     analyzer = FaceAnalyzer.from_config(cfg, _registry(cfg))
-    res = evaluate(analyzer, cfg, data, [CONDITIONS[n] for n in names], args.max_probes, args.max_gallery,
-                   args.seed, args.per_frame, None if args.quiet else print_progress)
+    with progress_bar(args, None, "watchlist", "face") as bar:
+        res = evaluate(analyzer, cfg, data, [CONDITIONS[n] for n in names], args.max_probes, args.max_gallery,
+                       args.seed, args.per_frame, lambda msg: note(bar, msg), step=_advance(bar))
     if args.table:
         print(format_table(res))
     jprint(res.as_dict())

@@ -6,12 +6,14 @@ Exit codes: 0 ok, 1 engine error (message on stderr, no traceback), 2 usage erro
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
 from engine import __version__
 from engine.cli import local
 from engine.cli.common import IntermixedParser, add_config_args, setup_logging
+from engine.cli.progress import add_progress_args
 from engine.errors import FaceEngineError
 
 
@@ -50,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("enroll-local", help="enrol a person into the local gallery (no server)")
     add_config_args(e)
-    e.add_argument("--watchlist", default="default", help="watchlist (created if missing)")
+    e.add_argument("--watchlist", default="default", help="watchlist (must exist unless --create)")
+    e.add_argument("--create", action="store_true", help="create the watchlist if it does not exist")
     e.add_argument("--person", required=True, help="person id")
     e.add_argument("--name", help="display name")
     e.add_argument("--meta", action="append", help="metadata key=value (repeatable)")
@@ -66,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--gallery", help="gallery store file or URL (default: store.url, else store.path)")
     i.add_argument("--json", action="store_true", help="one JSON object a line (a line per frame with faces)")
     i.add_argument("--every", type=int, default=1, help="process every Nth video frame")
-    i.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    add_progress_args(i)
     i.set_defaults(func=local.cmd_identify)
 
     ev = sub.add_parser("eval", help="accuracy evaluations")
@@ -80,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     lfw.add_argument("--det-size", type=int, default=320, help="detector input side for 250x250 images")
     lfw.add_argument("--det-threshold", type=float, default=0.5, help="detector score threshold")
     lfw.add_argument("--json", action="store_true", help="also print a JSON summary line")
-    lfw.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    add_progress_args(lfw)
     lfw.set_defaults(func=local.cmd_eval_lfw)
     wl = evsub.add_parser("watchlist", help="open-set 1:N watchlist search on CCTV-like frames (FNIR at FPIR)")
     add_config_args(wl)
@@ -92,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     wl.add_argument("--per-frame", type=int, default=6, choices=[1, 2, 4, 6], help="probes pasted into one frame")
     wl.add_argument("--seed", type=int, default=0, help="seed of the split and the rendering")
     wl.add_argument("--table", action="store_true", help="also print a markdown table")
-    wl.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    add_progress_args(wl)
     wl.set_defaults(func=local.cmd_eval_watchlist)
 
     _add_optional(sub)
@@ -125,7 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("faceengine: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
+    except BrokenPipeError:  # the reader closed the pipe (`| head -1`): stop quietly, as cat does
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail again
         return 0
 
 

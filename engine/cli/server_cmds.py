@@ -28,6 +28,14 @@ def register(sub: Any, lazy: Callable[[str, str], Callable[[argparse.Namespace],
     s.set_defaults(func=lazy("engine.cli.server_cmds", "cmd_serve"))
 
 
+def listening(host: str, port: int) -> str:
+    """Where the server really listens: a wildcard host is all addresses, not the loopback clients dial."""
+    if host in ("0.0.0.0", "::", "[::]", ""):
+        return (f"listening on all addresses ({host or '0.0.0.0'}), port {port}; "
+                f"from this machine: 127.0.0.1:{port}")
+    return f"listening on {host}:{port}"
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from engine.service.server import FaceEngineServer
 
@@ -47,7 +55,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("faceengine: auth is OFF (development mode): any local process may call the API",
               file=sys.stderr, flush=True)
     srv = FaceEngineServer(cfg).start()
-    print(f"faceengine: serving on {srv.address}", file=sys.stderr, flush=True)
+    print(f"faceengine: {listening(cfg.server.host, srv.port)}", file=sys.stderr, flush=True)
     if args.ready_file:
         from pathlib import Path
 

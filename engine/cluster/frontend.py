@@ -62,6 +62,13 @@ class _Worker:
     failures: int = 0
 
 
+def model_threads(cfg: Config, workers: int) -> tuple[int, int]:
+    """(model threads the workers may run at once, intra-op threads a session): workers x calls in flight a
+    worker x intra-op threads, with `runtime.intra_op_threads = 0` sized as `worker_config` sizes it."""
+    intra = cfg.runtime.intra_op_threads or max(1, int(cfg.cluster.cpus_per_worker))
+    return workers * max(1, cfg.cluster.calls_per_worker) * intra, intra
+
+
 class ClusterEngine(VideoEngine):
     """Front-end engine that schedules cameras onto Ray worker actors (they decode and run frames)."""
 
@@ -115,6 +122,20 @@ class ClusterEngine(VideoEngine):
                 if cam.worker < 0:
                     self._assign(cam)
         log.info("cluster: %d workers serving", len(self._workers))
+        self._check_thread_budget(ray)
+
+    def _check_thread_budget(self, ray: Any) -> None:
+        """Warn when the workers' model threads (workers x calls in flight x intra-op threads) exceed the
+        CPUs Ray has: the extra threads contend for cores and every worker slows down."""
+        c = self.cfg.cluster
+        if c.gpus_per_worker > 0:
+            return  # models run on GPUs; CPU threads are not the budget
+        threads, intra = model_threads(self.cfg, len(self._workers))
+        cpus = float(ray.cluster_resources().get("CPU", 0.0))
+        if cpus and threads > cpus:
+            log.warning("cluster: %d workers x %d calls in flight x %d intra-op threads = %d model threads on %g "
+                        "CPUs; lower cluster.calls_per_worker or runtime.intra_op_threads so they fit",
+                        len(self._workers), c.calls_per_worker, intra, threads, cpus)
 
     def stats(self) -> dict[str, float]:
         """Cumulative counters for benchmarks (deltas over a window give rates): frames answered by a

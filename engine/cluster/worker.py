@@ -35,12 +35,16 @@ class WireFrame:
 
 
 def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
-    """The configuration as a nested dict of plain values (what a worker process is started with)."""
-    out: dict[str, dict[str, Any]] = {}
-    for name, value, _doc in cfg.describe():
-        section, key = name.split(".", 1)
-        out.setdefault(section, {})[key] = value
-    return out
+    """What a worker process is started with: the user's overrides (`Config.overrides`), never values
+    resolved on the front end's machine, so what is left to auto is chosen where the worker runs."""
+    return cfg.overrides()
+
+
+def config_from_front(cfg_data: dict[str, dict[str, Any]], worker_id: str = "worker") -> Config:
+    """The worker's configuration: defaults, then the front end's overrides (its [cluster] section aside)."""
+    cfg = Config.load(env={})
+    cfg.update({k: v for k, v in cfg_data.items() if k != "cluster"}, source=f"cluster worker {worker_id}")
+    return cfg
 
 
 def worker_config(cfg: Config) -> dict[str, dict[str, Any]]:
@@ -50,7 +54,7 @@ def worker_config(cfg: Config) -> dict[str, dict[str, Any]]:
     threads then slow every worker down instead of adding throughput."""
     data = config_to_dict(cfg)
     if cfg.runtime.intra_op_threads == 0:
-        data["runtime"]["intra_op_threads"] = max(1, int(cfg.cluster.cpus_per_worker))
+        data.setdefault("runtime", {})["intra_op_threads"] = max(1, int(cfg.cluster.cpus_per_worker))
     return data
 
 
@@ -64,6 +68,8 @@ class CameraWorker:
     """Runs the local engine (batching across this worker's cameras) on frames sent by a front end."""
 
     def __init__(self, cfg_data: dict[str, dict[str, Any]], worker_id: str = "worker") -> None:
+        import faiss
+
         from engine.gallery.gallery import Gallery
         from engine.metrics import EngineMetrics
         from engine.store import open_store
@@ -71,8 +77,11 @@ class CameraWorker:
         from engine.video.pipeline import Engine
         from engine.vision.analyzer import FaceAnalyzer
 
-        cfg = Config.load(env={})
-        cfg.update({k: v for k, v in cfg_data.items() if k != "cluster"}, source=f"cluster worker {worker_id}")
+        # one search at a time per call, as in the server: OpenMP threads (one per core of the machine, in every
+        # worker) only fight the model threads for cores (profiled on a busy 2-core machine: a worker's search
+        # of a one-template watchlist took 21 ms of wall time with them; with one thread it left the profile)
+        faiss.omp_set_num_threads(1)
+        cfg = config_from_front(cfg_data, worker_id)
         self.cfg = cfg
         self.worker_id = worker_id
         self.store = open_store(cfg.store.target(), cfg.store)  # SQLite on one machine, PostgreSQL across machines

@@ -45,7 +45,10 @@ HERE = Path(__file__).resolve().parent
 SESSION_COOKIE = "fe_session"
 LOGIN_COOKIE = "fe_login_csrf"
 MAX_UPLOAD = 20 * 1024 * 1024
+MAX_FORM = 1024 * 1024  # a urlencoded form (no files): parsed whole in memory, so kept small
+MAX_LOGIN = 64 * 1024  # the sign-in form holds a token and a CSRF value
 CSV_MAX_ROWS = 10000
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 CSP = ("default-src 'self'; img-src 'self' data:; script-src 'self'; style-src 'self'; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'")
 
@@ -64,6 +67,11 @@ class ConsoleSettings:
     https: bool = False  # cookies get the Secure flag
     login_failures: int = 10  # failed sign-ins from one client address within login_window_s before a pause
     login_window_s: float = 60.0
+    login_failures_total: int = 100  # failed sign-ins from all addresses together within the window
+    host: str = "127.0.0.1"  # where the console listens (an auth-off engine is refused beyond loopback)
+    allow_open_engine: bool = False  # sign-ins to an auth-off (--dev) engine on a non-loopback plain-HTTP console
+    max_body_bytes: int = 64 * 1024 * 1024  # largest request body of any kind (uploads included)
+    revoked_file: str = ""  # where signed-out sessions are remembered across restarts (empty: memory only)
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,7 @@ class Session:
     name: str
     role: str  # operator, admin (or auth-off against a --dev server)
     csrf: str
+    sid: str = ""  # the session's id: signing out revokes it (the cookie alone no longer works)
 
     @property
     def is_admin(self) -> bool:
@@ -172,6 +181,104 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+def open_engine_allowed(s: ConsoleSettings) -> bool:
+    """Whether this console may front an engine running without auth: only on loopback or over HTTPS,
+    unless the operator said so explicitly (as the engine itself refuses --dev beyond loopback)."""
+    return s.allow_open_engine or s.https or s.host in LOOPBACK
+
+
+class _Revoked:
+    """Session ids signed out before their cookie expires: checked on every request, kept until the
+    cookie would have expired anyway, and (with a file) across console restarts."""
+
+    def __init__(self, path: str, ttl_s: int) -> None:
+        self.path = Path(path).expanduser() if path else None
+        self.ttl_s = ttl_s
+        self.until: dict[str, float] = {}
+        if self.path is not None and self.path.exists():
+            now = time.time()
+            for line in self.path.read_text().splitlines():
+                sid, _, until = line.partition(" ")
+                with contextlib.suppress(ValueError):
+                    if float(until) > now:
+                        self.until[sid] = float(until)
+
+    def add(self, sid: str) -> None:
+        now = time.time()
+        self.until = {k: v for k, v in self.until.items() if v > now}
+        self.until[sid] = now + self.ttl_s
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text("".join(f"{k} {v:.0f}\n" for k, v in self.until.items()))
+            tmp.chmod(0o600)
+            tmp.replace(self.path)
+
+    def has(self, sid: str) -> bool:
+        until = self.until.get(sid)
+        return until is not None and until > time.time()
+
+
+class BodyLimit:
+    """Refuse request bodies over a limit (413) before anything parses them: any body over
+    `max_bytes`, a urlencoded form over MAX_FORM, the sign-in form over MAX_LOGIN. A declared
+    Content-Length is checked at once; a chunked body is counted as it arrives and cut off."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def limit_for(self, scope: Scope) -> int:
+        headers = {k.lower(): v for k, v in scope.get("headers", [])}
+        ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        limit = self.max_bytes
+        if ctype != b"multipart/form-data":
+            limit = min(limit, MAX_FORM)
+        if scope["path"] == "/login":
+            limit = min(limit, MAX_LOGIN)
+        return limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(scope)
+        length = dict(scope.get("headers", [])).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            await _too_large(send, limit)
+            return
+        seen = 0
+        refused = False
+
+        async def counted() -> Message:
+            nonlocal seen, refused
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    refused = True
+                    raise _BodyTooLarge()
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _BodyTooLarge:
+            if refused:
+                await _too_large(send, limit)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    body = f"request body too large: at most {limit} bytes here\n".encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                            (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
 # ---- the app -----------------------------------------------------------------------------------
 def create_app(settings: ConsoleSettings) -> Starlette:
     """Build the console ASGI app (serve it with uvicorn; see `faceengine console`)."""
@@ -183,11 +290,15 @@ def create_app(settings: ConsoleSettings) -> Starlette:
     env.globals.update(fmt_time=fmt_time, b64=b64, max_cards=settings.max_cards)
     state: dict[str, _Stubs] = {}
     failures: dict[str, list[float]] = {}  # client address -> recent failed sign-ins (kept only for the window)
+    all_failures: list[float] = []  # every failed sign-in within the window, whatever its address
+    revoked = _Revoked(settings.revoked_file, ttl)
 
-    def throttled(ip: str) -> bool:
-        """Failed sign-ins are paced here, per browser address: through the console every guess reaches
-        the engine from the console's own address, and the engine's per-peer throttle would otherwise
-        lock every console user out because of one guesser."""
+    def throttled(ip: str) -> str:
+        """Why sign-ins are paused now ('' when they are not). Failed sign-ins are paced here, per browser
+        address and for all addresses together (a token carries no account name before it is checked, so
+        the bound on guesses from many addresses is a global one): through the console every guess reaches
+        the engine from the console's own address, and the engine's per-peer throttle would otherwise lock
+        every console user out because of one guesser."""
         now = time.monotonic()
         recent = [t for t in failures.get(ip, []) if now - t < settings.login_window_s]
         if recent:
@@ -197,10 +308,18 @@ def create_app(settings: ConsoleSettings) -> Starlette:
         if len(failures) > 10000:  # bounded: forget the oldest addresses
             for key in list(failures)[:5000]:
                 failures.pop(key, None)
-        return len(recent) >= settings.login_failures
+        all_failures[:] = [t for t in all_failures if now - t < settings.login_window_s]
+        if len(recent) >= settings.login_failures:
+            return f"too many failed sign-ins from {ip}; wait {settings.login_window_s:g} s"
+        if len(all_failures) >= settings.login_failures_total:
+            return (f"too many failed sign-ins ({len(all_failures)} within {settings.login_window_s:g} s from "
+                    "several addresses); sign-in is paused, try again shortly")
+        return ""
 
     def failed(ip: str) -> None:
-        failures.setdefault(ip, []).append(time.monotonic())
+        now = time.monotonic()
+        failures.setdefault(ip, []).append(now)
+        all_failures.append(now)
 
     def stubs() -> _Stubs:
         if "s" not in state:  # created inside the server's event loop
@@ -214,9 +333,10 @@ def create_app(settings: ConsoleSettings) -> Starlette:
             return None
         try:
             data = json.loads(fernet.decrypt(raw.encode(), ttl=ttl))
-            return Session(data["t"], data["n"], data["r"], data["c"])
+            sess = Session(data["t"], data["n"], data["r"], data["c"], data.get("s", ""))
         except (InvalidToken, ValueError, KeyError, TypeError):
             return None
+        return None if not sess.sid or revoked.has(sess.sid) else sess
 
     def set_cookie(resp: Response, key: str, value: str, max_age: int | None) -> None:
         resp.set_cookie(key, value, max_age=max_age, httponly=True, samesite="strict", secure=settings.https,
@@ -266,12 +386,13 @@ def create_app(settings: ConsoleSettings) -> Starlette:
 
         if not token:
             return again("enter an API token", 400)
-        ip = request.client.host if request.client else "?"
-        if throttled(ip):
-            return again(f"too many failed sign-ins from {ip}; wait {settings.login_window_s:g} s", 429)
-        try:
-            who = await stubs().admin.WhoAmI(pb.Empty(), metadata=(("authorization", f"Bearer {token}"),),
-                                            timeout=10)
+        ip = request.client.host if request.client else "?"  # the real peer (or a configured proxy's client)
+        paused = throttled(ip)
+        if paused:
+            return again(paused, 429)
+        try:  # the engine paces failures per (console, browser address), not per console: see auth.trusted_proxies
+            who = await stubs().admin.WhoAmI(pb.Empty(), metadata=(("authorization", f"Bearer {token}"),
+                                                                    ("x-forwarded-for", ip)), timeout=10)
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
                 failed(ip)
@@ -283,7 +404,15 @@ def create_app(settings: ConsoleSettings) -> Starlette:
             return again(f"engine unavailable: {exc.code().name}: {exc.details()}", 503)
         if who.role not in ("operator", "admin", "auth-off"):
             return again(f"role {who.role!r} may not sign in to the console", 403)
-        sess = {"t": token, "n": who.name, "r": who.role, "c": secrets.token_urlsafe(24)}
+        if who.role == "auth-off" and not open_engine_allowed(settings):
+            log.error("console sign-in refused: the engine runs without auth (--dev) and this console listens on "
+                      "%s over plain HTTP", settings.host)
+            return again("the engine runs without authentication (--dev): this console listens on "
+                         f"{settings.host} over plain HTTP, where anyone could sign in as admin. Listen on "
+                         "127.0.0.1, serve HTTPS, enable auth on the engine, or start the console with "
+                         "--allow-open-engine", 403)
+        sess = {"t": token, "n": who.name, "r": who.role, "c": secrets.token_urlsafe(24),
+                "s": secrets.token_urlsafe(16)}
         resp = RedirectResponse("/live", 303)
         set_cookie(resp, SESSION_COOKIE, fernet.encrypt(json.dumps(sess).encode()).decode(), ttl)
         resp.delete_cookie(LOGIN_COOKIE, path="/")
@@ -291,7 +420,9 @@ def create_app(settings: ConsoleSettings) -> Starlette:
         return resp
 
     async def logout(request: Request) -> Response:
-        await require(request)
+        sess, _ = await require(request)
+        revoked.add(sess.sid)  # a copy of the cookie kept from before no longer works
+        log.info("console sign-out: %s (%s)", sess.name, sess.role)
         resp = RedirectResponse("/login", 303)
         resp.delete_cookie(SESSION_COOKIE, path="/")
         return resp
@@ -375,7 +506,7 @@ def create_app(settings: ConsoleSettings) -> Starlette:
         sess, _ = await require(request)
         q = request.query_params
         filters = {k: q.get(k, "") for k in ("camera", "watchlist", "person", "since", "until", "min_score")}
-        ctx = {"q": q, "filters_qs": _qs(**filters), "next_qs": ""}
+        ctx: dict[str, Any] = {"q": q, "filters_qs": _qs(**filters), "next_qs": ""}
         try:
             req = history_request(q, 50, q.get("page", ""), True)
         except ValueError as exc:
@@ -419,7 +550,7 @@ def create_app(settings: ConsoleSettings) -> Starlette:
         if not data:
             return render(request, "search.html", 400, result=None, probe="", error="choose a photo to search with")
         res = await stubs().matches.SearchByImage(pb.SearchRequest(image=pb.Image(encoded=data),
-                                                                   top_k=int(form.get("top_k") or 5)),
+                                                                   top_k=int(str(form.get("top_k") or 5))),
                                                   metadata=sess.metadata, timeout=60)
         return render(request, "search.html", result=res, probe=b64(data))
 
@@ -597,6 +728,7 @@ def create_app(settings: ConsoleSettings) -> Starlette:
         grpc.aio.AioRpcError: on_rpc_error, ValueError: on_value_error}
     app = Starlette(routes=routes, exception_handlers=handlers,  # type: ignore[arg-type]
                     lifespan=contextlib.asynccontextmanager(lifespan))
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)  # type: ignore[arg-type]
     app.add_middleware(SecurityHeaders)  # type: ignore[arg-type]
     return app
 

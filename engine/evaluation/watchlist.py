@@ -31,7 +31,7 @@ import numpy as np
 from engine.config import Config
 from engine.errors import InvalidArgumentError
 from engine.evaluation.lfw import read_landmarks
-from engine.gallery.calibration import effective_min_quality
+from engine.settings import Settings
 from engine.video.quality import QualityGate, quality_components
 from engine.vision.analyzer import FaceAnalyzer
 from engine.vision.detections import Detections
@@ -211,10 +211,12 @@ def fnir_at_fpir(mate_score: np.ndarray, nonmated_top: np.ndarray, fpir: float) 
 def evaluate(analyzer: FaceAnalyzer, cfg: Config, data: Path, conditions: Sequence[Condition],
              max_probes: int = 0, max_gallery: int = 0, seed: int = 0, per_frame: int = 6,
              progress: Callable[[str], None] | None = None,
-             records: list[dict[str, object]] | None = None) -> WatchlistResult:
+             records: list[dict[str, object]] | None = None,
+             step: Callable[[int, int], None] | None = None) -> WatchlistResult:
     """Run the protocol; `max_probes` caps mated and non-mated probes each (0 = all). With `records`,
     every detected mated probe's quality factors and whether it was right at rank 1 are appended
-    (what the quality gate is calibrated on)."""
+    (what the quality gate is calibrated on). `progress` gets a line per stage, `step` (done, total) counts
+    the faces handled (gallery photos, then every probe of every condition) for a progress bar."""
     import time
 
     gallery, mated, nonmated = split_people(data, seed)
@@ -233,7 +235,10 @@ def evaluate(analyzer: FaceAnalyzer, cfg: Config, data: Path, conditions: Sequen
 
     # Gallery: one ID photo a person, its largest face.
     names, embs, failed = [], [], 0
+    total = len(gallery) + len(conditions) * (len(mated) + len(nonmated))  # exact once the gallery is in
     for i, (person, photo) in enumerate(gallery):
+        if step:
+            step(i, total)
         try:
             _, e = analyzer.largest_face(read_image(root / photo), photo)
         except Exception:  # noqa: BLE001 - a photo with no face is counted, not fatal
@@ -247,15 +252,17 @@ def evaluate(analyzer: FaceAnalyzer, cfg: Config, data: Path, conditions: Sequen
         raise InvalidArgumentError(f"{data}: no gallery photo gave a face")
     gal = np.stack(embs)
     index = {n: i for i, n in enumerate(names)}
-    thr = cfg.gallery.match_threshold
-    gate = QualityGate(cfg.pipeline.min_face_size, effective_min_quality(cfg, analyzer.embedder.spec)[0])
+    settings = Settings.for_analyzer(cfg, analyzer)
+    thr = settings.match_threshold
+    gate = QualityGate(cfg.pipeline.min_face_size, settings.min_quality)
     probes = [p for p in mated if p.person in index] + nonmated
     photos = [read_image(root / p.path) for p in probes]
     geom = [_face_geometry(im, landmarks.get(p.path), analyzer) for im, p in zip(photos, probes, strict=True)]
     result = WatchlistResult(len(names), failed, thr, analyzer.detector.name, analyzer.embedder.name)
     cols, rows = {1: (1, 1), 2: (2, 1), 4: (2, 2)}.get(per_frame, (3, 2))
     per = cols * rows
-    for cond in conditions:
+    total = len(gallery) + len(conditions) * len(probes)
+    for ci, cond in enumerate(conditions):
         t0 = time.monotonic()
         nrng = np.random.default_rng(seed + 7)
         top_score = np.full(len(probes), -np.inf, np.float32)
@@ -264,6 +271,8 @@ def evaluate(analyzer: FaceAnalyzer, cfg: Config, data: Path, conditions: Sequen
         gated = np.zeros(len(probes), bool)
         for start in range(0, len(probes), per):
             idx = list(range(start, min(start + per, len(probes))))
+            if step:
+                step(len(gallery) + ci * len(probes) + start, total)
             frame, placed = render_frame([photos[i] for i in idx], [geom[i] for i in idx], cond, nrng, cols, rows)
             dets = analyzer.detector.detect(frame)
             picks = [_pick(dets, *pl) for pl in placed]
@@ -310,6 +319,8 @@ def evaluate(analyzer: FaceAnalyzer, cfg: Config, data: Path, conditions: Sequen
             matched_gated=float((hit & above & gated).sum() / mm),
             false_alert_gated=float((above & ~is_m & gated).sum() / nm),
             seconds=round(time.monotonic() - t0, 1)))
+        if step:
+            step(len(gallery) + (ci + 1) * len(probes), total)
         if progress:
             c = result.conditions[-1]
             progress(f"{cond.name}: detected={c.detected:.3f} rank1={c.rank1:.3f} fnir@1e-3={c.fnir_at_fpir_1e3:.3f} "

@@ -7,20 +7,17 @@ rate (FPIR) is 1 - (1 - FPIR)^(1/N) (about FPIR / N). Each embedder's manifest e
 cosine-score quantiles between FMR 1e-3 and 1e-6 (every cross-person pair of lfw-dev photos; see the
 docs/accuracy.md). The threshold therefore rises with the watchlist size.
 
-The quality gate (``pipeline.min_quality``) is per embedder the same way: negative (the default) takes
+The quality gate (``pipeline.min_quality``) is per embedder the same way: "auto" (the default) takes
 the embedder's manifest ``min_quality``, the gate that keeps the same share of correctly recognised faces
 as MobileFaceNet at 0.30 (``benchmarks/bench_quality_gate.py``; see ``engine/video/quality.py``).
 """
 
 from __future__ import annotations
 
-import logging
 import math
 
 from engine.config import Config
 from engine.models.registry import ModelSpec
-
-log = logging.getLogger(__name__)
 
 FALLBACK_THRESHOLD = 0.45
 """Used when an embedder's manifest entry has no ``nonmated_tail`` calibration."""
@@ -47,10 +44,10 @@ def threshold_for_fpir(spec: ModelSpec, fpir: float, watchlist_size: int) -> flo
 
 
 def effective_threshold(cfg: Config, spec: ModelSpec) -> tuple[float, str]:
-    """(threshold, how it was chosen): gallery.match_threshold if set (> 0), else from match_fpir."""
+    """(threshold, how it was chosen): gallery.match_threshold if set, else from match_fpir ("auto")."""
     g = cfg.gallery
-    if g.match_threshold > 0:
-        return g.match_threshold, "gallery.match_threshold set explicitly"
+    if g.match_threshold != "auto":
+        return float(g.match_threshold), "gallery.match_threshold set explicitly"
     thr = threshold_for_fpir(spec, g.match_fpir, g.watchlist_size)
     if thr is None:
         return FALLBACK_THRESHOLD, f"embedder {spec.name} has no non-mated calibration: fallback {FALLBACK_THRESHOLD}"
@@ -58,32 +55,27 @@ def effective_threshold(cfg: Config, spec: ModelSpec) -> tuple[float, str]:
                  f"with {spec.name}'s non-mated score calibration")
 
 
-def resolve_match_threshold(cfg: Config, spec: ModelSpec) -> float:
-    """Write the effective threshold into cfg.gallery.match_threshold (every consumer reads it there)."""
-    thr, how = effective_threshold(cfg, spec)
-    if cfg.gallery.match_threshold <= 0:
-        cfg.gallery.match_threshold = thr
-    log.info("match threshold %.4f (%s)", thr, how)
-    return thr
+def _manifest_spec(cfg: Config) -> ModelSpec | None:
+    from engine.models.registry import load_manifest
+
+    return load_manifest().get(cfg.models.embedder)
 
 
 def configured_threshold(cfg: Config) -> float:
-    """The effective threshold for cfg.models.embedder without a loaded model (manifest lookup); for
-    code that gets only the config (e.g. `RecognizerSettings.from_config`)."""
-    if cfg.gallery.match_threshold > 0:
-        return cfg.gallery.match_threshold
-    from engine.models.registry import load_manifest
-
-    spec = load_manifest().get(cfg.models.embedder)
+    """The effective threshold for cfg.models.embedder without a loaded model (manifest lookup), for
+    code that has only the config (benchmarks, `config show`)."""
+    if cfg.gallery.match_threshold != "auto":
+        return float(cfg.gallery.match_threshold)
+    spec = _manifest_spec(cfg)
     return FALLBACK_THRESHOLD if spec is None else effective_threshold(cfg, spec)[0]
 
 
 def effective_min_quality(cfg: Config, spec: ModelSpec) -> tuple[float, str]:
-    """(quality gate, how it was chosen): pipeline.min_quality if >= 0 (0 = no gate), else the
+    """(quality gate, how it was chosen): pipeline.min_quality if set (0 = no gate), else ("auto") the
     embedder's manifest ``min_quality``, else FALLBACK_MIN_QUALITY."""
     q = cfg.pipeline.min_quality
-    if q >= 0:
-        return q, "pipeline.min_quality set explicitly" + ("; 0 = no quality gate" if q == 0 else "")
+    if q != "auto":
+        return float(q), "pipeline.min_quality set explicitly" + ("; 0 = no quality gate" if q == 0 else "")
     val = spec.extra.get("min_quality")
     if not isinstance(val, (int, float)) or isinstance(val, bool) or not 0.0 <= float(val) <= 1.0:
         return FALLBACK_MIN_QUALITY, (f"embedder {spec.name} has no quality-gate calibration: "
@@ -91,20 +83,9 @@ def effective_min_quality(cfg: Config, spec: ModelSpec) -> tuple[float, str]:
     return float(val), f"{spec.name}'s calibrated quality gate (model manifest min_quality)"
 
 
-def resolve_min_quality(cfg: Config, spec: ModelSpec) -> float:
-    """Write the effective quality gate into cfg.pipeline.min_quality (every consumer reads it there)."""
-    q, how = effective_min_quality(cfg, spec)
-    if cfg.pipeline.min_quality < 0:
-        cfg.pipeline.min_quality = q
-    log.info("quality gate %.2f (%s)", q, how)
-    return q
-
-
 def configured_min_quality(cfg: Config) -> float:
     """The effective quality gate for cfg.models.embedder without a loaded model (manifest lookup)."""
-    if cfg.pipeline.min_quality >= 0:
-        return cfg.pipeline.min_quality
-    from engine.models.registry import load_manifest
-
-    spec = load_manifest().get(cfg.models.embedder)
+    if cfg.pipeline.min_quality != "auto":
+        return float(cfg.pipeline.min_quality)
+    spec = _manifest_spec(cfg)
     return FALLBACK_MIN_QUALITY if spec is None else effective_min_quality(cfg, spec)[0]

@@ -6,7 +6,9 @@ FAISS, event recording, scheduling, Ray transfer) runs for real while the models
 time. Uses: fast unit tests of orchestration that need no real faces, and benchmarks of the cluster's
 own ceiling (`faceengine bench cluster --runner fake`). It recognises nobody in particular: every
 frame shows the same canned faces and every crop embeds to the same unit vector, so a person enrolled
-with the fake runner matches every face it reports.
+with the fake runner matches every face it reports. The canned faces sit where they sit in whatever image
+the detector is given, so runs on it turn `pipeline.motion_gating` off (detection on regions would find
+them at other places in every region).
 
 The cost is spent sleeping (`runtime.fake_cost_ms` per image of a batch): like onnxruntime it releases
 the GIL, and unlike it burns no CPU, so what a benchmark measures is the orchestration alone.

@@ -114,8 +114,9 @@ class InferenceRunner(ABC):
 
     def session_stats(self) -> dict[str, Any]:
         """Distinct input shapes run against the buckets allowed, warm-up time, fp16 verdict (metrics, bench)."""
-        return {"model": self.model, "provider": self.provider, "bucketing": False, "buckets": None,
-                "distinct_shapes": None}
+        return {"model": self.model, "provider": self.provider, "batched": self.batched, "bucketing": False,
+                "bucket_sizes": [], "input_sizes": None, "buckets": None, "distinct_shapes": None, "shapes": [],
+                "warmup_s": None, "fp16": "off", "io_binding": self.io_binding, "cuda_graphs": 0, "calls": None}
 
     def note_warmup(self, seconds: float) -> None:
         """Record time spent warming the buckets at load (runners that keep no statistics ignore it)."""

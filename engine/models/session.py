@@ -10,6 +10,7 @@ through onnxruntime IO binding: the input uploaded to the device once, outputs c
 
 from __future__ import annotations
 
+import atexit
 import copy
 import ctypes
 import json
@@ -17,6 +18,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +27,11 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from engine.config import RuntimeConfig, gpu_provider
+from engine.config import RuntimeConfig
 from engine.errors import ConfigError, ModelError
 from engine.models.profile import summarise_profile
 from engine.models.runner import BatchCheck, BatchVerdict, InferenceRunner
+from engine.settings import gpu_provider
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +119,7 @@ def cuda_options(runtime: RuntimeConfig) -> dict[str, str]:
     """CUDA provider options for inference: cuDNN's heuristic algorithm pick (no timing runs per new shape;
     `runtime.cudnn_conv_algo_search`) and, with `runtime.cuda_graphs` and shape buckets on, CUDA graph
     capture (one graph per bucket, replayed through preallocated device buffers)."""
-    opts = {"cudnn_conv_algo_search": runtime.cudnn_conv_algo_search}
+    opts: dict[str, str] = {"cudnn_conv_algo_search": runtime.cudnn_conv_algo_search}
     if runtime.cuda_graphs and buckets_on(runtime):
         opts["enable_cuda_graph"] = "1"
     return opts
@@ -227,6 +230,7 @@ class OnnxRunner(InferenceRunner):
             opts.enable_profiling = True
             opts.profile_file_prefix = str(Path(runtime.profile_dir) / path.stem)
             self._profile_left = runtime.profile_runs
+            atexit.register(self._profile_finish)  # fewer calls than profile_runs: written at exit
         providers = provider_options(runtime)
         self._opts, self._providers = opts, providers
         try:
@@ -243,10 +247,11 @@ class OnnxRunner(InferenceRunner):
         fixed_batch = _input_batch_dim(model) == 1
         shape = transform or (lambda m: m)
         want_fp16 = fp16_on(runtime)
-        raw = shape(model).SerializeToString()
-        self._session = self._make(raw, opts, providers)
-        self._raw: bytes | None = raw if want_fp16 else None
-        """The serialised graph behind `_session`, kept only until the fp16 conversion is settled."""
+        self._transform = shape
+        self._raw: bytes | None = model.SerializeToString() if want_fp16 else None
+        """The graph behind `_session` before `transform` (pre-processing nodes stay float32: they compute
+        sizes), kept only until the fp16 conversion is settled."""
+        self._session = self._make(shape(model).SerializeToString(), opts, self._providers)
         self._cand_raw: bytes | None = None
         self._input_name = self._session.get_inputs()[0].name
         self._input_shape = tuple(self._session.get_inputs()[0].shape)
@@ -262,22 +267,38 @@ class OnnxRunner(InferenceRunner):
         self._calls = 0
         self._warmup_s: float | None = None
         self._fp16 = "pending check" if want_fp16 else "off"
+        graphs_asked = any(o.get("enable_cuda_graph") == "1" for _, o in self._providers)
+        self._graphs = graphs_asked and on_gpu and self._io
+        """CUDA graphs (runtime.cuda_graphs): one captured graph per bucket shape, replayed through its slot."""
+        self._no_graph: ort.RunOptions | None = None
+        if graphs_asked:
+            self._no_graph = ort.RunOptions()  # every call outside a slot runs plainly, never captured
+            self._no_graph.add_run_config_entry("gpu_graph_id", "-1")
+        self._slots: dict[tuple[tuple[int, ...], str], _GraphSlot] = {}
+        self._slot_lock = threading.Lock()
         if batchable and fixed_batch:
             try:
-                cand_raw = shape(make_batchable(model)).SerializeToString()
-                self._candidate = self._make(cand_raw, opts, providers)
-                self._cand_raw = cand_raw if want_fp16 else None
+                batched = make_batchable(model)
+                self._cand_raw = batched.SerializeToString() if want_fp16 else None
+                self._candidate = self._make(shape(batched).SerializeToString(), opts, self._providers)
                 self._verdict = "batch rewrite pending check"
             except Exception as exc:  # rewrite is an optimisation: never fail the load for it
                 self._verdict = f"batch rewrite failed ({exc})"
                 log.warning("%s: batch rewrite failed (%s); running one image a call", self.model, exc)
 
-    @staticmethod
-    def _make(raw: bytes, opts: ort.SessionOptions,
+    def _make(self, raw: bytes, opts: ort.SessionOptions,
               providers: list[tuple[str, dict[str, str]]]) -> ort.InferenceSession:
+        """A session; one that onnxruntime refuses with CUDA graphs (a model with nodes outside the CUDA
+        provider) is loaded without them, with one warning, and so is every later session of this runner."""
         try:
             return ort.InferenceSession(raw, opts, providers=providers)
         except Exception as exc:
+            if any(o.get("enable_cuda_graph") == "1" for _, o in providers):
+                plain = [(p, {k: v for k, v in o.items() if k != "enable_cuda_graph"}) for p, o in providers]
+                log.warning("%s: onnxruntime refused CUDA graphs (%s); loading without them", self.model,
+                            (str(exc).splitlines() or [type(exc).__name__])[0][:300])
+                self._providers = plain
+                return self._make(raw, opts, plain)
             raise ModelError(f"onnxruntime cannot load the model: {exc}") from exc
 
     @property
@@ -334,9 +355,10 @@ class OnnxRunner(InferenceRunner):
         return f"IO binding on ({self._io_device[0]}:{self._io_device[1]})" if self._io else "IO binding off"
 
     def _use(self, session: ort.InferenceSession) -> None:
-        """Make `session` the one that runs; its shape count starts afresh."""
+        """Make `session` the one that runs; its shape count and CUDA graph slots start afresh."""
         self._session = session
         self._shapes = set()
+        self._slots = {}
 
     def verify_batching(self, check: BatchCheck) -> BatchVerdict:
         """Keep the batched graph if `check` accepts it against single calls, else drop it.
@@ -370,7 +392,8 @@ class OnnxRunner(InferenceRunner):
             return BatchVerdict(False, self._fp16)
         fp32 = self._session
         try:
-            fp16 = self._make(to_fp16(onnx.load_from_string(raw)).SerializeToString(), self._opts, self._providers)
+            graph = self._transform(to_fp16(onnx.load_from_string(raw)))  # the model in fp16, pre-processing in fp32
+            fp16 = self._make(graph.SerializeToString(), self._opts, self._providers)
             if self._batched:
                 verdict = check(lambda x: self._call(fp16, x), lambda x: self._call(fp32, x))
             else:
@@ -393,11 +416,11 @@ class OnnxRunner(InferenceRunner):
         warning and the call's result comes from `session.run`: a frame never fails for it. When
         the plain run fails too, the input is at fault and that error is raised as without binding."""
         if not self._io:
-            return list(session.run(None, {self._input_name: x}))
+            return list(session.run(None, {self._input_name: x}, self._no_graph))
         try:
             return self._bound(session, x)
         except Exception as exc:  # IO binding is an optimisation: fall back, never fail the frame for it
-            out = list(session.run(None, {self._input_name: x}))
+            out = list(session.run(None, {self._input_name: x}, self._no_graph))
             self._drop_io_binding(exc)
             return out
 
@@ -411,7 +434,7 @@ class OnnxRunner(InferenceRunner):
         binding.bind_ortvalue_input(self._input_name, value)
         for name in self._output_names:
             binding.bind_output(name, "cpu")
-        session.run_with_iobinding(binding)
+        session.run_with_iobinding(binding, self._no_graph)
         return list(binding.copy_outputs_to_cpu())
 
     def _drop_io_binding(self, exc: Exception) -> None:
@@ -431,7 +454,12 @@ class OnnxRunner(InferenceRunner):
     def _counted(self, x: np.ndarray, single: bool = False) -> list[np.ndarray]:
         """A call of the kept session, its input shape counted (set.add is atomic under the GIL)."""
         self._shapes.add((1, *x.shape[1:]) if single else tuple(x.shape))
-        out = self._run_single(x) if single else self._call(self._session, x)
+        if single:
+            out = self._run_single(x)
+        elif self._graphs and self._buckets:
+            out = self._graph_call(x)
+        else:
+            out = self._call(self._session, x)
         self._calls += 1
         if self._profile_left is not None:
             self._profile_tick()
@@ -460,6 +488,60 @@ class OnnxRunner(InferenceRunner):
         outs = self._counted(x)
         return outs if n == rows else [o[:n] for o in outs]
 
+    def _graph_call(self, x: np.ndarray) -> list[np.ndarray]:
+        """One call through the CUDA graph of x's shape: the input copied into the slot's preallocated device
+        buffer, the captured graph replayed, the outputs copied back. A slot that cannot be made or run
+        switches CUDA graphs off for good (one warning) and the call runs plainly."""
+        key = (tuple(x.shape), str(x.dtype))
+        try:
+            slot = self._slots.get(key)
+            if slot is None:
+                with self._slot_lock:
+                    slot = self._slots.get(key) or self._new_slot(x)
+                    self._slots[key] = slot
+                return slot.last  # the slot's own check ran x through the graph
+            with slot.lock:
+                slot.input.update_inplace(np.ascontiguousarray(x))
+                self._session.run_with_iobinding(slot.binding, slot.options)
+                return [np.array(o.numpy()) for o in slot.outputs]  # a copy: the next replay rewrites them
+        except Exception as exc:  # graphs are an optimisation: never fail a frame for them
+            self._graphs = False
+            log.warning("%s on %s: CUDA graph for input %s failed (%s); running without CUDA graphs", self.model,
+                        self.provider, key[0], (str(exc).splitlines() or [type(exc).__name__])[0][:300])
+            return self._call(self._session, x)
+
+    def _new_slot(self, x: np.ndarray) -> _GraphSlot:
+        """Preallocate the device input and outputs for x's shape, capture its graph (onnxruntime captures
+        after a few plain runs of a graph id) and check it: replaying x gives the plain run's outputs, and
+        another input gives other outputs (the graph reads the buffer it was given)."""
+        device, device_id = self._io_device
+        gid = len(self._slots) + 1
+        options = ort.RunOptions()
+        options.add_run_config_entry("gpu_graph_id", str(gid))
+        plain = self._call(self._session, x)
+        value = ort.OrtValue.ortvalue_from_numpy(np.array(x), device, device_id)  # own memory, never the caller's
+        outputs = [ort.OrtValue.ortvalue_from_shape_and_type(list(o.shape), o.dtype, device, device_id) for o in plain]
+        binding = self._session.io_binding()
+        binding.bind_ortvalue_input(self._input_name, value)
+        for name, out in zip(self._output_names, outputs, strict=True):
+            binding.bind_ortvalue_output(name, out)
+        for _ in range(3):  # plain runs of this graph id, then the capture, then a replay
+            self._session.run_with_iobinding(binding, options)
+        got = [np.array(o.numpy()) for o in outputs]
+        worst = max(float(np.abs(g - p).max()) for g, p in zip(got, plain, strict=True) if g.size)
+        if worst > 1e-3:
+            raise ModelError(f"replayed graph differs from the plain run by {worst:.2e}")
+        value.update_inplace(np.ascontiguousarray(x[::-1] if len(x) > 1 else 255 - x if x.dtype == np.uint8
+                                                  else -x))
+        self._session.run_with_iobinding(binding, options)
+        if all(np.array_equal(o.numpy(), g) for o, g in zip(outputs, got, strict=True)):
+            raise ModelError("replayed graph ignores its input buffer")
+        value.update_inplace(np.ascontiguousarray(x))
+        self._session.run_with_iobinding(binding, options)
+        log.info("%s on %s: CUDA graph %d captured for input %s (replay within %.1e of the plain run)", self.model,
+                 self.provider, gid, tuple(x.shape), worst)
+        return _GraphSlot(value, outputs, binding, options, threading.Lock(), got)
+
     def session_stats(self) -> dict[str, Any]:
         """What this session ran: distinct input shapes against the buckets allowed for the input sizes
         seen (`buckets` x sizes), the warm-up time, the fp16 verdict, calls; for metrics and bench JSON."""
@@ -471,7 +553,8 @@ class OnnxRunner(InferenceRunner):
                 "buckets": len(allowed) * max(1, len(sizes)) if allowed else None,
                 "distinct_shapes": len(shapes), "shapes": [list(s) for s in shapes[:64]],
                 "warmup_s": None if self._warmup_s is None else round(self._warmup_s, 4), "fp16": self._fp16,
-                "io_binding": self._io, "calls": self._calls}
+                "io_binding": self._io, "cuda_graphs": len(self._slots) if self._graphs else 0,
+                "calls": self._calls}
 
     def note_warmup(self, seconds: float) -> None:
         self._warmup_s = (self._warmup_s or 0.0) + seconds
@@ -485,6 +568,13 @@ class OnnxRunner(InferenceRunner):
             self._profile_left -= 1
             if self._profile_left > 0:
                 return
+        self._profile_finish()
+
+    def _profile_finish(self) -> None:
+        """End the kept session's profile now (at most once) and summarise it."""
+        with self._io_lock:
+            if self._profile_left is None:
+                return
             self._profile_left = None
         try:
             trace = self._session.end_profiling()
@@ -494,6 +584,18 @@ class OnnxRunner(InferenceRunner):
                      summary["runs"], trace, ", ".join(f"{o['op']} {o['share']:.0%}" for o in summary["top"][:5]))
         except Exception as exc:  # a profile is a diagnostic: never fail a frame for it
             log.warning("%s: writing the onnxruntime profile to %s failed: %s", self.model, self._profile_dir, exc)
+
+
+@dataclass
+class _GraphSlot:
+    """One bucket shape's CUDA graph: its preallocated device input and outputs, bound once."""
+
+    input: ort.OrtValue
+    outputs: list[ort.OrtValue]
+    binding: ort.IOBinding
+    options: ort.RunOptions
+    lock: threading.Lock
+    last: list[np.ndarray]
 
 
 def _drop_batch(out: np.ndarray) -> np.ndarray:

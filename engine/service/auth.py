@@ -319,6 +319,18 @@ class AuthInterceptor(grpc.ServerInterceptor):
         return rewrap(handler, lambda behavior, streaming: self._guard(behavior, method, metadata, streaming),
                       lenient_requests=True)
 
+    def _client_of(self, peer: str, metadata: Any) -> str:
+        """The address failures are counted against: the peer's, or for a trusted proxy (the console on
+        this host, by default) the client it names in x-forwarded-for, so one user's mistakes behind it do
+        not throttle everyone else behind it (nor a gateway on the same host)."""
+        host = _peer_host(peer)
+        ip = host.split(":", 1)[-1].strip("[]")
+        if ip in self.cfg.trusted_proxies:
+            forwarded = [str(v) for k, v in metadata if k == "x-forwarded-for"]
+            if forwarded and forwarded[0].strip():
+                return f"{host} for {forwarded[0].split(',')[0].strip()[:64]}"
+        return host
+
     def authenticate(self, metadata: Any) -> Principal:
         """Resolve the bearer token; raises _Denied(UNAUTHENTICATED) when missing, bad or revoked, and
         _Denied(RESOURCE_EXHAUSTED) when the call's metadata is larger than limits.max_metadata_bytes
@@ -449,7 +461,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         request_streaming, response_streaming = streaming
 
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
-            peer = _peer_host(context.peer())
+            peer = self._client_of(context.peer(), metadata)
             audited_request = None if request_streaming else request
             if self.enabled:
                 wait = self.throttle.blocked(peer)

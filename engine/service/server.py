@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from engine.app.watchlists import WatchlistService
 from engine.config import Config
 from engine.errors import ConfigError, InvalidArgumentError
 from engine.gallery.gallery import Gallery
@@ -33,6 +34,7 @@ from engine.service.servicers import (
 )
 from engine.service.sightings_servicer import SightingsServicer
 from engine.service.tls import is_loopback, server_credentials
+from engine.settings import Settings
 from engine.sightings.service import Sightings
 from engine.store import open_store
 from engine.store.sqlite import damaged
@@ -89,7 +91,11 @@ class FaceEngineServer:
             self.store.close()
             raise
         self.slots = StreamSlots(cfg.server)
-        self.engine: VideoEngine = build_engine(cfg, self.analyzer, self.gallery, self.store, self.metrics, decoders)
+        self.watchlists = WatchlistService(cfg, self.analyzer, self.gallery, self.store)
+        self.settings = Settings.for_analyzer(cfg, self.analyzer)  # resolved once; cfg stays as written
+        self.settings.log()
+        self.engine: VideoEngine = build_engine(self.settings, self.analyzer, self.gallery, self.store, self.metrics,
+                                                decoders)
         self.sightings: Sightings | None = None
         if cfg.sightings.enabled:  # every track's best shot kept: a policy decision, off by default
             thumbnail = EventRecorder(self.store, self.engine.bus, RecorderSettings.from_config(cfg)).thumbnail
@@ -183,7 +189,7 @@ class FaceEngineServer:
         log.info("faceengine serving on %s (detector=%s, embedder=%s, provider=%s, %s, gallery=%d templates, "
                  "match threshold %.4f for FPIR %g at %d people)",
                  self.address, self.analyzer.detector.name, self.analyzer.embedder.name,
-                 self.analyzer.provider, self.engine.describe(), len(self.gallery), self.cfg.gallery.match_threshold,
+                 self.analyzer.provider, self.engine.describe(), len(self.gallery), self.settings.match_threshold,
                  self.cfg.gallery.match_fpir, self.cfg.gallery.watchlist_size)
         return self
 

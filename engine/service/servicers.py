@@ -10,16 +10,13 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-import cv2
 import grpc
-import numpy as np
 
+from engine.app.watchlists import face_crop_jpeg
 from engine.config import LimitsConfig, ServerConfig
 from engine.errors import (
     FaceEngineError,
     InvalidArgumentError,
-    MultipleFacesError,
-    NoFaceError,
     NotFoundError,
     PermissionDeniedError,
     ResourceExhaustedError,
@@ -42,7 +39,6 @@ from engine.video.events import MatchFilterSpec
 from engine.video.pipeline import DROP_POLICY, FrameJob, FrameOutcome, is_drop
 from engine.video.sources import OPTIONS as SOURCE_OPTIONS
 from engine.video.sources import redact_uri
-from engine.vision.enrolment import choose_enrolment_face
 
 if TYPE_CHECKING:
     from engine.service.server import FaceEngineServer
@@ -289,21 +285,6 @@ class CamerasServicer(rpc.CamerasServicer):
         return pb.ListCamerasResponse(cameras=[camera_msg(c) for c in self.srv.engine.cameras()])
 
 
-def face_crop_jpeg(image: np.ndarray, b: np.ndarray, margin: float = 0.3, side: int = 160) -> bytes:
-    """The face box with a margin, at most `side` px tall, as JPEG: the person photo kept for operators."""
-    h, w = image.shape[:2]
-    x1, y1, x2, y2 = (float(v) for v in b[:4])
-    mx, my = (x2 - x1) * margin, (y2 - y1) * margin
-    crop = image[max(0, int(y1 - my)) : min(h, int(y2 + my)), max(0, int(x1 - mx)) : min(w, int(x2 + mx))]
-    if crop.size == 0:
-        return b""
-    if crop.shape[0] > side:
-        crop = cv2.resize(crop, (max(1, round(crop.shape[1] * side / crop.shape[0])), side),
-                          interpolation=cv2.INTER_AREA)
-    ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 85])
-    return buf.tobytes() if ok else b""
-
-
 def camera_msg(c) -> pb.Camera:  # noqa: ANN001
     """A camera's status as clients see it: credentials in its URI masked, only known options."""
     options = {k: v for k, v in c.options.items() if k in SOURCE_OPTIONS}
@@ -319,8 +300,7 @@ class WatchlistsServicer(rpc.WatchlistsServicer):
 
     @unary
     def CreateWatchlist(self, request, context):  # noqa: ANN001, ANN201, N802
-        validate.watchlist(request.name, request.description, self.srv.cfg.limits)
-        return watchlist_msg(self.srv.gallery.create_watchlist(request.name, request.description))
+        return watchlist_msg(self.srv.watchlists.create_watchlist(request.name, request.description))
 
     @unary
     def ListWatchlists(self, request, context):  # noqa: ANN001, ANN201, N802
@@ -333,32 +313,14 @@ class WatchlistsServicer(rpc.WatchlistsServicer):
 
     @unary
     def EnrollPerson(self, request: pb.EnrollPersonRequest, context):  # noqa: ANN001, ANN201, N802
-        srv = self.srv
-        if not request.images:
-            raise InvalidArgumentError("EnrollPerson needs at least one image")
-        if len(request.images) > srv.cfg.limits.max_images_per_enrollment:
-            raise InvalidArgumentError(f"{len(request.images)} images: at most "
-                                       f"{srv.cfg.limits.max_images_per_enrollment} per enrolment")
-        validate.person(request.person_id, request.display_name, request.metadata, srv.cfg.limits)
-        srv.store.get_watchlist(request.watchlist)  # NOT_FOUND before any model work
-        embs, notes, photo = [], [], b""
-        for i, img in enumerate(request.images):
-            what = f"image {i + 1} of {len(request.images)}"
-            image = image_from_proto(img, srv.cfg.limits, what)
-            det, emb, note = srv.analyzer.enrol_face(image, what, request.strict)
-            embs.append(emb)
-            if note:
-                notes.append(note)
-            if i == 0:
-                photo = face_crop_jpeg(image, det.boxes[0])
-        add_audit_detail(f"images={len(embs)} replace={str(request.replace).lower()}")
-        person = srv.gallery.enroll(request.watchlist, request.person_id, np.stack(embs),
-                                    request.display_name or request.person_id, dict(request.metadata),
-                                    replace=request.replace)
-        if photo and (request.replace or person.template_count == len(embs)):  # new or replaced: newest photo
-            srv.store.set_person_photo(request.watchlist, request.person_id, photo)
-        msg = person_msg(person)
-        msg.notes.extend(notes)
+        srv, n = self.srv, len(request.images)
+        images = [(f"image {i + 1} of {n}", lambda img=img, what=f"image {i + 1} of {n}":
+                   image_from_proto(img, srv.cfg.limits, what)) for i, img in enumerate(request.images)]
+        done = srv.watchlists.enroll(request.watchlist, request.person_id, images, request.display_name,
+                                     dict(request.metadata), strict=request.strict, replace=request.replace)
+        add_audit_detail(f"images={done.images} replace={str(request.replace).lower()}")
+        msg = person_msg(done.person)
+        msg.notes.extend(done.notes)
         return msg
 
     @unary
@@ -370,16 +332,12 @@ class WatchlistsServicer(rpc.WatchlistsServicer):
         """Enrolment preview: the same detection and checks EnrollPerson applies, without storing."""
         srv = self.srv
         image = image_from_proto(request.image, srv.cfg.limits)
-        dets = srv.analyzer.detector.detect(image)
-        out = pb.DetectFacesResponse()
+        dets, chosen, problem = srv.analyzer.enrolment_preview(image)  # the choice EnrollPerson makes
+        out = pb.DetectFacesResponse(problem=problem)
         for b, sc in zip(dets.boxes, dets.scores, strict=True):
             out.faces.add(box=box(b), score=float(sc), track_id=-1)
-        try:  # the same choice EnrollPerson makes
-            choice = choose_enrolment_face(dets.boxes, image.shape[1], image.shape[0], "image",
-                                           srv.analyzer.detector.cfg.min_face_size)  # type: ignore[attr-defined]
-            out.crop = face_crop_jpeg(image, dets.boxes[choice.index])
-        except (NoFaceError, MultipleFacesError) as exc:
-            out.problem = str(exc)
+        if chosen is not None:
+            out.crop = face_crop_jpeg(image, dets.boxes[chosen])
         add_audit_detail(f"faces={len(dets)}")
         return out
 
@@ -469,7 +427,7 @@ class MatchesServicer(rpc.MatchesServicer):
         for w in request.watchlists:
             srv.store.get_watchlist(w)
         det, emb = srv.analyzer.largest_face(image_from_proto(request.image, srv.cfg.limits))
-        thr = srv.cfg.gallery.match_threshold
+        thr = srv.settings.match_threshold
         hits = srv.gallery.search(emb, request.top_k or srv.cfg.gallery.top_k,
                                   request.min_score if request.min_score else -1.0, list(request.watchlists))[0]
         return pb.SearchResponse(face=box(det.boxes[0]), threshold=thr, hits=[
@@ -490,7 +448,7 @@ class MatchesServicer(rpc.MatchesServicer):
         da, ea = srv.analyzer.largest_face(image_from_proto(request.image_a, srv.cfg.limits, "image_a"), "image_a")
         db, eb = srv.analyzer.largest_face(image_from_proto(request.image_b, srv.cfg.limits, "image_b"), "image_b")
         score = float(ea @ eb)
-        thr = srv.cfg.gallery.match_threshold
+        thr = srv.settings.match_threshold
         return pb.VerifyResponse(score=score, same_person=score >= thr, threshold=thr, face_a=box(da.boxes[0]),
                                  face_b=box(db.boxes[0]))
 

@@ -4,7 +4,7 @@ recurring unknowns and their enrolment. A thin adapter over `engine.sightings.se
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,10 @@ def sighting_msg(s: Sighting, thumbnails: bool) -> spb.Sighting:
                         track_id=s.track_id, box=box(np.asarray(s.box, np.float32)), quality=s.quality,
                         thumbnail=s.thumbnail if thumbnails else b"", watchlist=s.watchlist, person_id=s.person_id)
 
+
+
+def _first_seen(hit: Any) -> float:  # noqa: ANN401 - a generated protobuf message
+    return float(hit.sighting.first_seen)
 
 class SightingsServicer(srpc.SightingsServicer):
     def __init__(self, srv: FaceEngineServer) -> None:
@@ -69,7 +73,7 @@ class SightingsServicer(srpc.SightingsServicer):
         out = [spb.SightingHit(sighting=sighting_msg(h.sighting, request.include_thumbnails), score=h.score)
                for h in hits]
         resp = spb.SearchSightingsResponse(hits=out, threshold=thr,
-                                           timeline=sorted(out, key=lambda h: h.sighting.first_seen))
+                                           timeline=sorted(out, key=_first_seen))
         if face is not None:
             resp.face.CopyFrom(face)
         return resp

@@ -61,6 +61,9 @@ def person(person_id: str, name: str, meta: Mapping[str, str], limits: LimitsCon
 
 def camera(camera_id: str, uri: str, options: Mapping[str, str], cfg: Config) -> SourceOptions | None:
     """Check a camera definition; returns the pull camera's typed options (None for a push camera)."""
+    problem = getattr(options, "problem", "")  # a saved row whose options could not be read (DamagedOptions)
+    if problem:
+        raise InvalidArgumentError(f"camera {camera_id[:128]!r}: {problem}")
     ident(camera_id, "camera id", cfg.limits)
     if len(uri) > cfg.limits.max_uri_chars:
         raise InvalidArgumentError(f"camera uri is {len(uri)} characters: more than limits.max_uri_chars "

@@ -81,9 +81,9 @@ class SightingRecorder:
             for k, tid in enumerate(rec.track_ids.tolist()):
                 if tid < 0:
                     if k in emb_of:  # no tracking: each embedded face is its own sighting
-                        tr = _OpenTrack(t, t)
-                        self._fold(tr, frame, rec, k, emb_of[k], matched.get(k))
-                        done.append(self._sighting(cam, -1, tr))
+                        single = _OpenTrack(t, t)
+                        self._fold(single, frame, rec, k, emb_of[k], matched.get(k))
+                        done.append(self._sighting(cam, -1, single))
                     continue
                 tr = self._open.get((cam, tid))
                 if tr is None:
@@ -124,7 +124,8 @@ class SightingRecorder:
             tr.match = (hit.watchlist, hit.person_id, float(hit.score))
 
     def _sighting(self, cam: str, tid: int, tr: _OpenTrack) -> Sighting:
-        emb = tr.emb_sum / max(np.linalg.norm(tr.emb_sum), 1e-12)  # type: ignore[operator]
+        assert tr.emb_sum is not None  # a written track has had at least one best shot
+        emb = tr.emb_sum / max(np.linalg.norm(tr.emb_sum), 1e-12)
         return Sighting(cam, tr.first_seen, tr.last_seen, emb.astype(np.float32), self.model, max(tr.quality, 0.0),
                         tid, tr.box, tr.thumbnail, tr.match[0], tr.match[1], tr.match[2])
 

@@ -9,6 +9,7 @@ The contract suite `tests/test_store_contract.py` runs every method on every bac
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -210,12 +211,37 @@ class AuditStore(Protocol):
                     action: str = "") -> list[dict[str, Any]]: ...
 
 
+class DamagedOptions(dict[str, str]):
+    """The options of a saved camera row that cannot be read (not JSON, or not an object of strings):
+    empty, with `problem` saying why, so the camera is listed in state 'error' rather than stopping
+    the start or vanishing."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__()
+        self.problem = problem
+
+
+def camera_options(raw: Any) -> dict[str, str]:
+    """A saved camera row's options column as a dict of strings, or DamagedOptions saying what is wrong."""
+    try:
+        value = json.loads(raw)
+    except (TypeError, ValueError) as exc:
+        return DamagedOptions(f"saved options are not JSON ({str(exc)[:80]})")
+    if not isinstance(value, dict):
+        return DamagedOptions(f"saved options are a JSON {type(value).__name__}, not an object of option names")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        return DamagedOptions("saved options hold a value that is not a string")
+    return value
+
+
 class CameraStore(Protocol):
     """Pull-camera definitions, so cameras survive restarts."""
 
     def save_camera(self, camera_id: str, uri: str, options: dict[str, str]) -> None: ...
     def delete_camera(self, camera_id: str) -> None: ...
-    def list_camera_defs(self) -> list[tuple[str, str, dict[str, str]]]: ...
+    def list_camera_defs(self) -> list[tuple[str, str, dict[str, str]]]:
+        """Every saved camera; a row whose options cannot be read comes with DamagedOptions."""
+        ...
 
 
 class TokenStore(Protocol):

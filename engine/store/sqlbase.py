@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, StoreDamagedError
-from engine.store.base import EventQuery, GalleryDelta, MatchEvent, Person, Sighting, Watchlist
+from engine.store.base import EventQuery, GalleryDelta, MatchEvent, Person, Sighting, Watchlist, camera_options
 from engine.store.integrity import templates_from_rows as _templates
 
 GALLERY_LOG_KEEP = 10_000  # gallery versions of change log kept; a replica further behind rebuilds
@@ -61,6 +61,7 @@ class SQLStore:
     """Every store role's SQL and checks, once for both dialects (see the module docstring for the
     hooks a subclass provides)."""
 
+    url: str  # set by each dialect's constructor
     _ph = "?"
     _for_update = ""
     _collate_c = ""
@@ -303,15 +304,16 @@ class SQLStore:
 
     def query_events(self, q: EventQuery) -> tuple[list[MatchEvent], str]:
         """Newest first; the page token is the last row's sequence number."""
-        where, args = ["1=1"], []
+        where: list[str] = ["1=1"]
+        args: list[object] = []
         for col, val in (("camera_id", q.camera_id), ("watchlist", q.watchlist), ("person_id", q.person_id)):
             if val:
                 where.append(f"{col}=?")
                 args.append(val)
-        for cond, val in (("ts>=?", q.since), ("ts<?", q.until), ("score>=?", q.min_score)):
-            if val:
+        for cond, bound in (("ts>=?", q.since), ("ts<?", q.until), ("score>=?", q.min_score)):
+            if bound:
                 where.append(cond)
-                args.append(val)
+                args.append(bound)
         if q.page_token:
             try:
                 args.append(int(q.page_token))
@@ -567,7 +569,7 @@ class SQLStore:
             self._x(db, "DELETE FROM cameras WHERE camera_id=?", (camera_id,))
 
     def list_camera_defs(self) -> list[tuple[str, str, dict[str, str]]]:
-        return [(c, u, json.loads(o)) for c, u, o in
+        return [(c, u, camera_options(o)) for c, u, o in
                 self._q("SELECT camera_id, uri, options FROM cameras ORDER BY created, camera_id")]
 
 

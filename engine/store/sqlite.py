@@ -11,7 +11,9 @@ zeroes freed pages, so no copy of erased rows stays in any file. The schema is v
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -115,7 +117,7 @@ class SQLiteStore(SQLStore):
         if self.path != ":memory:":
             Path(self.path).expanduser().parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self.storage_error = ""  # set while writes fail for lack of space, cleared by the next commit
+        self.storage_error = ""  # set while writes fail for lack of space, cleared by a probe that writes
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -130,23 +132,34 @@ class SQLiteStore(SQLStore):
             raise damaged(self.path, exc) from exc
 
     def _full(self, exc: BaseException) -> StorageFullError:
-        """The typed error for SQLITE_FULL, remembered until a write succeeds again (health follows it)."""
+        """The typed error for a full disk, remembered until a write probe succeeds (health follows it)."""
         where = Path(self.path).expanduser().resolve().parent if self.path != ":memory:" else "memory"
         self.storage_error = (f"the store's disk is full: free space at {where} (or raise the database size "
                               f"limit); writes resume by themselves once there is room ({exc})")
         return StorageFullError(self.storage_error)
 
     def probe_write(self) -> str:
-        """Try a write that is rolled back; '' when the store can write again, else the reason."""
+        """'' when the store can write again, else the reason. Two probes: a write SQLite rolls back
+        (its size cap, max_page_count) and PROBE_BYTES really reserved on the disk beside the database:
+        a rolled-back SQLite write never reaches the disk, and a small commit can still land in WAL
+        space allocated earlier, so neither alone tells that a full disk has room again."""
         try:
             with self._tx() as db:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('write_probe', randomblob(8192))")
                 raise _Probe
         except _Probe:
-            self.storage_error = ""
+            pass
         except StorageFullError as exc:
             return str(exc)
-        return self.storage_error
+        if self.path != ":memory:":
+            try:
+                _reserve(f"{Path(self.path).expanduser()}-probe", PROBE_BYTES)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                    raise
+                return str(self._full(exc))
+        self.storage_error = ""
+        return ""
 
     def _migrate(self) -> None:
         """Apply the schema versions this file lacks, in one transaction (other processes wait)."""
@@ -269,9 +282,8 @@ class _Tx:
         try:
             if exc_type is None:
                 try:
-                    db.execute("COMMIT")
-                    store.storage_error = ""
-                    return
+                    db.execute("COMMIT")  # storage_error stays until a probe writes: a small commit may
+                    return                # fit WAL space while larger writes still fail
                 except sqlite3.OperationalError as err:
                     exc = err
                     if db.in_transaction:
@@ -284,6 +296,26 @@ class _Tx:
                 raise store._full(exc) from exc
         finally:
             store._lock.release()
+
+
+PROBE_BYTES = 256 * 1024
+"""Room a disk-full store needs again before health turns back to SERVING."""
+
+
+def _reserve(path: str, size: int) -> None:
+    """Allocate `size` bytes for a scratch file on the disk, then remove it (OSError ENOSPC when full)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except (AttributeError, OSError) as exc:  # no fallocate here (platform or file system): write it
+            if isinstance(exc, OSError) and exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+            os.write(fd, b"\0" * size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        os.unlink(path)
 
 
 class _Probe(Exception):

@@ -160,7 +160,7 @@ class CameraRegistry(Generic[C]):
                                 "(uri 'push' for a gateway camera)")
         return cam
 
-    def list(self) -> list[C]:
+    def all(self) -> list[C]:
         """The cameras in registration order."""
         with self.cv:
             return [self.by_id[c] for c in self.order]

@@ -72,7 +72,7 @@ class VideoEngine(ABC):
 
     def cameras(self, live: bool = True) -> list[CameraStatus]:
         """Every camera in registration order (refreshed unless live=False)."""
-        cams = self.registry.list()
+        cams = self.registry.all()
         if live:
             self.refresh(cams)
         return cams

@@ -160,7 +160,7 @@ def plan_regions(motion: np.ndarray, tracks: np.ndarray, width: int, height: int
     regions = merge_boxes(allb)
     for _ in range(4):  # aligning grows regions; merge those that now overlap, then align the unions again
         aligned = np.asarray([align_region(r, width, height, scale) for r in regions], np.float32).reshape(-1, 4)
-        shrunk = aligned + np.float32([1, 1, -1, -1])  # only a real overlap merges (touching is fine)
+        shrunk = aligned + np.array([1, 1, -1, -1], np.float32)  # only a real overlap merges (touching is fine)
         merged = merge_boxes(shrunk)
         if len(merged) == len(aligned):
             break

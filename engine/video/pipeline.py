@@ -18,9 +18,9 @@ from collections import OrderedDict
 
 from engine.config import Config
 from engine.errors import InvalidImageError
-from engine.gallery.calibration import resolve_match_threshold, resolve_min_quality
 from engine.gallery.gallery import Gallery
 from engine.metrics import EngineMetrics
+from engine.settings import Settings
 from engine.store.base import EventStore, MatchEvent
 from engine.video.bestshot import TrackState
 from engine.video.decode import Decoders, cpu_decoders, decode_pipeline_frame
@@ -48,22 +48,23 @@ class Engine(VideoEngine):
     decoding gateway frames and reading pull cameras in this process."""
 
     def __init__(self, cfg: Config, analyzer: FaceAnalyzer, gallery: Gallery, store: EventStore,
-                 metrics: EngineMetrics | None = None, decoders: Decoders | None = None) -> None:
-        """`decoders` decode gateway JPEG frames and read pull cameras (default: the CPU's)."""
+                 metrics: EngineMetrics | None = None, decoders: Decoders | None = None,
+                 settings: Settings | None = None) -> None:
+        """`decoders` decode gateway JPEG frames and read pull cameras (default: the CPU's); `settings`
+        are `cfg` resolved for the analyzer's models (default: resolved here)."""
         self.cfg = cfg
+        self.settings = settings or Settings.for_analyzer(cfg, analyzer)
         self.analyzer = analyzer
-        resolve_match_threshold(cfg, analyzer.embedder.spec)  # gallery.match_threshold 0 = from match_fpir
-        resolve_min_quality(cfg, analyzer.embedder.spec)  # pipeline.min_quality < 0 = the embedder's gate
         self.gallery = gallery
         self.store = store
         self.metrics = metrics or EngineMetrics()
         self.decoders = decoders or cpu_decoders()
         self.bus = EventBus()
-        p = cfg.pipeline
-        self.recognizer = Recognizer(analyzer, gallery, RecognizerSettings.from_config(cfg), self.metrics)
+        p, b = cfg.pipeline, self.settings.batching
+        self.recognizer = Recognizer(analyzer, gallery, RecognizerSettings.from_settings(self.settings), self.metrics)
         self.recorder = EventRecorder(store, self.bus, RecorderSettings.from_config(cfg), self.metrics,
                                       still_enrolled=gallery.has_template)
-        self.scheduler = Scheduler(SchedulerSettings(p.queue_size, p.batch_size, p.batch_wait_ms, p.workers),
+        self.scheduler = Scheduler(SchedulerSettings(p.queue_size, b.batch_size, b.batch_wait_ms, p.workers),
                                    self.recognizer, self.recorder, self.metrics)
         self.registry = self.scheduler.registry
         self.sources: dict[str, PullSource] = {}

@@ -29,7 +29,7 @@ quality scores; raw records in ``benchmarks/results/quality-gate-records.json``)
 At the derived match thresholds no wrong rank-1 of either embedder scored above the threshold, so on
 these probes the gate's cost is matches lost (SFace keeps 93 % of its matches at 0.25, 89 % at 0.30)
 and its use is best-shot selection and embedding cost. The gate is per embedder: ``min_quality`` in
-the model manifest, used when ``pipeline.min_quality`` is negative (the default; see
+the model manifest, used when ``pipeline.min_quality`` is "auto" (the default; see
 ``engine.gallery.calibration.effective_min_quality``); an embedder without one gets 0.30.
 Pose did not predict correctness on these near-frontal photos and is kept for best-shot ranking.
 

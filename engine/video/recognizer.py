@@ -35,7 +35,6 @@ import numpy as np
 
 from engine.config import Config
 from engine.errors import FaceEngineError
-from engine.gallery.calibration import configured_min_quality, configured_threshold
 from engine.metrics import EngineMetrics
 from engine.video.bestshot import BestShotPolicy, TrackRegistry, TrackState
 from engine.video.motion import MotionDetector, plan_regions, region_share
@@ -45,6 +44,7 @@ from engine.vision.detections import Detections, box_iou
 
 if TYPE_CHECKING:
     from engine.gallery.gallery import Match
+    from engine.settings import Settings
 
 
 @dataclass
@@ -127,18 +127,20 @@ class RecognizerSettings:
     nms_threshold: float = 0.4
 
     @classmethod
-    def from_config(cls, cfg: Config) -> RecognizerSettings:
+    def from_settings(cls, settings: Settings) -> RecognizerSettings:
+        """The policy from resolved settings (thresholds from the loaded models where left to auto)."""
+        cfg, t = settings.config, settings.thresholds
         p = cfg.pipeline
         return cls(
             tracking=p.tracking,
             track_max_age_s=p.track_max_age_s,
-            track_start_score=max(cfg.detector.score_threshold, p.track_start_score),
+            track_start_score=max(t.detector_score, p.track_start_score),
             min_face_size=float(p.min_face_size),
-            min_quality=configured_min_quality(cfg),  # negative in the config = the embedder's calibrated gate
+            min_quality=t.min_quality,
             reembed_margin=p.reembed_margin,
             reembed_interval_s=p.reembed_interval_s,
             identity_switch_similarity=p.identity_switch_similarity,
-            match_threshold=configured_threshold(cfg),  # 0 in the config = from gallery.match_fpir
+            match_threshold=t.match,
             max_faces_per_frame=cfg.limits.max_faces_per_frame,
             motion_gating=p.motion_gating,
             detect_interval=p.detect_interval,
@@ -152,6 +154,16 @@ class RecognizerSettings:
             detector_min_face_size=float(cfg.detector.min_face_size),
             nms_threshold=cfg.detector.nms_threshold,
         )
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> RecognizerSettings:
+        """The policy for cfg's models without loading them (thresholds from the model manifest)."""
+        from engine.models.registry import ModelSpec, load_manifest
+        from engine.settings import Settings
+
+        specs = load_manifest()
+        emb = specs.get(cfg.models.embedder) or ModelSpec(cfg.models.embedder, "", "embedder", "")  # no calibration
+        return cls.from_settings(Settings.resolve(cfg, emb, specs.get(cfg.models.detector)))
 
 
 @dataclass(frozen=True)
@@ -459,7 +471,7 @@ class Recognizer:
             for (fi, r, _), d in zip(items, dets, strict=True):
                 if len(d) == 0:
                     continue
-                off = np.float32([r[0], r[1]])
+                off = np.array([r[0], r[1]], np.float32)
                 boxes, lms = d.boxes + np.tile(off, 2), d.landmarks + off
                 cut = _touches_inner_edge(boxes, r, frames[fi], s.detector_min_face_size)
                 found[fi].append((boxes[~cut], lms[~cut], d.scores[~cut]))
@@ -467,7 +479,8 @@ class Recognizer:
                 for b in boxes[cut]:
                     side = 3 * max(b[2] - b[0], b[3] - b[1], 32.0)
                     cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
-                    rr = plan_regions(np.float32([[cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2]]),
+                    square = np.array([[cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2]], np.float32)
+                    rr = plan_regions(square,
                                       np.zeros((0, 4), np.float32), full.shape[1], full.shape[0], scale,
                                       pad_frac=0.0, pad_px=0.0, up_frac=0.0)
                     for r2 in rr:
@@ -475,7 +488,7 @@ class Recognizer:
             if redo:
                 for (fi, r, _), d in zip(redo, self.inference.detect_regions([c for _, _, c in redo], scale),
                                          strict=True):
-                    off = np.float32([r[0], r[1]])
+                    off = np.array([r[0], r[1]], np.float32)
                     found[fi].append((d.boxes + np.tile(off, 2), d.landmarks + off, d.scores))
         return [_merge_found(parts, frame.scale, s.nms_threshold) for parts, frame in zip(found, frames, strict=True)]
 
@@ -573,11 +586,11 @@ class Recognizer:
                       for (fi, k, q), emb in zip(owners, embs, strict=True)]
             hits = self.gallery.search(np.stack(probes), top_k=1, threshold=s.match_threshold)
             self._observe("search", time.perf_counter() - t3)
-            for (fi, k, _q), probe, hit in zip(owners, probes, hits, strict=True):
+            for (fi, face, _q), probe, hit in zip(owners, probes, hits, strict=True):
                 # a person removed while this batch was in flight: erased data stays erased
                 if hit and self.gallery.has_template(hit[0].template_id):
                     dets, tids = per_frame[fi][0], per_frame[fi][1]
-                    decisions[fi].append(MatchDecision(k, int(tids[k]), dets.boxes[k].astype(np.float32),
+                    decisions[fi].append(MatchDecision(face, int(tids[face]), dets.boxes[face].astype(np.float32),
                                                        probe, hit[0]))
         out: list[FrameRecognition] = []
         for fi, frame in enumerate(frames):

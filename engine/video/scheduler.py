@@ -156,7 +156,7 @@ class Scheduler:
         return self.registry.find(camera_id)
 
     def cameras(self) -> list[CameraState]:
-        return self.registry.list()
+        return self.registry.all()
 
     # ---- ingest ----------------------------------------------------------------------------------
     def submit(self, job: FrameJob) -> None:

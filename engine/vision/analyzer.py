@@ -12,7 +12,6 @@ import numpy as np
 
 from engine.config import Config
 from engine.errors import MultipleFacesError, NoFaceError
-from engine.gallery.calibration import resolve_match_threshold, resolve_min_quality
 from engine.models.registry import ModelRegistry
 from engine.models.runner import RunnerInfo
 from engine.vision.align import Aligner
@@ -44,11 +43,8 @@ class FaceAnalyzer:
         registry = registry or ModelRegistry.from_config(cfg.models)
         det = load_detector(registry, cfg.models.detector, cfg.detector, cfg.runtime)
         emb = load_embedder(registry, cfg.models.embedder, cfg.embedder, cfg.runtime)
-        resolve_match_threshold(cfg, emb.spec)  # match_threshold 0 = from gallery.match_fpir
-        resolve_min_quality(cfg, emb.spec)  # min_quality < 0 = the embedder's calibrated gate
-        log.info("analyzer: detector=%s embedder=%s (dim %d) on %s (IO binding %s), match threshold %.4f",
-                 det.name, emb.name, emb.dim, emb.runner.provider, "on" if emb.runner.io_binding else "off",
-                 cfg.gallery.match_threshold)
+        log.info("analyzer: detector=%s embedder=%s (dim %d) on %s (IO binding %s)",
+                 det.name, emb.name, emb.dim, emb.runner.provider, "on" if emb.runner.io_binding else "off")
         return cls(det, emb)
 
     @property
@@ -149,6 +145,18 @@ class FaceAnalyzer:
             log.info("%s", choice.note)
         best = dets[choice.index]
         return best, self.embed_faces(image, best)[0], choice.note
+
+    def enrolment_preview(self, image: np.ndarray, what: str = "image") -> tuple[Detections, int | None, str]:
+        """Every face found, the index of the one `enrol_face` would enrol (None when it would refuse) and
+        why not ('' when it can): an enrolment preview that makes the same choice, without embedding."""
+        image = check_array(image)
+        dets = self.detector.detect(image)
+        try:
+            choice = choose_enrolment_face(dets.boxes, image.shape[1], image.shape[0], what,
+                                           self.detector.cfg.min_face_size)  # type: ignore[attr-defined]
+        except (NoFaceError, MultipleFacesError) as exc:
+            return dets, None, str(exc)
+        return dets, choice.index, ""
 
     def largest_face(self, image: np.ndarray, what: str = "image") -> tuple[Detections, np.ndarray]:
         """The largest face (for search/verify probes, where a bystander should not fail the call)."""

@@ -7,6 +7,7 @@ to original image coordinates.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import time
@@ -17,11 +18,12 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from engine.config import DetectorConfig, RuntimeConfig, gpu_provider
+from engine.config import DetectorConfig, RuntimeConfig
 from engine.models.factory import load_runner
 from engine.models.registry import ModelRegistry, ModelSpec
 from engine.models.runner import BatchVerdict, InferenceRunner, RunFn
 from engine.models.session import warmup_on
+from engine.settings import detector_score_threshold, gpu_provider
 from engine.vision.batchcheck import compare_detections, sample_images
 from engine.vision.detections import Detections
 from engine.vision.graph_preprocess import letterbox_for, prepend_letterbox
@@ -59,6 +61,8 @@ class FaceDetector(ABC):
 
     name: str
     runner: InferenceRunner
+    spec: ModelSpec
+    score_threshold: float  # resolved: detector.score_threshold or the model's own
 
     def detect(self, image: np.ndarray) -> Detections:
         return self.detect_batch([image])[0]
@@ -89,6 +93,7 @@ class OnnxFaceDetector(FaceDetector):
         """True when the runner's graph starts with the pre-processing nodes (`prepend_letterbox`):
         it then takes uint8 BGR frames (N, H, W, 3) and letterboxes them itself."""
         self.cfg = cfg
+        self.score_threshold = detector_score_threshold(cfg, spec)  # "auto": the model's own (manifest)
         self._anchor_cache: dict[tuple[int, int, int], np.ndarray] = {}
         self._local = threading.local()
 
@@ -209,7 +214,8 @@ class OnnxFaceDetector(FaceDetector):
         for shape, idx in groups.items():
             t0 = time.perf_counter()
             scale, tw, th = letterbox_for(shape[0], shape[1], self.network_side(shape[1], shape[0]))
-            frames = self._buffer((self.runner.padded(len(idx)), *shape), np.uint8)
+            # not cached: a 32-frame 1080p bucket is 200 MB a thread; spare rows of np.empty are never touched
+            frames = np.empty((self.runner.padded(len(idx)), *shape), np.uint8)
             for k, i in enumerate(idx):
                 frames[k] = images[i]
             t1 = time.perf_counter()
@@ -222,6 +228,10 @@ class OnnxFaceDetector(FaceDetector):
         self._local.timing = DetectTiming(len(images), pre, model, post)
         return [r if r is not None else Detections.empty() for r in results]
 
+    def _detect_copies(self, frame: np.ndarray, rows: int) -> list[Detections]:
+        """`rows` copies of one frame in one batched call (warm-up)."""
+        return self.detect_batch([frame] * rows)
+
     def warm_up(self, frame_sizes: Sequence[str]) -> float:
         """Run every bucket at each frame size (WIDTHxHEIGHT, one per stream class) through `detect_batch`
         with black frames, so each shape steady state will use is met once at load; returns seconds."""
@@ -229,7 +239,7 @@ class OnnxFaceDetector(FaceDetector):
         for size in frame_sizes:
             w, h = (int(v) for v in size.lower().split("x"))
             frame = np.zeros((h, w, 3), np.uint8)
-            total += self.runner.warm_up(lambda rows, f=frame: self.detect_batch([f] * rows), f"{w}x{h} frames")
+            total += self.runner.warm_up(functools.partial(self._detect_copies, frame), f"{w}x{h} frames")
         return total
 
     @abstractmethod
@@ -258,12 +268,12 @@ class OnnxFaceDetector(FaceDetector):
 
     def postprocess(self, boxes: np.ndarray, kps: np.ndarray, scores: np.ndarray, lb: Letterbox,
                     shape: tuple[int, ...]) -> Detections:
-        keep = scores >= self.cfg.score_threshold
+        keep = scores >= self.score_threshold
         boxes, kps, scores = boxes[keep], kps[keep], scores[keep]
         if len(scores) == 0:
             return Detections.empty()
         xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
-        idx = cv2.dnn.NMSBoxes(xywh.tolist(), scores.tolist(), self.cfg.score_threshold, self.cfg.nms_threshold)
+        idx = cv2.dnn.NMSBoxes(xywh.tolist(), scores.tolist(), self.score_threshold, self.cfg.nms_threshold)
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
         boxes, kps, scores = boxes[idx] / lb.scale, kps[idx] / lb.scale, scores[idx]
         h, w = shape[:2]
@@ -295,7 +305,7 @@ class YuNetDetector(OnnxFaceDetector):
 
     def decode(self, outs: list[np.ndarray], w: int, h: int,
                threshold: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        thr = self.cfg.score_threshold if threshold is None else threshold
+        thr = self.score_threshold if threshold is None else threshold
         all_b, all_k, all_s = [], [], []
         for i, stride in enumerate(STRIDES):
             cls, obj = outs[i].reshape(-1), outs[3 + i].reshape(-1)
@@ -319,7 +329,7 @@ class ScrfdDetector(OnnxFaceDetector):
 
     def decode(self, outs: list[np.ndarray], w: int, h: int,
                threshold: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        thr = self.cfg.score_threshold if threshold is None else threshold
+        thr = self.score_threshold if threshold is None else threshold
         all_b, all_k, all_s = [], [], []
         n = len(outs) // 3
         anchors = 2 if n == 3 else 1
@@ -337,7 +347,7 @@ class ScrfdDetector(OnnxFaceDetector):
         return _cat(all_b, all_k, all_s)
 
 
-def _cat(b: list[np.ndarray], k: list[np.ndarray], s: list[np.ndarray]) -> tuple[np.ndarray, ...]:
+def _cat(b: list[np.ndarray], k: list[np.ndarray], s: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if not s:
         return np.zeros((0, 4), np.float32), np.zeros((0, 5, 2), np.float32), np.zeros((0,), np.float32)
     return np.concatenate(b), np.concatenate(k), np.concatenate(s)
@@ -352,8 +362,6 @@ def load_detector(registry: ModelRegistry, name: str, cfg: DetectorConfig, runti
     spec = registry.spec(name)
     if spec.task != "detector" or spec.family not in _FAMILIES:
         raise ValueError(f"model {name} is not a supported detector (task={spec.task}, family={spec.family})")
-    if cfg.score_threshold <= 0:  # 0 = the model's own calibrated threshold (scores differ per family)
-        cfg.score_threshold = float(spec.extra.get("score_threshold", 0.6))  # type: ignore[arg-type]
     graph = runtime.runner == "onnx" and (runtime.graph_preprocess == "on" or (
         runtime.graph_preprocess == "auto" and gpu_provider(runtime.provider)))
     auto = None

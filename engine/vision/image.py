@@ -77,7 +77,8 @@ def probe(data: bytes) -> tuple[str, int, int]:
         with _PARSERS[fmt](io.BytesIO(data)) as im:
             width, height = im.size
             for tile in im.tile:  # a frame drawn outside the declared canvas (GIF) counts too
-                width, height = max(width, tile[1][2]), max(height, tile[1][3])
+                if tile[1] is not None:
+                    width, height = max(width, tile[1][2]), max(height, tile[1][3])
             mode = im.mode
     except Exception as exc:  # noqa: BLE001 - any parser failure means: size unknown, refuse
         raise InvalidImageError(f"image could not be decoded ({fmt}, {len(data)} bytes): header unreadable "
