@@ -403,11 +403,11 @@ class SightingsConfig(Section):
     partition_hours: float = _f(1.0, "Hours of sightings per search-index partition (retention drops whole "
                                      "partitions; a search reads only the partitions of its time range).",
                                 gt=0.0, le=24.0 * 31)
-    ivfpq_min: int = _f(200_000, "A partition with at least this many sightings is rebuilt as IVF-PQ (compressed, "
+    ivfpq_min: int = _f(20_000, "A partition with at least this many sightings is rebuilt as IVF-PQ (compressed, "
                                  "approximate; results re-scored exactly from the store); below it, exact search.",
                         ge=1000, le=1_000_000_000)
     pq_m: int = _f(16, "IVF-PQ sub-quantizers (bytes per vector); must divide the embedding size.", ge=1, le=256)
-    nprobe: int = _f(16, "IVF lists searched per query in IVF-PQ partitions (recall against speed).", ge=1, le=65536)
+    nprobe: int = _f(64, "IVF lists searched per query in IVF-PQ partitions (recall against speed).", ge=1, le=65536)
     search_fpir: float = _f(1e-3, "Share of searches for a person never seen that may still return a sighting (the "
                                   "watchlists' FPIR calibration, applied to search_size sightings).", gt=0.0, lt=1.0)
     search_size: int = _f(1000, "Sightings the derived search threshold is sized for (more = a higher threshold).",
@@ -434,6 +434,10 @@ class ClusterConfig(Section):
                               ge=1, le=1024)
     calls_per_worker: int = _f(2, "Calls in flight per worker, each for a different camera (keeps workers busy).",
                                ge=1, le=1024)
+    worker_threads: int = _f(
+        1, "Frame calls a worker processes at once; the other calls in flight (calls_per_worker) wait in Ray with "
+        "their frames already sent, so a worker never idles between calls and its model threads stay within its "
+        "CPUs. Raise it for GPU workers, whose calls wait on the device.", ge=1, le=64)
     call_timeout_s: float = _f(30.0, "A worker call that takes longer fails its frames with UNAVAILABLE.",
                                gt=0.0, le=3600.0)
     connect_timeout_s: float = _f(5.0, "Seconds to reach a remote Ray address before failing with a clear error.",

@@ -1,5 +1,6 @@
 """`faceengine bench` (video pipeline throughput/latency), `bench faiss` (1:N search), `bench cluster`
-(fps against Ray workers) and `bench models` (detector / embedder throughput on the configured provider).
+(fps against Ray workers), `bench models` (detector / embedder throughput on the configured provider)
+and `bench sightings` (sightings insert rate, search latency over 24 h of partitions, recall).
 
 Both run the scripts in the source tree's `benchmarks/` folder, so the command and the script
 measure with the same code."""
@@ -40,9 +41,13 @@ def register(sub: Any, lazy: Callable[[str, str], Callable[[argparse.Namespace],
                                    "configured provider; `faceengine bench faiss` for the gallery search "
                                    "benchmark (real LFW embeddings and synthetic vectors).")
     add_config_args(b)
-    b.add_argument("target", nargs="?", choices=["pipeline", "models", "faiss", "cluster"], default="pipeline",
+    b.add_argument("target", nargs="?", choices=["pipeline", "models", "faiss", "cluster", "sightings"],
+                   default="pipeline",
                    help="which benchmark (default pipeline; models: detector/embedder throughput; cluster: fps "
-                        "against Ray worker processes)")
+                        "against Ray worker processes; sightings: insert rate, search p99 over 24 h of partitions, "
+                        "recall@10 by identity)")
+    b.add_argument("--sizes", default=None, help="sightings: synthetic sightings per size (default 1000000,10000000)")
+    b.add_argument("--queries", type=int, default=None, help="sightings: real query photos (default 300)")
     b.add_argument("--workers", default="1,2", help="cluster: comma-separated worker counts (default 1,2)")
     b.add_argument("--video", default=None, help="video file (default shared multiface_1080p.mp4)")
     b.add_argument("--cameras", type=int, default=4, help="simulated cameras: the engine runs 1..N (default 4)")
@@ -87,6 +92,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         mod = _bench_module("bench_faiss")
         argv = ["--out", args.out or "bench-results/faiss"] + (["--quick"] if args.quick else [])
         return int(mod.main(argv) or 0)
+    if args.target == "sightings":
+        mod = _bench_module("bench_sightings")
+        cfg = load_config(args)
+        mirror = mod.SHARED / "models"
+        if not cfg.models.mirror and mirror.is_dir():
+            cfg.models.mirror = str(mirror)  # missing models are copied (hash-checked) from ../shared/models
+        argv = ["--out", args.out or "bench-results/sightings"] + (["--quick"] if args.quick else [])
+        argv += (["--sizes", args.sizes] if args.sizes else []) + (["--json"] if args.json else [])
+        argv += ["--queries", str(args.queries)] if args.queries else []
+        return int(mod.main(argv, cfg=cfg) or 0)
     if args.target == "cluster":
         mod = _bench_module("bench_cluster")
         argv = ["--workers", args.workers, "--cameras", str(args.cameras), "--rounds", str(args.rounds or 1),

@@ -245,8 +245,15 @@ def _provider(analyzer: Any) -> str:
     return prov if isinstance(prov, str) else "unknown"
 
 
-def ray_worker_class() -> Any:
-    """`CameraWorker` as a Ray actor class: threaded (one call per camera in flight), restarted by Ray."""
+FRAMES_GROUP = "frames"
+"""The actor's concurrency group for frame calls (`process`); status, info and control calls run apart."""
+
+
+def ray_worker_class(frame_threads: int = 1) -> Any:
+    """`CameraWorker` as a Ray actor class, restarted by Ray: `frame_threads` frame calls run at once (the
+    `frames` concurrency group; calls beyond it queue in Ray with their frames transferred), control calls
+    (ping, status, info, pull cameras) on their own threads so they never wait behind frames."""
     import ray
 
-    return ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=8)(CameraWorker)
+    return ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=8,
+                      concurrency_groups={FRAMES_GROUP: max(1, frame_threads)})(CameraWorker)

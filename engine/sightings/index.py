@@ -4,9 +4,10 @@ Sightings are placed by `first_seen` into partitions of `partition_s` seconds (o
 each). New sightings are added to their partition as they arrive (no rebuild); retention drops
 whole partitions (and trims the one that straddles the cut-off); a search reads only the
 partitions overlapping its time range. A partition starts exact (flat inner product) and is
-rebuilt once as IVF-PQ (trained on its own vectors) when it reaches `ivfpq_min` sightings; from
-then on new sightings are encoded into it. IVF-PQ scores are approximate: callers re-score the
-candidates exactly (the store keeps every embedding). Thread-safe.
+rebuilt once as IVF-PQ when it reaches `ivfpq_min` sightings (quantizers trained once, on the
+first such partition, then shared); from then on new sightings are encoded into it. IVF-PQ scores
+are approximate: callers re-score the candidates exactly (the store keeps every embedding).
+Thread-safe.
 
 Example::
 
@@ -55,6 +56,7 @@ class SightingIndex:
         self.nprobe = nprobe
         self._parts: dict[int, _Partition] = {}
         self._cam_codes: dict[str, int] = {}
+        self._template: faiss.Index | None = None  # trained, empty IVF-PQ copied for each large partition
         self._lock = threading.RLock()
 
     # ---- writing ---------------------------------------------------------------------------------
@@ -64,13 +66,15 @@ class SightingIndex:
         vecs = np.ascontiguousarray(vectors, np.float32).reshape(len(ids), self.dim)
         times = np.asarray(times, np.float64).reshape(-1)
         with self._lock:
-            codes = np.array([self._cam_codes.setdefault(c, len(self._cam_codes)) for c in cameras], np.int32)
+            names, inverse = np.unique(np.asarray(cameras, dtype=object).astype(str), return_inverse=True)
+            lut = np.array([self._cam_codes.setdefault(str(c), len(self._cam_codes)) for c in names], np.int32)
+            codes = lut[inverse.reshape(-1)]
             keys = np.floor(times / self.partition_s).astype(np.int64)
             for key in np.unique(keys):
                 rows = np.flatnonzero(keys == key)
                 part = self._parts.get(int(key))
                 if part is None:
-                    part = self._parts[int(key)] = _Partition(int(key), faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim)))
+                    part = self._parts[int(key)] = _Partition(int(key), faiss.IndexIDMap(faiss.IndexFlatIP(self.dim)))
                 part.index.add_with_ids(vecs[rows], ids[rows])
                 part.ids = np.concatenate([part.ids, ids[rows]])
                 part.times = np.concatenate([part.times, times[rows]])
@@ -79,15 +83,21 @@ class SightingIndex:
                     self._to_ivfpq(part)
 
     def _to_ivfpq(self, part: _Partition) -> None:
-        """Rebuild a partition grown past `ivfpq_min` as IVF-PQ, trained on its own vectors."""
+        """Rebuild a partition grown past `ivfpq_min` as IVF-PQ. The coarse quantizer and PQ codebooks
+        are trained once, on the first such partition (every hour's faces come from the same
+        distribution), and copied empty for the next ones: no training per partition."""
         flat = faiss.downcast_index(part.index.index)
         n = len(part)
         vecs = faiss.rev_swig_ptr(flat.get_xb(), n * self.dim).reshape(n, self.dim).copy()
         row_ids = faiss.vector_to_array(part.index.id_map).astype(np.int64)
-        nlist = int(2 ** round(math.log2(max(16.0, 4 * math.sqrt(n)))))
-        ivf = faiss.IndexIVFPQ(faiss.IndexFlatIP(self.dim), self.dim, nlist, self.pq_m, 8, faiss.METRIC_INNER_PRODUCT)
-        sample = vecs[np.random.default_rng(0).choice(n, min(n, 64 * nlist), replace=False)]
-        ivf.train(sample)
+        if self._template is None:
+            nlist = int(2 ** round(math.log2(max(16.0, math.sqrt(n)))))
+            ivf = faiss.IndexIVFPQ(faiss.IndexFlatIP(self.dim), self.dim, nlist, self.pq_m, 8,
+                                   faiss.METRIC_INNER_PRODUCT)
+            size = min(n, max(40 * nlist, 40 * 256))  # enough points for the coarse and the PQ centroids
+            ivf.train(vecs[np.random.default_rng(0).choice(n, size, replace=False)])
+            self._template = faiss.clone_index(ivf)
+        ivf = faiss.clone_index(self._template)
         ivf.add_with_ids(vecs, row_ids)
         part.index, part.pq = ivf, True
 

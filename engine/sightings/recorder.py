@@ -48,7 +48,7 @@ class SightingRecorder:
 
     def __init__(self, store: SightingStore, model: str, thumbnail: Thumbnailer,
                  on_written: Callable[[list[Sighting]], None] | None = None, queue_size: int = 10_000,
-                 max_track_s: float = 600.0, batch: int = 256) -> None:
+                 max_track_s: float = 600.0, batch: int = 1024) -> None:
         """on_written(batch): called by the writer after each stored batch (ids set), e.g. to index it."""
         self.store = store
         self.model = model

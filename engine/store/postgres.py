@@ -240,6 +240,19 @@ class PostgresStore(SQLStore):
         row = self._x(con, sql + " RETURNING id", args).fetchone()
         return int(row[0]) if row else 0
 
+    def _insert_ids(self, con: psycopg.Connection[Any], sql: str, rows: list[tuple[Any, ...]]) -> list[int]:
+        """One pipelined executemany with RETURNING: one round trip for the batch, ids in row order."""
+        ids: list[int] = []
+        with con.cursor() as cur:
+            cur.executemany(self._sql(sql) + " RETURNING id", rows, returning=True)
+            while True:
+                row = cur.fetchone()
+                if row is not None:
+                    ids.append(int(row[0]))
+                if not cur.nextset():
+                    break
+        return ids
+
     def _erased(self, *tables: str) -> None:
         self._vacuum(*tables)
 

@@ -11,7 +11,8 @@ Shared SQL is written with `?` placeholders (no `?` inside string literals) and 
 - `_incr(db, key)`: add one to a `meta` counter and return the new value, the counter staying
   locked to commit so numbers follow commit order; `_announce(db, what)`: tell other processes
   that "gallery" or "events" changed (at commit), or nothing where the dialect cannot.
-- `_insert_id(db, sql, args)`: run an INSERT and return the new row's id.
+- `_insert_id(db, sql, args)`: run an INSERT and return the new row's id; `_insert_ids(db, sql, rows)`:
+  the same for many rows at once (by default one `_insert_id` a row).
 - `_lock_gallery(db)`: serialise gallery writers before their first read (a no-op where the
   write transaction already does); `_erased(*tables)`: after rows were erased from `tables`, make
   sure no copy of them stays in the database's files.
@@ -85,6 +86,10 @@ class SQLStore:
 
     def _insert_id(self, db: Conn, sql: str, args: tuple[Any, ...]) -> int:
         raise NotImplementedError
+
+    def _insert_ids(self, db: Conn, sql: str, rows: list[tuple[Any, ...]]) -> list[int]:
+        """Run one INSERT for many rows; returns their new ids in order (by default one call a row)."""
+        return [self._insert_id(db, sql, r) for r in rows]
 
     def _lock_gallery(self, db: Conn) -> None:
         """Serialise gallery writers; by default nothing (the write transaction already does)."""
@@ -367,17 +372,20 @@ class SQLStore:
 
     # ---- sightings -------------------------------------------------------------------------------
     def add_sightings(self, sightings: list[Sighting]) -> list[int]:
+        if not sightings:
+            return []
         now = time.time()
-        ids: list[int] = []
+        rows = []
+        for s in sightings:
+            emb = np.ascontiguousarray(s.embedding, np.float32).reshape(-1)
+            s.created = s.created or now
+            rows.append((s.camera_id, s.track_id, s.first_seen, s.last_seen, float(s.quality),
+                         json.dumps([float(v) for v in s.box]), s.model, int(emb.shape[0]), emb.tobytes(),
+                         s.thumbnail, s.watchlist, s.person_id, float(s.score), s.created))
         with self._tx() as db:
-            for s in sightings:
-                emb = np.ascontiguousarray(s.embedding, np.float32).reshape(-1)
-                s.created = s.created or now
-                s.id = self._insert_id(db, _SIGHTING_INSERT, (
-                    s.camera_id, s.track_id, s.first_seen, s.last_seen, float(s.quality),
-                    json.dumps([float(v) for v in s.box]), s.model, int(emb.shape[0]), emb.tobytes(), s.thumbnail,
-                    s.watchlist, s.person_id, float(s.score), s.created))
-                ids.append(s.id)
+            ids = self._insert_ids(db, _SIGHTING_INSERT, rows)
+        for s, i in zip(sightings, ids, strict=True):
+            s.id = i
         return ids
 
     def get_sightings(self, ids: list[int], thumbnails: bool = True) -> list[Sighting]:

@@ -250,6 +250,13 @@ class SQLiteStore(SQLStore):
     def _insert_id(self, db: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> int:
         return int(self._x(db, sql, args).lastrowid or 0)
 
+    def _insert_ids(self, db: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]) -> list[int]:
+        """One executemany: inside this write transaction (no other writer) AUTOINCREMENT gives the
+        rows consecutive ids ending at last_insert_rowid()."""
+        db.executemany(self._sql(sql), rows)
+        last = int(db.execute("SELECT last_insert_rowid()").fetchone()[0])
+        return list(range(last - len(rows) + 1, last + 1))
+
     def _erased(self, *tables: str) -> None:
         """Erased rows leave no copy in any file: secure_delete zeroed their pages; the WAL goes."""
         self._checkpoint()
