@@ -21,6 +21,7 @@ import cv2
 import grpc
 import numpy as np
 import pytest
+from google.protobuf import descriptor_pool, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from engine.cli.main import main as cli
@@ -176,11 +177,12 @@ def test_subscription_caps_per_token_and_global(cfg: Config, analyzer) -> None: 
 # ---- 6. audit gaps, throttling, fail closed, revocation ----------------------------------------
 def _generic(ch: grpc.Channel, name: str, md: tuple) -> grpc.StatusCode:
     svc, meth = name.strip("/").split("/")
-    m = pb.DESCRIPTOR.services_by_name[svc.split(".")[-1]].methods_by_name[meth]
-    req = getattr(pb, m.input_type.name)()
+    # every service of the API, whichever .proto file declares it (faceengine.proto, sightings.proto, ...)
+    m = descriptor_pool.Default().FindServiceByName(svc).methods_by_name[meth]
+    req = message_factory.GetMessageClass(m.input_type)()
     if meth == "SubscribeMatches":
         req.camera_ids.append("no-such-camera")
-    out = getattr(pb, m.output_type.name).FromString
+    out = message_factory.GetMessageClass(m.output_type).FromString
     ser = type(req).SerializeToString
     if m.client_streaming and m.server_streaming:
         return _code(lambda: list(ch.stream_stream(name, ser, out)(iter([]), metadata=md, timeout=30)))
