@@ -228,9 +228,9 @@ def test_worker_killed_mid_stream_cameras_move_and_no_event_is_lost(cfg: Config,
         assert len(acked - set(before_kill)) >= 1  # a new track (new event) after the move
         # Ray restarts the killed actor: it comes back and serves again
         deadline = time.time() + 60
-        while time.time() < deadline and not all(w.alive for w in eng._workers):
+        while time.time() < deadline and eng.live_workers() < len(eng.workers()):
             time.sleep(0.5)
-        assert all(w.alive for w in eng._workers)
+        assert eng.live_workers() == len(eng.workers())
     finally:
         srv.stop(grace=1)
 

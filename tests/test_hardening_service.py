@@ -113,14 +113,14 @@ def test_health_and_admin_answer_while_streams_and_subscriptions_saturate(cfg: C
         gw = Client(srv.address, token=tokens["gateway"])
         for _ in range(6):
             held.follow(gw.ingest.StreamFrames(held.idle_frames(), metadata=gw.metadata))
-        assert _wait(lambda: srv.metrics.active_streams._value.get() == 6)
+        assert _wait(lambda: srv.metrics.registry.get_sample_value("faceengine_active_streams") == 6)
         ops = [Client(srv.address, token=tokens[n]) for n in ("operator", "operator-2")]
         subs = [held.follow(ops[i % 2].matches.SubscribeMatches(pb.MatchFilter(), metadata=ops[i % 2].metadata))
                 for i in range(12)]
         # 2 subscriptions fit beside 6 ingest streams; the other 10 are refused at once, not queued
         assert _wait(lambda: sum(held.codes[i] == grpc.StatusCode.RESOURCE_EXHAUSTED for i in subs) == 10), \
             held.codes
-        assert len(srv.engine.bus._subs) == 2
+        assert len(srv.engine.bus) == 2
         health = health_pb2_grpc.HealthStub(admin.channel)
         lat_h, lat_a = [], []
         for _ in range(7):
@@ -154,21 +154,21 @@ def test_subscription_caps_per_token_and_global(cfg: Config, analyzer) -> None: 
         a, b = (Client(srv.address, token=tokens[n]) for n in ("operator", "operator-2"))
         for _ in range(2):
             held.follow(a.matches.SubscribeMatches(pb.MatchFilter(), metadata=a.metadata))
-        assert _wait(lambda: len(srv.engine.bus._subs) == 2)
+        assert _wait(lambda: len(srv.engine.bus) == 2)
         with pytest.raises(grpc.RpcError) as per_token:
             list(a.matches.SubscribeMatches(pb.MatchFilter(), metadata=a.metadata, timeout=5))
         assert per_token.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "max_subscriptions_per_token" in per_token.value.details()
         held.follow(b.matches.SubscribeMatches(pb.MatchFilter(), metadata=b.metadata))
-        assert _wait(lambda: len(srv.engine.bus._subs) == 3)
+        assert _wait(lambda: len(srv.engine.bus) == 3)
         with pytest.raises(grpc.RpcError) as glob:
             list(b.matches.SubscribeMatches(pb.MatchFilter(), metadata=b.metadata, timeout=5))
         assert glob.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "server.max_subscriptions" in glob.value.details()
         held.calls[0].cancel()  # a slot frees when a subscriber leaves
-        assert _wait(lambda: len(srv.engine.bus._subs) == 2)
+        assert _wait(lambda: len(srv.engine.bus) == 2)
         held.follow(b.matches.SubscribeMatches(pb.MatchFilter(), metadata=b.metadata))
-        assert _wait(lambda: len(srv.engine.bus._subs) == 3)
+        assert _wait(lambda: len(srv.engine.bus) == 3)
     finally:
         held.close()
         srv.stop(grace=1)
@@ -293,7 +293,8 @@ def test_revoked_token_ends_open_streams(cfg: Config, analyzer) -> None:  # noqa
         op, gw = Client(srv.address, token=tokens["operator"]), Client(srv.address, token=tokens["gateway"])
         sub = held.follow(op.matches.SubscribeMatches(pb.MatchFilter(), metadata=op.metadata))
         ing = held.follow(gw.ingest.StreamFrames(held.idle_frames(), metadata=gw.metadata))
-        assert _wait(lambda: len(srv.engine.bus._subs) == 1 and srv.metrics.active_streams._value.get() == 1)
+        assert _wait(lambda: len(srv.engine.bus) == 1
+                     and srv.metrics.registry.get_sample_value("faceengine_active_streams") == 1)
         time.sleep(0.5)
         assert held.codes == [None, None]
         srv.store.revoke_token("operator-1")

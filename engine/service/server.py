@@ -13,11 +13,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from engine.app.cameras import CameraService
 from engine.config import Config
-from engine.errors import ConfigError, InvalidArgumentError
+from engine.errors import ConfigError
 from engine.retention import RetentionWorker
 from engine.runtime import build_runtime
-from engine.service import validate
 from engine.service.auth import AdminServicer, AuthInterceptor
 from engine.service.interceptors import ErrorCountInterceptor
 from engine.service.proto import pb, rpc, spb, srpc
@@ -79,6 +79,7 @@ class FaceEngineServer:
             self.store.close()
             raise
         self.slots = StreamSlots(cfg.server)
+        self.cameras = CameraService(cfg, self.engine, self.store)
         self.sightings: Sightings | None = None
         if cfg.sightings.enabled:  # every track's best shot kept: a policy decision, off by default
             thumbnail = EventRecorder(self.store, self.engine.bus, RecorderSettings.from_config(cfg)).thumbnail
@@ -125,35 +126,15 @@ class FaceEngineServer:
 
     # ---- cameras (engine + persistence + pull threads) -----------------------------------------
     def add_camera(self, camera_id: str, uri: str, options: dict[str, str], persist: bool = True) -> CameraStatus:
-        """Validate (URI policy, options, limits), register, save (persist) and start a camera.
-
-        A new camera that fails validation raises InvalidArgumentError and nothing is saved; a saved
-        one (persist=False, at start-up) is listed in state 'error' with the reason, never started."""
-        try:
-            validate.camera(camera_id, uri, options, self.cfg)
-        except InvalidArgumentError as exc:
-            if persist:
-                raise
-            log.error("camera %s not started: %s", camera_id, exc)
-            return self.engine.add_camera(camera_id, uri, options,
-                                          error=f"{exc}; fix the camera (remove and add it again) or the config")
-        cam = self.engine.add_camera(camera_id, uri, options)
-        if persist:
-            self.store.save_camera(camera_id, cam.uri, cam.options)
-        return cam
+        """See `CameraService.add`."""
+        return self.cameras.add(camera_id, uri, options, persist)
 
     def remove_camera(self, camera_id: str) -> None:
-        self.engine.remove_camera(camera_id)
-        self.store.delete_camera(camera_id)
+        self.cameras.remove(camera_id)
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def start(self) -> FaceEngineServer:
-        for cid, uri, opts in self.store.list_camera_defs():  # cameras survive restarts
-            if not self.engine.has_camera(cid):
-                try:
-                    self.add_camera(cid, uri, opts, persist=False)
-                except Exception as exc:  # noqa: BLE001 - one bad saved camera never stops the server
-                    log.error("saved camera %r not loaded: %s", cid[:128], exc)
+        self.cameras.load_saved()  # cameras survive restarts
         self.engine.start()
         self.running = True
         if self.sightings is not None:
