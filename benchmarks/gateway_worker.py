@@ -7,8 +7,8 @@ rate (frames/s per camera; 0 = as fast as the window allows), seconds (0 = each 
 clip_fps (optional: stamp frame j with stream start + j / clip_fps, the clip's own timeline as the in-process
 passes use, so tracking and re-embedding intervals see the same times; absent = wall time at send)}
 from argv[1]; prints one JSON line {first_send, last_recv, latencies_ms, tracks, frames, errors,
-dropped}. `tracks` maps each matched person id to the number of distinct (camera, track) pairs
-matched to it: one per match event."""
+dropped, camera_tracks}. `tracks` maps each matched person id to the number of distinct (camera, track) pairs
+matched to it: one per match event; `camera_tracks` maps each camera to its [track, person] pairs."""
 
 from __future__ import annotations
 
@@ -100,7 +100,9 @@ def main() -> None:
     client.close()
     print(json.dumps({"first_send": first[0], "last_recv": last[0], "latencies_ms": lat,
                       "tracks": {k: len(v) for k, v in sorted(tracks.items())}, "frames": frames[0],
-                      "errors": errors[0], "dropped": dropped[0]}))
+                      "errors": errors[0], "dropped": dropped[0],
+                      "camera_tracks": {c: sorted([t, p] for p, v in tracks.items() for cc, t in v if cc == c)
+                                        for c in job["cameras"]}}))
 
 
 if __name__ == "__main__":

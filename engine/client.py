@@ -119,7 +119,7 @@ def video_frames(source: str, camera_id: str, realtime: bool = True, loop: bool 
 def _read_frames(cap: cv2.VideoCapture, camera_id: str, realtime: bool, loop: bool, max_frames: int,
                  jpeg_quality: int, stop: threading.Event | None) -> Iterator[pb.Frame]:
     fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
-    seq, t0 = 0, time.monotonic()
+    seq, t0, last = 0, time.monotonic(), None
     try:
         while not (stop and stop.is_set()):
             ok, frame = cap.read()
@@ -127,8 +127,11 @@ def _read_frames(cap: cv2.VideoCapture, camera_id: str, realtime: bool, loop: bo
                 if loop and seq:
                     cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
                     ok, frame = cap.read()
+                    if not ok and last is not None:  # a still image cannot rewind: send it again
+                        ok, frame = True, last
                 if not ok:
                     break
+            last = frame
             seq += 1
             if realtime:
                 ahead = seq / fps - (time.monotonic() - t0)

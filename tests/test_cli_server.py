@@ -103,3 +103,15 @@ def test_cli_says_what_it_did_and_ends_cleanly(tmp_path: Path, model_dir: Path) 
         assert proc.returncode == 0 and err == "", err
         out = cli("matches", "--server", srv.address, env=env)
         assert out.returncode == 0 and "obama" in out.stdout, out  # there was a line to write
+
+
+def test_stream_sends_a_still_image_again_with_loop() -> None:
+    """A photo as a stand-in camera (the README's walkthrough): with --loop it is sent until --max-frames, each
+    frame the photo; without --loop once."""
+    from engine.client import video_frames
+
+    photo = str(IMAGES / "obama_and_biden.jpg")
+    frames = list(video_frames(photo, "door-1", realtime=False, loop=True, max_frames=5))
+    assert [f.sequence for f in frames] == [1, 2, 3, 4, 5]
+    assert len({f.encoded for f in frames}) == 1
+    assert len(list(video_frames(photo, "door-1", realtime=False))) == 1

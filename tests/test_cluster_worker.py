@@ -52,12 +52,15 @@ def test_worker_model_threads_follow_the_workers_cpus(tmp_path: Path, intra: int
     assert worker_config(cfg)["runtime"]["intra_op_threads"] == want
 
 
-@pytest.mark.parametrize(("workers", "calls", "intra", "want"), [(14, 1, 0, 14), (14, 2, 0, 28), (8, 2, 2, 32)])
-def test_thread_budget_counts_workers_calls_and_intra_op_threads(tmp_path: Path, workers: int, calls: int,
-                                                                 intra: int, want: int) -> None:
+@pytest.mark.parametrize(("workers", "calls", "threads", "intra", "want"),
+                         [(14, 1, 1, 0, 14), (14, 2, 1, 0, 14), (14, 2, 2, 0, 28), (8, 4, 2, 2, 32), (8, 1, 4, 1, 8)])
+def test_thread_budget_counts_workers_frame_threads_and_intra_op_threads(
+        tmp_path: Path, workers: int, calls: int, threads: int, intra: int, want: int) -> None:
+    """Calls in flight beyond cluster.worker_threads wait in Ray: they add no model threads."""
     from engine.cluster.frontend import model_threads
 
     cfg = _cfg(tmp_path)
     cfg.cluster.calls_per_worker = calls
+    cfg.cluster.worker_threads = threads
     cfg.runtime.intra_op_threads = intra
     assert model_threads(cfg, workers)[0] == want

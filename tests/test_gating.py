@@ -71,18 +71,21 @@ def test_motion_mask_still_scene_and_moving_face(face_photo: np.ndarray) -> None
 
 
 def test_plan_regions_aligned_and_padded() -> None:
-    """Regions hold the padded motion and track boxes, lie inside the frame and have sides that are multiples of
-    64 network pixels at the detection scale (few shapes), without overlapping."""
+    """Regions hold the padded motion and track boxes, lie inside the frame, and sit on the grid of 64 network
+    pixels at the detection scale (start on a grid line, span whole cells: few shapes, and the pixels the
+    full-frame pass sees), cut only at the frame's right and bottom edges."""
     motion = np.float32([[100, 100, 160, 300], [1500, 800, 1540, 900]])
     tracks = np.float32([[1000, 200, 1040, 240]])
     regions = plan_regions(motion, tracks, 1920, 1080, 0.5)
     assert len(regions) == 3
     for r in regions:
         assert 0 <= r[0] < r[2] <= 1920 and 0 <= r[1] < r[3] <= 1080
+        assert r[0] % 128 == 0 and r[1] % 128 == 0
         assert ((r[2] - r[0]) * 0.5) % 64 == 0 and ((r[3] - r[1]) * 0.5) % 64 == 0
     for b in np.concatenate([motion, tracks]):
         assert any(r[0] <= b[0] and r[1] <= b[1] and r[2] >= b[2] and r[3] >= b[3] for r in regions)
-    assert align_region(np.float32([1900, 1070, 1920, 1080]), 1920, 1080, 1.0) == (1856, 1016, 1920, 1080)
+    assert align_region(np.float32([1900, 1070, 1920, 1080]), 1920, 1080, 1.0) == (1856, 1024, 1920, 1080)
+    assert align_region(np.float32([100, 100, 110, 110]), 1920, 1080, 2 / 3) == (96, 96, 192, 192)
 
 
 def test_face_cut_by_region_edge_found_whole(analyzer: FaceAnalyzer, face_photo: np.ndarray) -> None:
@@ -167,3 +170,23 @@ def test_interval_rises_under_backlog_and_falls_back(analyzer: FaceAnalyzer) -> 
     for j in range(12, 20):
         rec.detect([Frame("c", j, j / FPS, frame, backlog=0)])
     assert rec.detect_interval("c") == (2, 5)
+
+
+def test_quarter_decode_detects_at_full_resolution(analyzer: FaceAnalyzer, face_photo: np.ndarray) -> None:
+    """With gating a large gateway JPEG is decoded at a quarter for the motion mask; the full-frame pass and the
+    quality gate still work on the full-resolution frame: the same face box and quality as a full decode."""
+    from engine.video.decode import CpuJpegDecoder, decode_pipeline_frame
+    from engine.video.quality import face_quality
+
+    data = cv2.imencode(".jpg", face_photo, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+    cfg = Config.load(env={})
+    image, scale, loader = decode_pipeline_frame(CpuJpegDecoder(), data, cfg)
+    assert scale == 4.0 and loader is not None and image.shape[1] * 4 == face_photo.shape[1]
+    full = loader()
+    ref = analyzer.detect_batch([full])[0]
+    rec = Recognizer(analyzer, NoGallery(), settings(motion_gating=True))
+    out = rec.process(Frame("c", 0, 0.0, image, scale=scale, loader=loader))
+    assert len(out.detections) == len(ref) == 1
+    assert box_iou(out.detections.boxes, ref.boxes)[0, 0] > 0.95
+    q = face_quality(full, ref, float(rec.settings.min_face_size))
+    assert abs(float(out.quality[0]) - float(q[0])) < 0.02, (out.quality, q)

@@ -280,10 +280,10 @@ def steps() -> list[Step]:
              lambda p: _bench("models", "--provider", "cpu", "--embedders", "mobilefacenet", "--json",
                               "--out", f"{r}/models-cpu") + (["--quick"] if q else ["--seconds", "0.5"])),
         # steady state: the workers start once for every point, 3 s warm-up then 10 s measured a point (about
-        # 100 s in all); one call in flight a worker keeps model threads (14 x 1) within the 16 cores
+        # 100 s in all); a worker runs one frame call at a time (cluster.worker_threads), so 14 workers' model
+        # threads (14 x 1) stay within the 16 cores
         Step("cluster", ("ray", *CORE), False, 40 if q else 110, 240,
              lambda p: _bench("cluster", "--rounds", "1", "--json", "--out", f"{r}/cluster-16core.json",
-                              "--calls-per-worker", "1",
                               *(["--workers", "1,2", "--cameras", "2", "--max-frames", "8", "--warmup", "1",
                                  "--seconds", "3"] if q else
                                 ["--workers", "1,2,4,8,14", "--cameras", "28", "--max-frames", "32", "--warmup", "3",

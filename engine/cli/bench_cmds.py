@@ -41,13 +41,17 @@ def register(sub: Any, lazy: Callable[[str, str], Callable[[argparse.Namespace],
                                    "configured provider; `faceengine bench faiss` for the gallery search "
                                    "benchmark (real LFW embeddings and synthetic vectors).")
     add_config_args(b)
-    b.add_argument("target", nargs="?", choices=["pipeline", "models", "faiss", "cluster", "sightings"],
+    b.add_argument("target", nargs="?", choices=["pipeline", "models", "faiss", "cluster", "sightings", "cctv"],
                    default="pipeline",
                    help="which benchmark (default pipeline; models: detector/embedder throughput; cluster: fps "
                         "against Ray worker processes; sightings: insert rate, search p99 over 24 h of partitions, "
-                        "recall@10 by identity)")
+                        "recall@10 by identity; cctv: generated static-camera clips, motion gating against "
+                        "full-frame detection, CPU a frame and cameras per core)")
     b.add_argument("--sizes", default=None, help="sightings: synthetic sightings per size (default 1000000,10000000)")
     b.add_argument("--queries", type=int, default=None, help="sightings: real query photos (default 300)")
+    b.add_argument("--clips", type=int, default=3, help="cctv: generated clips, one camera each (default 3)")
+    b.add_argument("--clip-seconds", type=float, default=20.0, help="cctv: seconds a clip (default 20)")
+    b.add_argument("--data", default="bench-results/cctv", help="cctv: folder of the generated clips")
     b.add_argument("--workers", default="1,2", help="cluster: comma-separated worker counts (default 1,2)")
     b.add_argument("--video", default=None, help="video file (default shared multiface_1080p.mp4)")
     b.add_argument("--cameras", type=int, default=4, help="simulated cameras: the engine runs 1..N (default 4)")
@@ -114,6 +118,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return int(mod.main(argv + (["--json"] if args.json else [])) or 0)
     args.rounds = args.rounds or 3
     args.window = args.window or 4
+    if args.target == "cctv":
+        mod = _bench_module("bench_cctv")
+        ns = argparse.Namespace(data=args.data, clips=args.clips, seconds=args.clip_seconds, seed=20,
+                                rounds=args.rounds, window=args.window, out=args.out or "bench-results/cctv-bench",
+                                no_grpc=args.no_grpc, no_overload=args.no_load_latency,
+                                lfw_distractors=args.lfw_distractors, json=args.json)
+        return int(mod.main_args(ns, cfg=load_config(args)))
     mod = _bench_module("bench_models" if args.target == "models" else "bench_pipeline")
     cfg = load_config(args)
     mirror = Path(mod.DEFAULT_VIDEO).parents[2] / "models"  # ../shared/testdata/videos -> ../shared/models

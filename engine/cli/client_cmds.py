@@ -39,7 +39,7 @@ def register(sub: Any, lazy: Callable[[str, str], Callable[[argparse.Namespace],
     s.add_argument("--loop", action="store_true", help="loop a file source")
     s.add_argument("--max-frames", type=int, default=0, help="stop after N frames")
     s.add_argument("--faces", action="store_true", help="print every frame's faces, not only matches")
-    s.add_argument("source", help="video file, rtsp:// URL, or webcam index (0)")
+    s.add_argument("source", help="video file, rtsp:// URL, webcam index (0), or a still image (with --loop: resent)")
     s.set_defaults(func=lazy(m, "cmd_stream"))
 
     e = sub.add_parser("enroll", help="enrol a person on the server from one or more photos")

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.cluster.worker import WireFrame, ray_worker_class, worker_config
+from engine.cluster.worker import FRAMES_GROUP, WireFrame, ray_worker_class, worker_config
 from engine.config import Config
 from engine.errors import (
     FaceEngineError,
@@ -63,10 +63,11 @@ class _Worker:
 
 
 def model_threads(cfg: Config, workers: int) -> tuple[int, int]:
-    """(model threads the workers may run at once, intra-op threads a session): workers x calls in flight a
-    worker x intra-op threads, with `runtime.intra_op_threads = 0` sized as `worker_config` sizes it."""
+    """(model threads the workers may run at once, intra-op threads a session): workers x frame calls a worker
+    processes at once x intra-op threads, with `runtime.intra_op_threads = 0` sized as `worker_config` sizes it."""
     intra = cfg.runtime.intra_op_threads or max(1, int(cfg.cluster.cpus_per_worker))
-    return workers * max(1, cfg.cluster.calls_per_worker) * intra, intra
+    at_once = max(1, min(cfg.cluster.worker_threads, cfg.cluster.calls_per_worker))
+    return workers * at_once * intra, intra
 
 
 class ClusterEngine(VideoEngine):
@@ -92,7 +93,7 @@ class ClusterEngine(VideoEngine):
     # ---- workers ---------------------------------------------------------------------------------
     def _spawn(self) -> list[Any]:
         c = self.cfg.cluster
-        cls = ray_worker_class()
+        cls = ray_worker_class(c.worker_threads)
         data = worker_config(self.cfg)  # model threads sized to the worker's CPUs
         opts: dict[str, Any] = {"num_cpus": c.cpus_per_worker}
         if c.gpus_per_worker > 0:
@@ -133,9 +134,9 @@ class ClusterEngine(VideoEngine):
         threads, intra = model_threads(self.cfg, len(self._workers))
         cpus = float(ray.cluster_resources().get("CPU", 0.0))
         if cpus and threads > cpus:
-            log.warning("cluster: %d workers x %d calls in flight x %d intra-op threads = %d model threads on %g "
-                        "CPUs; lower cluster.calls_per_worker or runtime.intra_op_threads so they fit",
-                        len(self._workers), c.calls_per_worker, intra, threads, cpus)
+            log.warning("cluster: %d workers x %d frame calls at once x %d intra-op threads = %d model threads on "
+                        "%g CPUs; lower cluster.worker_threads or runtime.intra_op_threads so they fit",
+                        len(self._workers), min(c.worker_threads, c.calls_per_worker), intra, threads, cpus)
 
     def stats(self) -> dict[str, float]:
         """Cumulative counters for benchmarks (deltas over a window give rates): frames answered by a
@@ -147,6 +148,10 @@ class ClusterEngine(VideoEngine):
     def workers(self) -> list[Any]:
         """The worker actor handles (for benchmarks and tests)."""
         return [w.handle for w in self._workers]
+
+    def live_workers(self) -> int:
+        """Workers serving now (a failed one counts again once Ray has restarted it)."""
+        return sum(1 for w in self._workers if w.alive)
 
     def worker_info(self) -> list[dict[str, Any]]:
         """Each live worker's pid, host, RSS and cameras."""
@@ -312,7 +317,7 @@ class ClusterEngine(VideoEngine):
             try:
                 try:
                     sent = time.monotonic()
-                    ref = w.handle.process.remote([p.frame for p in batch])
+                    ref = w.handle.process.options(concurrency_group=FRAMES_GROUP).remote([p.frame for p in batch])
                     outs = ray.get(ref, timeout=self.cfg.cluster.call_timeout_s + 5)
                     back = time.monotonic()
                     with self._stats_lock:

@@ -48,7 +48,7 @@ class JpegDecoder(Protocol):
     def decode(self, data: bytes, max_side: int = 8192, max_pixels: int = 16_777_216) -> np.ndarray: ...
 
     def decode_for_detection(self, data: bytes, min_long_side: int, max_side: int = 8192,
-                             max_pixels: int = 16_777_216) -> tuple[np.ndarray, float, Loader | None]:
+                             max_pixels: int = 16_777_216, factor: int = 2) -> tuple[np.ndarray, float, Loader | None]:
         """(image, scale to original pixels, full-resolution loader or None): see `decode_for_detection`."""
         ...
 
@@ -80,8 +80,14 @@ def decode_pipeline_frame(jpeg: JpegDecoder, data: bytes, cfg: Config,
 
     With `pipeline.fast_decode`, large JPEGs are half-decoded above the detector's floor
     (`reduced_decode_min_side`), else decoded in full. The one place the server, cluster workers and
-    benchmarks decode gateway frames, so they cannot drift apart (a copy with its own floor once did)."""
+    benchmarks decode gateway frames, so they cannot drift apart (a copy with its own floor once did).
+    With `pipeline.motion_gating` too, JPEGs of at least 4 x `motion_width` are decoded at a quarter (the motion
+    mask's input); the recognizer decodes the full frame only when it detects in it (regions, full-frame pass) or
+    embeds a face, so a frame between detections or of an empty scene costs a quarter decode."""
     lim = cfg.limits
+    p = cfg.pipeline
+    if p.fast_decode and p.motion_gating:
+        return jpeg.decode_for_detection(data, 4 * p.motion_width, lim.max_image_side, lim.max_image_pixels, 4)
     if cfg.pipeline.fast_decode:
         return jpeg.decode_for_detection(data, reduced_decode_min_side(cfg.detector), lim.max_image_side,
                                          lim.max_image_pixels)
@@ -97,8 +103,8 @@ class CpuJpegDecoder:
         return cpu_image.decode_image(data, max_side, max_pixels)
 
     def decode_for_detection(self, data: bytes, min_long_side: int, max_side: int = 8192,
-                             max_pixels: int = 16_777_216) -> tuple[np.ndarray, float, Loader | None]:
-        return cpu_image.decode_for_detection(data, min_long_side, max_side, max_pixels)
+                             max_pixels: int = 16_777_216, factor: int = 2) -> tuple[np.ndarray, float, Loader | None]:
+        return cpu_image.decode_for_detection(data, min_long_side, max_side, max_pixels, factor)
 
 
 class CpuVideoReader:
@@ -196,7 +202,7 @@ class NvJpegDecoder:
         return img
 
     def decode_for_detection(self, data: bytes, min_long_side: int, max_side: int = 8192,
-                             max_pixels: int = 16_777_216) -> tuple[np.ndarray, float, Loader | None]:
+                             max_pixels: int = 16_777_216, factor: int = 2) -> tuple[np.ndarray, float, Loader | None]:
         return self.decode(data, max_side, max_pixels), 1.0, None
 
 

@@ -128,18 +128,18 @@ def merge_boxes(boxes: np.ndarray) -> np.ndarray:
 
 
 def align_region(box: np.ndarray, width: int, height: int, scale: float, align: int = REGION_ALIGN) -> tuple[int, ...]:
-    """An integer region (x1, y1, x2, y2) inside the frame holding `box`, grown about its centre so that each
-    side times `scale` is a multiple of `align` network pixels (shifted inside the frame where it would stick
-    out; cut to the frame when the frame itself is smaller)."""
+    """An integer region (x1, y1, x2, y2) of the frame holding `box`, on the grid of `align` network pixels at
+    `scale` (a cell is align / scale frame pixels, from the frame's top-left corner): it starts on a grid line and
+    spans whole cells, cut at the frame's right and bottom edges. On that grid the region's resized pixels are
+    the whole frame's resized pixels at the same scale and the detector's strides (<= 32) line up with the
+    full-frame pass, so a face is found in a region as it is in the whole frame."""
+    cell = align / scale
     x1, y1, x2, y2 = (float(v) for v in box)
     out = []
     for lo, hi, limit in ((x1, x2, width), (y1, y2, height)):
-        need = max(hi - lo, 1.0) * scale
-        side = min(int(math.ceil(need / align) * align / scale), limit)
-        c = (lo + hi) / 2
-        start = int(round(c - side / 2))
-        start = min(max(start, 0), limit - side)
-        out.append((start, start + side))
+        k0 = max(0, int(math.floor(max(lo, 0.0) / cell)))
+        k1 = max(k0 + 1, int(math.ceil(min(hi, limit) / cell)))
+        out.append((min(int(round(k0 * cell)), max(0, limit - 1)), min(int(round(k1 * cell)), limit)))
     (ax1, ax2), (ay1, ay2) = out
     return ax1, ay1, ax2, ay2
 

@@ -65,6 +65,10 @@ class Frame:
     """Frames of the camera queued behind this one when it was taken (the scheduler sets it; overload signal)."""
     _full: np.ndarray | None = field(default=None, repr=False, init=False)
 
+    def decoded_full(self) -> bool:
+        """Whether the full-resolution frame is at hand (no loader, or it ran)."""
+        return self.loader is None or self._full is not None
+
     def full_image(self) -> np.ndarray:
         """The frame at its original resolution (decoded on first use when `image` is reduced)."""
         if self.loader is None:
@@ -182,8 +186,9 @@ class MatchDecision:
 class FrameRecognition:
     """What the recognizer decided for one frame (arrays are row-aligned with `detections`).
 
-    detections: faces in original pixels (`extra["track_id"]` when tracking). track_ids: (N,)
-    int64, -1 = untracked. quality: (N,) float32 in [0, 1]. embedded: (N,) bool, faces embedded in
+    detections: faces in original pixels (`extra["track_id"]` when tracking; on a frame that was not detected,
+    the live tracks carried to it). track_ids: (N,) int64, -1 = untracked. quality: (N,) float32 in [0, 1] (a
+    carried face: its track's quality when last detected). embedded: (N,) bool, faces embedded in
     this frame (the best shots). embeddings: (E, D) float32 raw unit embeddings of those faces, in
     the order of `np.flatnonzero(embedded)`. matches: decisions for faces whose probe matched.
     ended_tracks: this camera's tracks that ended with this frame (never seen again).
@@ -244,15 +249,16 @@ class GateState:
     peak_interval: int = 1
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def scale(self, pinned: float, floor: float) -> float:
-        """Region scale: `pinned` if set, else the smallest of `SCALES` (at least `floor`... 1) at which the
-        camera's small faces (10th percentile of recent sizes) still reach 1.25x the detector's reliable size."""
+    def scale(self, pinned: float, floor: float, base: float) -> float:
+        """Region scale: `pinned` if set, else `base` (the scale the whole frame is detected at, so regions and
+        full-frame passes see faces alike), lowered to the smallest of `SCALES` at which the camera's small faces
+        (10th percentile of recent sizes) still reach 1.25x the detector's reliable size `floor`."""
         if pinned > 0:
             return pinned
         if len(self.sizes) < SCALE_MIN_FACES:
-            return 1.0
+            return base
         need = 1.25 * floor / max(float(np.percentile(np.asarray(self.sizes), 10)), 1.0)
-        return next((s for s in SCALES if s >= need), 1.0)
+        return min(base, next((s for s in SCALES if s >= need), 1.0))
 
 
 @dataclass
@@ -263,6 +269,7 @@ class CameraTracking:
     tracks: TrackRegistry = field(default_factory=TrackRegistry)
     last_time: float = float("-inf")
     gate: GateState | None = None
+    quality: dict[int, float] = field(default_factory=dict)  # track id -> quality when last detected (carried)
 
 
 class Recognizer:
@@ -309,6 +316,7 @@ class Recognizer:
             return []
         ended = sorted(set(state.tracker.reset()) | {t.track_id for t in state.tracks})
         state.tracks.drop(ended)
+        state.quality.clear()
         state.last_time = float("-inf")
         return ended
 
@@ -350,8 +358,8 @@ class Recognizer:
         self._observe("motion", time.perf_counter() - t0)
         out: list[Detections] = [Carried.make() for _ in frames]
         full = [i for i, p in enumerate(plans) if p == "full"]
-        if full:
-            for i, d in zip(full, self._detect_full([frames[i] for i in full]), strict=True):
+        if full:  # at full resolution: with gating a frame's `image` may be the motion mask's reduced decode
+            for i, d in zip(full, self._detect_full([frames[i] for i in full], full_res=True), strict=True):
                 out[i] = d
         gated = [i for i, p in enumerate(plans) if isinstance(p, tuple)]
         if gated:
@@ -366,10 +374,17 @@ class Recognizer:
                                                   else "regions").inc()
         return out
 
-    def _detect_full(self, frames: Sequence[Frame]) -> list[Detections]:
-        """Whole-frame detection of each frame's `image` (one batched call)."""
+    def _detect_full(self, frames: Sequence[Frame], full_res: bool = False) -> list[Detections]:
+        """Whole-frame detection of each frame's `image` (one batched call); `full_res`: of its full-resolution
+        frame when `image` is reduced more than by half, the faces mapped to `image` pixels."""
         t0 = time.perf_counter()
-        dets = self.inference.detect_batch([f.image for f in frames])
+        # a half decode (fast_decode) is made only where it still holds the detector's input: detect on it; a
+        # quarter decode (the motion mask's, with gating) may not: detect on the full frame
+        if full_res and any(f.scale > 2.0 for f in frames):
+            raw = self.inference.detect_batch([f.full_image() if f.scale > 2.0 else f.image for f in frames])
+            dets = [_scaled(d, 1.0 / f.scale) if f.scale > 2.0 else d for d, f in zip(raw, frames, strict=True)]
+        else:
+            dets = self.inference.detect_batch([f.image for f in frames])
         if self.metrics is not None:
             self.metrics.stage_seconds.labels("detect").observe(time.perf_counter() - t0)
             self.metrics.batch_size.observe(len(frames))
@@ -413,15 +428,23 @@ class Recognizer:
             if t >= g.next_full:
                 g.next_full = t + s.full_frame_interval_s
                 return "full"
-            scale = g.scale(s.region_scale, self._min_face_px() * 1.0)
-            scale = min(scale, 1.0) if s.region_scale <= 0 else scale
         h, w = frame.image.shape[:2]
         fw, fh = round(w * frame.scale), round(h * frame.scale)
+        with g.lock:
+            scale = g.scale(s.region_scale, self._min_face_px(), self._full_scale(fw, fh))
         tracks = cam.tracker.predicted_boxes(t)
         regions = plan_regions(motion, tracks, fw, fh, scale)
         if region_share(regions, fw, fh) > s.max_region_share:
             return "full"
         return (scale, regions)
+
+    def _full_scale(self, w: int, h: int) -> float:
+        """Network pixels per pixel at which the detector takes a whole w x h frame (1 if it does not say)."""
+        det = getattr(self.inference, "detector", None)
+        side = getattr(det, "network_side", None)
+        if not callable(side):
+            return 1.0
+        return min(1.0, float(side(w, h)) / max(w, h))
 
     def _min_face_px(self) -> float:
         """The detector's smallest reliable face in network pixels (its manifest's min_face_px; 20 if unknown)."""
@@ -499,13 +522,15 @@ class Recognizer:
                 else:
                     dets = Detections.empty().with_extra(track_id=np.zeros(0, np.int64))
                 cam.last_time = max(cam.last_time, t)
-                per_frame.append((dets, np.asarray(dets.extra["track_id"], np.int64), np.zeros(len(dets), np.float32),
-                                  []))
+                tids = np.asarray(dets.extra["track_id"], np.int64)
+                carried_q = np.asarray([cam.quality.get(int(k), 0.0) for k in tids], np.float32)
+                per_frame.append((dets, tids, carried_q, []))
                 track_s += time.perf_counter() - tt
                 continue
             dets = _scaled(raw[: s.max_faces_per_frame], frame.scale)  # original coordinates
             if cam.gate is not None and len(dets):
-                cam.gate.sizes.extend(dets.sizes.tolist())  # the camera's face sizes (auto region scale)
+                with cam.gate.lock:
+                    cam.gate.sizes.extend(dets.sizes.tolist())  # the camera's face sizes (auto region scale)
             ended: list[int] = []
             if s.tracking:
                 if t < cam.last_time:  # clock went back (source restarted): start tracking afresh
@@ -518,8 +543,16 @@ class Recognizer:
             else:
                 track_ids = np.full(len(dets), -1, np.int64)
             cam.last_time = t
-            quality = (face_quality(frame.image, _scaled(dets, 1 / frame.scale), s.min_face_size / frame.scale)
-                       if len(dets) else np.zeros(0, np.float32))
+            if not len(dets):
+                quality = np.zeros(0, np.float32)
+            elif frame.scale != 1.0 and frame.decoded_full():  # detected at full resolution: judge it there
+                quality = face_quality(frame.full_image(), dets, float(s.min_face_size))
+            else:
+                quality = face_quality(frame.image, _scaled(dets, 1 / frame.scale), s.min_face_size / frame.scale)
+            if s.tracking and cam.gate is not None:  # each track's quality, for the frames that carry it
+                for gone in ended:
+                    cam.quality.pop(gone, None)
+                cam.quality.update((int(k), float(q)) for k, q in zip(track_ids, quality, strict=True) if k >= 0)
             per_frame.append((dets, np.asarray(track_ids, np.int64), quality, ended))
             passes = self.gate.passes(dets, quality)  # tiny or poor faces are tracked but never matched
             track_s += time.perf_counter() - tt

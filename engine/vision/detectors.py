@@ -8,6 +8,7 @@ to original image coordinates.
 from __future__ import annotations
 
 import functools
+import math
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -111,13 +112,15 @@ class OnnxFaceDetector(FaceDetector):
         """Smallest face (network pixels) this model finds reliably (manifest `min_face_px`)."""
         return float(self.spec.extra.get("min_face_px", DEFAULT_MIN_FACE_PX))  # type: ignore[arg-type]
 
-    def preprocess(self, image: np.ndarray, size: tuple[int, int], out: np.ndarray) -> Letterbox:
+    def preprocess(self, image: np.ndarray, size: tuple[int, int], out: np.ndarray,
+                   scale: float | None = None) -> Letterbox:
         """Letterbox `image` into the float32 buffer `out`, shaped 3xHxW (what the network eats, so no
-        transpose copy is needed) or HxWx3; the padding (right/bottom) is set to normalised black."""
+        transpose copy is needed) or HxWx3; the padding (right/bottom) is set to normalised black. `scale`:
+        network pixels per image pixel (default: the largest that fits `size`)."""
         h, w = image.shape[:2]
         tw, th = size
-        scale = min(tw / w, th / h)
-        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        scale = min(tw / w, th / h) if scale is None else scale
+        nw, nh = min(tw, max(1, round(w * scale))), min(th, max(1, round(h * scale)))
         interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
         resized = cv2.resize(image, (nw, nh), interpolation=interp)
         if self.spec.color == "RGB":
@@ -174,10 +177,12 @@ class OnnxFaceDetector(FaceDetector):
         images = [check_array(im) for im in images]
         if self.graph_letterbox:
             return self._detect_frames(images)
-        sizes = [input_size(im.shape[1], im.shape[0], max(32, round(max(im.shape[:2]) * scale))) for im in images]
-        return self._detect_sized(images, sizes)
+        sizes = [(max(32, math.ceil(im.shape[1] * scale / 32) * 32), max(32, math.ceil(im.shape[0] * scale / 32) * 32))
+                 for im in images]
+        return self._detect_sized(images, sizes, scale)
 
-    def _detect_sized(self, images: list[np.ndarray], sizes: list[tuple[int, int]]) -> list[Detections]:
+    def _detect_sized(self, images: list[np.ndarray], sizes: list[tuple[int, int]],
+                      scale: float | None = None) -> list[Detections]:
         """CPU letterbox of each image into its network (width, height); equal sizes run as one batch."""
         results: list[Detections | None] = [None] * len(images)
         groups: dict[tuple[int, int], list[int]] = {}
@@ -188,7 +193,7 @@ class OnnxFaceDetector(FaceDetector):
             tw, th = size
             t0 = time.perf_counter()
             buf = self._input_buffer(self.runner.padded(len(idx)), th, tw)
-            boxes = [self.preprocess(images[i], size, buf[k]) for k, i in enumerate(idx)]
+            boxes = [self.preprocess(images[i], size, buf[k], scale) for k, i in enumerate(idx)]
             t1 = time.perf_counter()
             outs = self.runner.run(buf, len(idx))
             t2 = time.perf_counter()
