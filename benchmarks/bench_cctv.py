@@ -243,7 +243,7 @@ def run(data: Path, clips: int = 3, seconds: float = 20.0, seed: int = 20, round
     w, h = gts[0]["size"]
     log(f"{clips} clips x {len(payloads[0])} frames {w}x{h}@{fps:g}; enrolled "
         f"{sum(p['enrolled'] for g in gts for p in g['persons'].values())} clip people and {len(distractors)} "
-        f"distractors; match threshold {cfg.gallery.match_threshold:.4f}")
+        f"distractors; match threshold {cfg.gallery.match_threshold}")
     warm = cv2.imdecode(np.frombuffer(payloads[0][0], np.uint8), cv2.IMREAD_COLOR)
     for _ in range(3):
         analyzer.analyze(warm)
