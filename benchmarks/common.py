@@ -30,7 +30,6 @@ from engine.gallery.calibration import (  # noqa: E402
     threshold_for_fpir,
 )
 from engine.gallery.gallery import Gallery  # noqa: E402
-from engine.store import open_store  # noqa: E402
 from engine.store.base import Store  # noqa: E402
 from engine.video.quality import face_quality  # noqa: E402
 from engine.vision.analyzer import FaceAnalyzer  # noqa: E402
@@ -219,8 +218,11 @@ def section_dict(section: Any) -> dict[str, Any]:
 
 
 def open_gallery(cfg: Config, analyzer: FaceAnalyzer) -> tuple[Store, Gallery]:
-    store = open_store(cfg.store.target())
-    return store, Gallery(store, analyzer.dim, analyzer.model_name, cfg.gallery.index)
+    """The store and gallery as the engine builds them (`build_runtime`, without a video engine)."""
+    from engine.runtime import build_runtime
+
+    rt = build_runtime(cfg, analyzer=analyzer, engine=False)
+    return rt.store, rt.gallery
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -86,9 +86,9 @@ def test_remove_really_removes(spec: str) -> None:
     assert ids[:, 0].tolist() == _ids(n)[100:200].tolist()
     assert index.remove(gone) == 0
     if spec == "Flat":  # the vectors are gone from the faiss structure too, not just hidden
-        assert index._store.ntotal == n - 100
+        assert index.held()["store"] == n - 100
     elif spec == "IVF16":
-        assert index._ann is not None and index._ann.ntotal == n - 100
+        assert index.held().get("ann") == n - 100
 
 
 def test_ivf_falls_back_to_exact_below_training_size() -> None:

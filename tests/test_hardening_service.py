@@ -21,6 +21,7 @@ import cv2
 import grpc
 import numpy as np
 import pytest
+from google.protobuf import descriptor_pool, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from engine.cli.main import main as cli
@@ -112,14 +113,14 @@ def test_health_and_admin_answer_while_streams_and_subscriptions_saturate(cfg: C
         gw = Client(srv.address, token=tokens["gateway"])
         for _ in range(6):
             held.follow(gw.ingest.StreamFrames(held.idle_frames(), metadata=gw.metadata))
-        assert _wait(lambda: srv.metrics.active_streams._value.get() == 6)
+        assert _wait(lambda: srv.metrics.registry.get_sample_value("faceengine_active_streams") == 6)
         ops = [Client(srv.address, token=tokens[n]) for n in ("operator", "operator-2")]
         subs = [held.follow(ops[i % 2].matches.SubscribeMatches(pb.MatchFilter(), metadata=ops[i % 2].metadata))
                 for i in range(12)]
         # 2 subscriptions fit beside 6 ingest streams; the other 10 are refused at once, not queued
         assert _wait(lambda: sum(held.codes[i] == grpc.StatusCode.RESOURCE_EXHAUSTED for i in subs) == 10), \
             held.codes
-        assert len(srv.engine.bus._subs) == 2
+        assert len(srv.engine.bus) == 2
         health = health_pb2_grpc.HealthStub(admin.channel)
         lat_h, lat_a = [], []
         for _ in range(7):
@@ -153,21 +154,21 @@ def test_subscription_caps_per_token_and_global(cfg: Config, analyzer) -> None: 
         a, b = (Client(srv.address, token=tokens[n]) for n in ("operator", "operator-2"))
         for _ in range(2):
             held.follow(a.matches.SubscribeMatches(pb.MatchFilter(), metadata=a.metadata))
-        assert _wait(lambda: len(srv.engine.bus._subs) == 2)
+        assert _wait(lambda: len(srv.engine.bus) == 2)
         with pytest.raises(grpc.RpcError) as per_token:
             list(a.matches.SubscribeMatches(pb.MatchFilter(), metadata=a.metadata, timeout=5))
         assert per_token.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "max_subscriptions_per_token" in per_token.value.details()
         held.follow(b.matches.SubscribeMatches(pb.MatchFilter(), metadata=b.metadata))
-        assert _wait(lambda: len(srv.engine.bus._subs) == 3)
+        assert _wait(lambda: len(srv.engine.bus) == 3)
         with pytest.raises(grpc.RpcError) as glob:
             list(b.matches.SubscribeMatches(pb.MatchFilter(), metadata=b.metadata, timeout=5))
         assert glob.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "server.max_subscriptions" in glob.value.details()
         held.calls[0].cancel()  # a slot frees when a subscriber leaves
-        assert _wait(lambda: len(srv.engine.bus._subs) == 2)
+        assert _wait(lambda: len(srv.engine.bus) == 2)
         held.follow(b.matches.SubscribeMatches(pb.MatchFilter(), metadata=b.metadata))
-        assert _wait(lambda: len(srv.engine.bus._subs) == 3)
+        assert _wait(lambda: len(srv.engine.bus) == 3)
     finally:
         held.close()
         srv.stop(grace=1)
@@ -176,11 +177,12 @@ def test_subscription_caps_per_token_and_global(cfg: Config, analyzer) -> None: 
 # ---- 6. audit gaps, throttling, fail closed, revocation ----------------------------------------
 def _generic(ch: grpc.Channel, name: str, md: tuple) -> grpc.StatusCode:
     svc, meth = name.strip("/").split("/")
-    m = pb.DESCRIPTOR.services_by_name[svc.split(".")[-1]].methods_by_name[meth]
-    req = getattr(pb, m.input_type.name)()
+    # every service of the API, whichever .proto file declares it (faceengine.proto, sightings.proto, ...)
+    m = descriptor_pool.Default().FindServiceByName(svc).methods_by_name[meth]
+    req = message_factory.GetMessageClass(m.input_type)()
     if meth == "SubscribeMatches":
         req.camera_ids.append("no-such-camera")
-    out = getattr(pb, m.output_type.name).FromString
+    out = message_factory.GetMessageClass(m.output_type).FromString
     ser = type(req).SerializeToString
     if m.client_streaming and m.server_streaming:
         return _code(lambda: list(ch.stream_stream(name, ser, out)(iter([]), metadata=md, timeout=30)))
@@ -291,7 +293,8 @@ def test_revoked_token_ends_open_streams(cfg: Config, analyzer) -> None:  # noqa
         op, gw = Client(srv.address, token=tokens["operator"]), Client(srv.address, token=tokens["gateway"])
         sub = held.follow(op.matches.SubscribeMatches(pb.MatchFilter(), metadata=op.metadata))
         ing = held.follow(gw.ingest.StreamFrames(held.idle_frames(), metadata=gw.metadata))
-        assert _wait(lambda: len(srv.engine.bus._subs) == 1 and srv.metrics.active_streams._value.get() == 1)
+        assert _wait(lambda: len(srv.engine.bus) == 1
+                     and srv.metrics.registry.get_sample_value("faceengine_active_streams") == 1)
         time.sleep(0.5)
         assert held.codes == [None, None]
         srv.store.revoke_token("operator-1")

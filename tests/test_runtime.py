@@ -159,7 +159,8 @@ def test_tensorrt_refused_with_clear_message_when_its_libraries_are_missing(monk
         provider_options(cfg.runtime)
     # CUDA on the second GPU carries its device id
     cfg.update({"runtime": {"provider": "cuda", "device_id": 1}}, source="test")
-    assert provider_options(cfg.runtime)[0] == ("CUDAExecutionProvider", {"device_id": "1"})
+    assert provider_options(cfg.runtime)[0] == (
+        "CUDAExecutionProvider", {"device_id": "1", "cudnn_conv_algo_search": "HEURISTIC"})
 
 
 def test_tensorrt_options_carry_cache_and_fp16(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -87,10 +87,8 @@ def _open_gallery(cfg, analyzer):  # noqa: ANN001, ANN202
 def cmd_enroll_local(args: argparse.Namespace) -> int:
     """Offline enrolment through the same `WatchlistService` as gRPC EnrollPerson: the same checks and
     refusals, and the person's photo is kept."""
-    from engine.app.watchlists import WatchlistService
     from engine.errors import InvalidArgumentError, NotFoundError
-    from engine.gallery.gallery import Gallery
-    from engine.store import open_store
+    from engine.runtime import build_runtime
     from engine.vision.analyzer import FaceAnalyzer
     from engine.vision.image import read_image
 
@@ -104,12 +102,10 @@ def cmd_enroll_local(args: argparse.Namespace) -> int:
     lim = cfg.limits
     images = [(str(path), lambda path=path: read_image(path, lim.max_image_side, lim.max_image_pixels))
               for path in args.images]
-    analyzer = FaceAnalyzer.from_config(cfg, _registry(cfg))
-    store = open_store(cfg.store.target())
+    rt = build_runtime(cfg, analyzer=FaceAnalyzer.from_config(cfg, _registry(cfg)), engine=False)
     try:
-        gallery = Gallery(store, analyzer.dim, analyzer.model_name, cfg.gallery.index)
-        service = WatchlistService(cfg, analyzer, gallery, store)
-        if args.create and not any(w.name == args.watchlist for w in gallery.list_watchlists()):
+        service = rt.watchlists
+        if args.create and not any(w.name == args.watchlist for w in rt.gallery.list_watchlists()):
             service.create_watchlist(args.watchlist)
         try:
             done = service.enroll(args.watchlist, args.person, images, args.name or "", meta, strict=args.strict,
@@ -119,7 +115,7 @@ def cmd_enroll_local(args: argparse.Namespace) -> int:
                 raise
             raise NotFoundError(f"{exc}; add --create to create it") from None
     finally:
-        store.close()
+        rt.close()
     person = done.person
     print(f"enrolled {person.person_id} ({person.display_name}) in {args.watchlist}: "
           f"{person.template_count} templates", file=sys.stderr)

@@ -149,6 +149,10 @@ class ClusterEngine(VideoEngine):
         """The worker actor handles (for benchmarks and tests)."""
         return [w.handle for w in self._workers]
 
+    def live_workers(self) -> int:
+        """Workers serving now (a failed one counts again once Ray has restarted it)."""
+        return sum(1 for w in self._workers if w.alive)
+
     def worker_info(self) -> list[dict[str, Any]]:
         """Each live worker's pid, host, RSS and cameras."""
         import ray

@@ -70,12 +70,9 @@ class CameraWorker:
     def __init__(self, cfg_data: dict[str, dict[str, Any]], worker_id: str = "worker") -> None:
         import faiss
 
-        from engine.gallery.gallery import Gallery
-        from engine.metrics import EngineMetrics
-        from engine.store import open_store
+        from engine.runtime import build_runtime
         from engine.video.decode import build_decoders
         from engine.video.pipeline import Engine
-        from engine.vision.analyzer import FaceAnalyzer
 
         # one search at a time per call, as in the server: OpenMP threads (one per core of the machine, in every
         # worker) only fight the model threads for cores (profiled on a busy 2-core machine: a worker's search
@@ -84,12 +81,13 @@ class CameraWorker:
         cfg = config_from_front(cfg_data, worker_id)
         self.cfg = cfg
         self.worker_id = worker_id
-        self.store = open_store(cfg.store.target(), cfg.store)  # SQLite on one machine, PostgreSQL across machines
-        self.analyzer = FaceAnalyzer.from_config(cfg)
-        self.gallery = Gallery(self.store, self.analyzer.dim, self.analyzer.model_name, cfg.gallery.index)
-        self.metrics = EngineMetrics()
+        # store (SQLite on one machine, PostgreSQL across machines), models, settings resolved on this machine
+        rt = build_runtime(cfg, engine=False)
+        self.store, self.analyzer, self.gallery, self.metrics = rt.store, rt.analyzer, rt.gallery, rt.metrics
+        self.settings = rt.settings
         self.decoders = build_decoders(cfg.decode, cfg.runtime.device_id)  # this process's frames and cameras
-        self.engine = Engine(cfg, self.analyzer, self.gallery, self.store, self.metrics, self.decoders)
+        # the local engine itself (not through build_engine): the worker runs batches on it directly
+        self.engine = Engine(cfg, self.analyzer, self.gallery, self.store, self.metrics, self.decoders, rt.settings)
         self.engine.start()
         # PostgreSQL pushes gallery changes (LISTEN/NOTIFY): enrolments reach this worker's FAISS replica
         # at once rather than at its next poll; SQLite never calls back and the poll stays

@@ -327,6 +327,15 @@ class VectorIndex:
         with self._lock:
             return self._sorted_ids.copy()
 
+    def held(self) -> dict[str, int]:
+        """Vectors the faiss structures hold: "store" (the exact copy) and "ann" (the approximate index, once
+        built): a removal must reach them, not only hide the ids (checked by tests and diagnostics)."""
+        with self._lock:
+            out = {"store": int(self._store.ntotal)}
+            if self._ann is not None:
+                out["ann"] = int(self._ann.ntotal)
+            return out
+
     def __contains__(self, item: object) -> bool:
         if not isinstance(item, (int, np.integer)):
             return False

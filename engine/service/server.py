@@ -4,7 +4,6 @@ checking, reflection, a Prometheus endpoint and graceful shutdown that flushes e
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent import futures
@@ -14,14 +13,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from engine.app.watchlists import WatchlistService
+from engine.app.cameras import CameraService
 from engine.config import Config
-from engine.errors import ConfigError, InvalidArgumentError
-from engine.gallery.gallery import Gallery
-from engine.metrics import EngineMetrics
+from engine.errors import ConfigError
 from engine.retention import RetentionWorker
-from engine.runtime import build_engine
-from engine.service import validate
+from engine.runtime import build_runtime
 from engine.service.auth import AdminServicer, AuthInterceptor
 from engine.service.interceptors import ErrorCountInterceptor
 from engine.service.proto import pb, rpc, spb, srpc
@@ -34,15 +30,13 @@ from engine.service.servicers import (
 )
 from engine.service.sightings_servicer import SightingsServicer
 from engine.service.tls import is_loopback, server_credentials
-from engine.settings import Settings
 from engine.sightings.service import Sightings
-from engine.store import open_store
-from engine.store.sqlite import damaged
 from engine.video.cameras import CameraStatus
 from engine.video.decode import Decoders
 from engine.video.engine_api import VideoEngine
 from engine.video.recorder import EventRecorder, RecorderSettings
 from engine.vision.analyzer import FaceAnalyzer
+from engine.workers import EventRelayWorker, StoreHealthWorker
 
 log = logging.getLogger(__name__)
 SERVICES = ("Ingest", "Cameras", "Watchlists", "Matches", "Admin", "Sightings")
@@ -72,30 +66,20 @@ class FaceEngineServer:
             from engine.cluster.runtime import connect
 
             connect(cfg.cluster.address, cfg.cluster.connect_timeout_s)
-        self.metrics = EngineMetrics()
-        # a damaged SQLite file: StoreDamagedError saying what to do
-        self.store = open_store(cfg.store.target(), cfg.store)
+        # store (consistency-checked), models, settings resolved once, gallery, engine, services
+        rt = build_runtime(cfg, analyzer=analyzer, decoders=decoders, repair=True)
+        assert rt.engine is not None
+        self.runtime = rt
+        self.store, self.analyzer, self.gallery, self.metrics = rt.store, rt.analyzer, rt.gallery, rt.metrics
+        self.settings, self.watchlists = rt.settings, rt.watchlists
+        self.engine: VideoEngine = rt.engine
         try:
-            # start-up consistency check (index rebuild first, refusal if still damaged, every change audited)
-            fixed = self.store.repair()
-            if any(fixed.values()):
-                log.warning("store consistency check repaired %s (each change is in the audit log, action "
-                            "store.repair)", fixed)
             self.auth = AuthInterceptor(self.store, cfg.auth, max_metadata_bytes=cfg.limits.max_metadata_bytes)
-            self.analyzer = analyzer or FaceAnalyzer.from_config(cfg)
-            self.gallery = Gallery(self.store, self.analyzer.dim, self.analyzer.model_name, cfg.gallery.index)
-        except sqlite3.DatabaseError as exc:  # pages damaged past the header: same advice, no traceback
-            self.store.close()
-            raise damaged(cfg.store.target(), exc) from exc
         except BaseException:
             self.store.close()
             raise
         self.slots = StreamSlots(cfg.server)
-        self.watchlists = WatchlistService(cfg, self.analyzer, self.gallery, self.store)
-        self.settings = Settings.for_analyzer(cfg, self.analyzer)  # resolved once; cfg stays as written
-        self.settings.log()
-        self.engine: VideoEngine = build_engine(self.settings, self.analyzer, self.gallery, self.store, self.metrics,
-                                                decoders)
+        self.cameras = CameraService(cfg, self.engine, self.store)
         self.sightings: Sightings | None = None
         if cfg.sightings.enabled:  # every track's best shot kept: a policy decision, off by default
             thumbnail = EventRecorder(self.store, self.engine.bus, RecorderSettings.from_config(cfg)).thumbnail
@@ -105,9 +89,10 @@ class FaceEngineServer:
             log.info("sightings on: %d loaded into the search index", self.sightings.load())
         self.retention = RetentionWorker(self.store, cfg.retention,
                                          self.sightings.purge_expired if self.sightings is not None else None)
+        self.relay = EventRelayWorker(self.store, self.engine, cfg.server.event_relay_s)
+        self.store_health = StoreHealthWorker(self.store, cfg.server.health_probe_s, self._store_serving)
         self.running = False
         self._stopped = threading.Event()
-        self._relay_wake = threading.Event()
         self._unsubscribe: Callable[[], None] | None = None
         lim = cfg.limits.max_message_bytes
         self.grpc = grpc.server(
@@ -141,44 +126,23 @@ class FaceEngineServer:
 
     # ---- cameras (engine + persistence + pull threads) -----------------------------------------
     def add_camera(self, camera_id: str, uri: str, options: dict[str, str], persist: bool = True) -> CameraStatus:
-        """Validate (URI policy, options, limits), register, save (persist) and start a camera.
-
-        A new camera that fails validation raises InvalidArgumentError and nothing is saved; a saved
-        one (persist=False, at start-up) is listed in state 'error' with the reason, never started."""
-        try:
-            validate.camera(camera_id, uri, options, self.cfg)
-        except InvalidArgumentError as exc:
-            if persist:
-                raise
-            log.error("camera %s not started: %s", camera_id, exc)
-            return self.engine.add_camera(camera_id, uri, options,
-                                          error=f"{exc}; fix the camera (remove and add it again) or the config")
-        cam = self.engine.add_camera(camera_id, uri, options)
-        if persist:
-            self.store.save_camera(camera_id, cam.uri, cam.options)
-        return cam
+        """See `CameraService.add`."""
+        return self.cameras.add(camera_id, uri, options, persist)
 
     def remove_camera(self, camera_id: str) -> None:
-        self.engine.remove_camera(camera_id)
-        self.store.delete_camera(camera_id)
+        self.cameras.remove(camera_id)
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def start(self) -> FaceEngineServer:
-        for cid, uri, opts in self.store.list_camera_defs():  # cameras survive restarts
-            if not self.engine.has_camera(cid):
-                try:
-                    self.add_camera(cid, uri, opts, persist=False)
-                except Exception as exc:  # noqa: BLE001 - one bad saved camera never stops the server
-                    log.error("saved camera %r not loaded: %s", cid[:128], exc)
+        self.cameras.load_saved()  # cameras survive restarts
         self.engine.start()
         self.running = True
         if self.sightings is not None:
             self.sightings.start()
         self.grpc.start()
         self.retention.start()
-        if self.cfg.server.event_relay_s > 0:
-            threading.Thread(target=self._relay_events, name="event-relay", daemon=True).start()
-        threading.Thread(target=self._watch_storage, name="storage-health", daemon=True).start()
+        self.relay.start()
+        self.store_health.start()
         self._unsubscribe = self.store.subscribe_changes(self._on_store_change)  # PostgreSQL: pushed at once
         if self.cfg.server.metrics_port:
             try:
@@ -193,47 +157,19 @@ class FaceEngineServer:
                  self.cfg.gallery.match_fpir, self.cfg.gallery.watchlist_size)
         return self
 
-    def _relay_events(self) -> None:
-        """Live subscribers of this process also see matches raised by other processes on the same
-        store (several stateless engine processes behind one operator endpoint)."""
-        mark = self.store.event_change_head()  # keyed by the store's change sequence, not by clocks
-        while not self._stopped.is_set() and self.running:
-            self._relay_wake.wait(self.cfg.server.event_relay_s)  # a poll tick, or a store notification
-            self._relay_wake.clear()
-            if self._stopped.is_set() or not self.running:
-                break
-            try:
-                events, mark = self.store.event_changes_since(mark)
-            except Exception:  # store closing or busy: try again next tick
-                log.debug("event relay: store read failed", exc_info=True)
-                continue
-            if events:
-                self.engine.relay(events)
-
     def _set_health(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for s in ("", *[_service_name(n) for n in SERVICES]):
             self.health.set(s, status)
 
-    def _watch_storage(self) -> None:
-        """Health follows the store: NOT_SERVING while it cannot serve (SQLite: writes fail for lack of
-        space, a rolled-back write probe tells when there is room again; PostgreSQL: the server does not
-        answer), SERVING again without a restart once it can; then catch up on what was missed."""
-        serving = True
-        while not self._stopped.wait(self.cfg.server.health_probe_s) and self.running:
-            try:
-                problem = self.store.health()
-            except Exception as exc:  # noqa: BLE001 - store closing or busy: report it, look again
-                problem = str(exc) or type(exc).__name__
-            if serving and problem:
-                log.error("store %s cannot serve, health NOT_SERVING: %s", self.store.url, problem)
-            elif not serving and not problem:
-                log.warning("store %s works again, health SERVING", self.store.url)
-            if serving != (not problem) and self.running:
-                serving = not problem
-                self._set_health(serving)
-                if serving:
-                    self._on_store_change("reconnect")  # changes made meanwhile were not announced
+    def _store_serving(self, serving: bool) -> None:
+        """The store stopped or started serving (`StoreHealthWorker`): health follows; on recovery, catch
+        up on what was missed meanwhile."""
+        if not self.running:
+            return
+        self._set_health(serving)
+        if serving:
+            self._on_store_change("reconnect")  # changes made meanwhile were not announced
 
     def _on_store_change(self, what: str) -> None:
         """A store notification (another process changed the gallery or wrote events): act now
@@ -244,7 +180,7 @@ class FaceEngineServer:
             except Exception:  # the next search or poll catches up
                 log.debug("gallery sync after a store notification failed", exc_info=True)
         if what in ("events", "reconnect"):
-            self._relay_wake.set()
+            self.relay.wake()
 
     def stop(self, grace: float | None = None) -> None:
         """Stop taking calls, finish queued frames, flush events, close the store."""
@@ -258,10 +194,11 @@ class FaceEngineServer:
         self.running = False
         self.grpc.stop(grace).wait()
         self.retention.stop()
+        self.relay.stop()
+        self.store_health.stop()
         self.auth.close()
         if self._unsubscribe is not None:
             self._unsubscribe()
-        self._relay_wake.set()
         self.metrics.close()
         self.store.close()
         self._stopped.set()

@@ -268,21 +268,21 @@ class CamerasServicer(rpc.CamerasServicer):
             if request.uri != "push":
                 raise PermissionDeniedError(f"a gateway token registers push cameras only (uri 'push', no options); "
                                             f"an admin adds {request.uri!r} cameras or options")
-        cam = self.srv.add_camera(request.camera_id, request.uri, dict(request.options))
+        cam = self.srv.cameras.add(request.camera_id, request.uri, dict(request.options))
         return camera_msg(cam)
 
     @unary
     def RemoveCamera(self, request: pb.CameraRequest, context: grpc.ServicerContext) -> pb.Empty:  # noqa: N802
-        self.srv.remove_camera(request.camera_id)
+        self.srv.cameras.remove(request.camera_id)
         return pb.Empty()
 
     @unary
     def GetCamera(self, request: pb.CameraRequest, context: grpc.ServicerContext) -> pb.Camera:  # noqa: N802
-        return camera_msg(self.srv.engine.camera(request.camera_id))
+        return camera_msg(self.srv.cameras.get(request.camera_id))
 
     @unary
     def ListCameras(self, request: pb.ListCamerasRequest, context: grpc.ServicerContext):  # noqa: N802
-        return pb.ListCamerasResponse(cameras=[camera_msg(c) for c in self.srv.engine.cameras()])
+        return pb.ListCamerasResponse(cameras=[camera_msg(c) for c in self.srv.cameras.list()])
 
 
 def camera_msg(c) -> pb.Camera:  # noqa: ANN001

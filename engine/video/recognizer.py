@@ -561,8 +561,8 @@ class Recognizer:
             else:
                 quality = face_quality(frame.image, _scaled(dets, 1 / frame.scale), s.min_face_size / frame.scale)
             if s.tracking and cam.gate is not None:  # each track's quality, for the frames that carry it
-                for k in ended:
-                    cam.quality.pop(k, None)
+                for gone in ended:
+                    cam.quality.pop(gone, None)
                 cam.quality.update((int(k), float(q)) for k, q in zip(track_ids, quality, strict=True) if k >= 0)
             per_frame.append((dets, np.asarray(track_ids, np.int64), quality, ended))
             passes = self.gate.passes(dets, quality)  # tiny or poor faces are tracked but never matched
