@@ -157,17 +157,26 @@ def test_full_frame_pass_finds_person_standing_still(analyzer: FaceAnalyzer, fac
 
 
 def test_interval_rises_under_backlog_and_falls_back(analyzer: FaceAnalyzer) -> None:
-    """Frames taken with a half-full queue behind them raise the camera's detection interval (up to the cap) so
-    it catches up instead of dropping frames; an empty queue brings it back to the configured interval."""
+    """Frames taken with a quarter of the queue behind them raise the camera's detection interval at once (up to
+    the cap) so it catches up instead of dropping frames; a queue that stays empty brings it back, step by step,
+    to the configured interval."""
+    from engine.video.recognizer import CALM_FRAMES
+
     frame = first_frames(VIDEOS / "stage_360p.mp4", 1)[0]
     rec = Recognizer(analyzer, NoGallery(), settings(detect_interval=2, max_detect_interval=5, queue_size=8))
+    rec.detect([Frame("c", 0, 0.0, frame)])
+    rec.detect([Frame("c", 1, 1 / FPS, frame, backlog=2)])
+    assert rec.detect_interval("c") == (4, 4), "a quarter-full queue doubles the interval"
     modes = []
-    for j in range(12):
+    for j in range(2, 14):
         f = Frame("c", j, j / FPS, frame, backlog=6)
         modes.append(isinstance(rec.detect([f])[0], Carried))
     assert rec.detect_interval("c") == (5, 5)
-    assert sum(modes[6:]) >= 4, "at interval 5 most frames are carried"
-    for j in range(12, 20):
+    assert sum(modes[4:]) >= 6, "at interval 5 most frames are carried"
+    for j in range(14, 14 + CALM_FRAMES):
+        rec.detect([Frame("c", j, j / FPS, frame, backlog=0)])
+    assert rec.detect_interval("c") == (4, 5), "one step down after a calm stretch, not at once"
+    for j in range(14 + CALM_FRAMES, 14 + 4 * CALM_FRAMES):
         rec.detect([Frame("c", j, j / FPS, frame, backlog=0)])
     assert rec.detect_interval("c") == (2, 5)
 

@@ -222,6 +222,9 @@ class FrameRecognition:
 
 SCALES = (0.25, 0.375, 0.5, 0.75, 1.0)
 """Region scales a camera's auto scale picks from (few values: few network shapes)."""
+CALM_FRAMES = 12
+"""Frames in a row with an empty queue before a raised detection interval steps down by one (half a second at
+25 fps: an overloaded engine does not oscillate between catching up and falling behind)."""
 SCALE_MIN_FACES = 30
 """Faces a camera must have shown before its region scale follows their sizes."""
 
@@ -247,6 +250,7 @@ class GateState:
     last_time: float = float("-inf")
     sizes: deque[float] = field(default_factory=lambda: deque(maxlen=256))
     peak_interval: int = 1
+    calm: int = 0  # frames in a row taken with an empty queue behind them (the interval falls back after CALM_FRAMES)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def scale(self, pinned: float, floor: float, base: float) -> float:
@@ -404,10 +408,17 @@ class Recognizer:
         assert g is not None
         t = frame.capture_time
         with g.lock:
-            if frame.backlog * 2 >= max(2, s.queue_size):  # overload: detect less often before frames drop
-                g.interval = min(s.max_detect_interval, g.interval + 1)
+            # overload: a quarter of the queue waiting doubles the interval at once (a queue of 8 fills within a
+            # few frames, so a step a frame came too late: frames dropped first); it steps back down after
+            # CALM_FRAMES frames in a row found the queue empty
+            if frame.backlog * 4 >= max(4, s.queue_size):
+                g.interval = min(s.max_detect_interval, max(g.interval + 1, 2 * g.interval))
+                g.calm = 0
             elif frame.backlog == 0 and g.interval > s.detect_interval:
-                g.interval -= 1
+                g.calm += 1
+                if g.calm >= CALM_FRAMES:
+                    g.interval -= 1
+                    g.calm = 0
             g.peak_interval = max(g.peak_interval, g.interval)
             if self.metrics is not None:
                 self.metrics.detect_interval.labels(frame.camera_id).set(g.interval)
