@@ -284,7 +284,9 @@ class PipelineConfig(Section):
         "auto", "Longest wait to fill a detection batch, in milliseconds; auto = from the provider (CPU 0, GPU 5).")
     workers: int = _f(2, "Inference worker threads sharing the model sessions (two keep two cores busy).",
                       ge=1, le=256)
-    tracking: bool = _f(True, "Track faces across frames and recognise each track from its best shots.")
+    tracking: bool = _f(True, "Track faces across frames and recognise each track from its best shots. Off: every "
+                        "frame is detected whole and matched on its own (motion_gating and detect_interval need tracks "
+                        "to carry faces between detections, so they do not apply).")
     track_max_age_s: float = _f(1.0, "A track ends when its face is unseen for this many seconds.", gt=0.0, le=3600.0)
     min_face_size: int = _f(
         28, "Video faces whose shorter box side is below this (pixels) are tracked but never matched (faces of "

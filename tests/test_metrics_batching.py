@@ -31,6 +31,9 @@ def _total(samples: dict, name: str) -> float:
 
 def test_metrics_endpoint_counts_frames_faces_matches_and_errors(cfg: Config, analyzer) -> None:  # noqa: ANN001
     cfg = make_cfg(cfg)
+    # every frame detected whole, so each stage counts each frame (the gated path: tests/test_gating.py)
+    cfg.pipeline.motion_gating = False
+    cfg.pipeline.detect_interval = cfg.pipeline.max_detect_interval = 1
     port = free_port()
     cfg.server.metrics_port = port
     srv = FaceEngineServer(cfg, analyzer=analyzer).start()
@@ -139,6 +142,9 @@ def test_batched_detection_across_cameras_end_to_end(cfg: Config, analyzer, clip
     cfg.server.metrics_port = port
     cfg.pipeline.batch_size = 4
     cfg.pipeline.batch_wait_ms = 100.0
+    # cross-camera batches of whole-frame detections (the gated path: tests/test_gating.py)
+    cfg.pipeline.motion_gating = False
+    cfg.pipeline.detect_interval = cfg.pipeline.max_detect_interval = 1
     cfg.pipeline.queue_size = 2 * N_FRAMES  # the test sends as fast as it can: nothing may be dropped
     reference = [analyzer.detector.detect(decode_image(j)) for j in clip_jpegs]
     assert all(len(r) >= 5 for r in reference)

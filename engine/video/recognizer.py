@@ -142,9 +142,11 @@ class RecognizerSettings:
             identity_switch_similarity=p.identity_switch_similarity,
             match_threshold=t.match,
             max_faces_per_frame=cfg.limits.max_faces_per_frame,
-            motion_gating=p.motion_gating,
-            detect_interval=p.detect_interval,
-            max_detect_interval=max(p.detect_interval, p.max_detect_interval),
+            # gating and the interval lean on tracks to carry faces between detections: without tracking
+            # every frame is detected whole (each frame is its own event)
+            motion_gating=p.motion_gating and p.tracking,
+            detect_interval=p.detect_interval if p.tracking else 1,
+            max_detect_interval=max(p.detect_interval, p.max_detect_interval) if p.tracking else 1,
             full_frame_interval_s=p.full_frame_interval_s,
             motion_width=p.motion_width,
             motion_threshold=p.motion_threshold,
