@@ -238,6 +238,21 @@ def _pct(values: Sequence[float]) -> dict[str, float]:
             "max": round(float(a.max()), 2)}
 
 
+def _write(out_prefix: str, meta: dict[str, Any], cfg: Config, results: list[dict[str, Any]],
+           skipped: list[dict[str, Any]], started: float) -> dict[str, Any]:
+    """Write the summary JSON so far (after every size)."""
+    meta["total_s"] = round(time.time() - started, 1)
+    meta["machine"]["loadavg_at_end"] = loadavg()
+    summary = {"meta": meta, "config": {"partition_hours": cfg.sightings.partition_hours,
+                                        "ivfpq_min": cfg.sightings.ivfpq_min, "pq_m": cfg.sightings.pq_m,
+                                        "nprobe": cfg.sightings.nprobe},
+               "results": results, "skipped": skipped}
+    out = Path(out_prefix).with_suffix(".json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
 def main(argv: Sequence[str] | None = None, analyzer: Any = None, cfg: Config | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="1000000,10000000", help="synthetic sightings per size, comma-separated")
@@ -300,16 +315,10 @@ def main(argv: Sequence[str] | None = None, analyzer: Any = None, cfg: Config | 
             results.append(r)
             print(json.dumps({k: r[k] for k in ("sightings", "insert", "search", "recall")}), file=sys.stderr,
                   flush=True)
+            _write(args.out, meta, cfg, results, skipped, started)  # each size kept even if a bigger one is stopped
             gc.collect()
-    meta["total_s"] = round(time.time() - started, 1)
-    summary = {"meta": meta, "config": {"partition_hours": 1.0, "ivfpq_min": cfg.sightings.ivfpq_min,
-                                        "pq_m": cfg.sightings.pq_m, "nprobe": cfg.sightings.nprobe},
-               "results": results, "skipped": skipped}
-    summary["meta"]["machine"]["loadavg_at_end"] = loadavg()
-    out = Path(args.out).with_suffix(".json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"wrote {out}", file=sys.stderr)
+    summary = _write(args.out, meta, cfg, results, skipped, started)
+    print(f"wrote {Path(args.out).with_suffix('.json')}", file=sys.stderr)
     if args.json:
         print(json.dumps(summary))
     return 0

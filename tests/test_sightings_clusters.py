@@ -5,6 +5,7 @@ one-time visitors stay out, and enrolling a cluster makes the person recognised 
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -12,7 +13,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
+from engine.cli.main import main as cli
 from engine.client import Client, encode_jpeg
 from engine.config import Config
 from engine.service.proto import pb, spb
@@ -44,7 +47,8 @@ def _visit(photo: Path, camera: str, t: float, seq: int) -> Iterator[pb.Frame]:
         yield pb.Frame(camera_id=camera, sequence=seq + k, capture_time=t + 0.1 * k, encoded=encode_jpeg(canvas))
 
 
-def test_returning_unknowns_cluster_by_person_and_a_named_cluster_is_recognised(cfg: Config, analyzer) -> None:  # noqa: ANN001
+def test_returning_unknowns_cluster_by_person_and_a_named_cluster_is_recognised(
+        cfg: Config, analyzer, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
     cfg.server.host, cfg.server.port, cfg.server.metrics_port = "127.0.0.1", 0, 0
     cfg.auth.enabled = False
     cfg.sightings.enabled = True
@@ -94,14 +98,18 @@ def test_returning_unknowns_cluster_by_person_and_a_named_cluster_is_recognised(
             assert biggest.thumbnails and biggest.thumbnails[0][:2] == b"\xff\xd8"
             assert biggest.first_seen < biggest.last_seen
 
-            # name the biggest cluster: enrolled from its best members, its sightings named
+            # the CLI lists the same clusters, and names the biggest: enrolled from its best members
+            assert cli(["sightings", "clusters", "--since", "1h", "--json", "--server", srv.address]) == 0
+            listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+            assert [k["cluster_id"] for k in listed] == [k.cluster_id for k in found.clusters]
             who = majority[0][0]
             c.ensure_watchlist("regulars")
-            enrolled = c.sightings.EnrollCluster(spb.EnrollClusterRequest(
-                sighting_ids=list(biggest.sighting_ids), watchlist="regulars", person_id="regular-1",
-                display_name="Regular visitor", max_templates=3))
-            assert enrolled.person.template_count == min(3, biggest.sightings)
-            assert enrolled.sightings_named == biggest.sightings
+            assert cli(["sightings", "enroll", "--since", "1h", "--watchlist", "regulars", "--person", "regular-1",
+                        "--name", "Regular visitor", "--templates", "3", biggest.cluster_id, "--json",
+                        "--server", srv.address]) == 0
+            enrolled = json.loads(capsys.readouterr().out)
+            assert enrolled["templates"] == min(3, biggest.sightings)
+            assert enrolled["sightings_named"] == biggest.sightings
             assert c.watchlists.GetPersonPhoto(pb.PersonRequest(watchlist="regulars", person_id="regular-1")).jpeg
             again = c.sightings.ListUnknownClusters(spb.ListClustersRequest(since=t0 - 1))
             assert biggest.cluster_id not in {k.cluster_id for k in again.clusters}  # no longer unknown

@@ -65,7 +65,7 @@ class VideoEngine(ABC):
     def camera(self, camera_id: str, live: bool = True) -> CameraStatus:
         """The camera, or NotFoundError with the fix. `live=False` skips `refresh` (the ingest path:
         kind and URI are all it needs; the cluster front end would otherwise ask a worker)."""
-        cam = self.registry.get(camera_id)
+        cam: CameraStatus = self.registry.get(camera_id)
         if live:
             self.refresh([cam])
         return cam
