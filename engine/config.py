@@ -318,7 +318,7 @@ class PipelineConfig(Section):
         "velocity). 1 = every frame; 3 at 25 fps detects 8 times a second (the 1080p bench: 2 saved 1.5x, 3 2x, "
         "the same people found).", ge=1, le=100)
     max_detect_interval: int = _f(
-        8, "Under overload (a quarter of a camera's queue waiting) the detection interval doubles, up to this, "
+        8, "Under overload (half a camera's queue waiting) the detection interval doubles, up to this, "
         "before frames are dropped, and steps back down once the queue stays empty.", ge=1, le=100)
     full_frame_interval_s: float = _f(
         2.0, "With motion_gating, a full-frame detection pass this often per camera (seconds of frame time) finds "

@@ -157,7 +157,7 @@ def test_full_frame_pass_finds_person_standing_still(analyzer: FaceAnalyzer, fac
 
 
 def test_interval_rises_under_backlog_and_falls_back(analyzer: FaceAnalyzer) -> None:
-    """Frames taken with a quarter of the queue behind them raise the camera's detection interval at once (up to
+    """Frames taken with half the queue behind them raise the camera's detection interval at once (up to
     the cap) so it catches up instead of dropping frames; a queue that stays empty brings it back, step by step,
     to the configured interval."""
     from engine.video.recognizer import CALM_FRAMES
@@ -165,18 +165,20 @@ def test_interval_rises_under_backlog_and_falls_back(analyzer: FaceAnalyzer) -> 
     frame = first_frames(VIDEOS / "stage_360p.mp4", 1)[0]
     rec = Recognizer(analyzer, NoGallery(), settings(detect_interval=2, max_detect_interval=5, queue_size=8))
     rec.detect([Frame("c", 0, 0.0, frame)])
-    rec.detect([Frame("c", 1, 1 / FPS, frame, backlog=2)])
-    assert rec.detect_interval("c") == (4, 4), "a quarter-full queue doubles the interval"
+    rec.detect([Frame("c", 1, 1 / FPS, frame, backlog=3)])
+    assert rec.detect_interval("c") == (2, 2), "three waiting in a queue of 8 is no overload"
+    rec.detect([Frame("c", 2, 2 / FPS, frame, backlog=4)])
+    assert rec.detect_interval("c") == (4, 4), "a half-full queue doubles the interval"
     modes = []
-    for j in range(2, 14):
+    for j in range(3, 15):
         f = Frame("c", j, j / FPS, frame, backlog=6)
         modes.append(isinstance(rec.detect([f])[0], Carried))
     assert rec.detect_interval("c") == (5, 5)
     assert sum(modes[4:]) >= 6, "at interval 5 most frames are carried"
-    for j in range(14, 14 + CALM_FRAMES):
+    for j in range(15, 15 + CALM_FRAMES):
         rec.detect([Frame("c", j, j / FPS, frame, backlog=0)])
     assert rec.detect_interval("c") == (4, 5), "one step down after a calm stretch, not at once"
-    for j in range(14 + CALM_FRAMES, 14 + 4 * CALM_FRAMES):
+    for j in range(15 + CALM_FRAMES, 15 + 4 * CALM_FRAMES):
         rec.detect([Frame("c", j, j / FPS, frame, backlog=0)])
     assert rec.detect_interval("c") == (2, 5)
 

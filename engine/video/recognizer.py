@@ -410,10 +410,10 @@ class Recognizer:
         assert g is not None
         t = frame.capture_time
         with g.lock:
-            # overload: a quarter of the queue waiting doubles the interval at once (a queue of 8 fills within a
-            # few frames, so a step a frame came too late: frames dropped first); it steps back down after
+            # overload: half the queue waiting doubles the interval at once (a queue of 8 fills within a few
+            # frames, so a step a frame came too late: frames dropped first); it steps back down after
             # CALM_FRAMES frames in a row found the queue empty
-            if frame.backlog * 4 >= max(4, s.queue_size):
+            if frame.backlog * 2 >= max(2, s.queue_size):
                 g.interval = min(s.max_detect_interval, max(g.interval + 1, 2 * g.interval))
                 g.calm = 0
             elif frame.backlog == 0 and g.interval > s.detect_interval:
