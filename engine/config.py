@@ -272,6 +272,9 @@ class CamerasConfig(Section):
         "URI schemes a pull camera may use (the server connects to any host they name); others are refused.")
     file_roots: list[str] = _f(
         [], "Folders whose video files may be pull cameras (absolute paths; symlinks resolved); empty = no files.")
+    offline_after_s: float = _f(
+        5.0, "Seconds without a frame after which a running push camera is reported 'offline' (its gateway went "
+        "away; faceengine_camera_up = 0); its next frame makes it 'running' again.", gt=0, le=86400)
 
 
 class PipelineConfig(Section):

@@ -4,11 +4,12 @@ so tests and several engines in one process never collide."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 STAGE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
@@ -75,6 +76,12 @@ class EngineMetrics:
             buckets.labels(role, st["model"]).set_function(functools.partial(_session_figure, sessions, role,
                                                                              "buckets"))
 
+    def watch_cameras(self, health: Callable[[], list[tuple[str, bool, float | None]]]) -> None:
+        """Publish, read when scraped, faceengine_camera_up{camera} (1 while frames come, 0 when offline,
+        idle, retrying...) and faceengine_camera_last_frame_age_seconds{camera} (cameras that received a
+        frame). `health()` is e.g. `CameraRegistry.health`. Once per registry."""
+        self.registry.register(_CameraHealth(health))
+
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         """Expose /metrics over HTTP (prometheus-client's own server) until `close()`."""
         self._http, _ = start_http_server(port, addr=addr, registry=self.registry)
@@ -85,6 +92,30 @@ class EngineMetrics:
         if http is not None:
             http.shutdown()
             http.server_close()
+
+
+class _CameraHealth:
+    """Collector of the per-camera health gauges (cameras come and go, so they are built per scrape)."""
+
+    def __init__(self, health: Callable[[], list[tuple[str, bool, float | None]]]) -> None:
+        self.health = health
+
+    def describe(self) -> list[Metric]:
+        return [GaugeMetricFamily("faceengine_camera_up", "", labels=["camera"]),
+                GaugeMetricFamily("faceengine_camera_last_frame_age_seconds", "", labels=["camera"])]
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("faceengine_camera_up", "1 while the camera's frames come (state running), 0 "
+                               "otherwise (offline: a push camera's gateway went away; idle, retrying, ...)",
+                               labels=["camera"])
+        age = GaugeMetricFamily("faceengine_camera_last_frame_age_seconds", "Seconds since the camera's last "
+                                "frame arrived (cameras that received one)", labels=["camera"])
+        for camera, is_up, last in self.health():
+            up.add_metric([camera], 1.0 if is_up else 0.0)
+            if last is not None:
+                age.add_metric([camera], last)
+        yield up
+        yield age
 
 
 def _float_attr(obj: object, name: str) -> float:

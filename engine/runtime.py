@@ -29,13 +29,17 @@ def build_engine(settings: Settings, analyzer: FaceAnalyzer, gallery: Gallery, s
     if cfg.cluster.address:  # cameras served by Ray worker actors; this process is a front end
         from engine.cluster.frontend import ClusterEngine
 
-        return ClusterEngine(cfg, metrics)
+        cluster = ClusterEngine(cfg, metrics)
+        metrics.watch_cameras(cluster.registry.health)
+        return cluster
     from engine.video.pipeline import Engine
 
     decoders = decoders or build_decoders(cfg.decode, cfg.runtime.device_id)
     metrics.watch_decoders(decoders)
     metrics.watch_sessions(analyzer.session_stats)
-    return Engine(cfg, analyzer, gallery, store, metrics, decoders, settings)
+    local = Engine(cfg, analyzer, gallery, store, metrics, decoders, settings)
+    metrics.watch_cameras(local.registry.health)
+    return local
 
 
 

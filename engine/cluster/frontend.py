@@ -79,7 +79,7 @@ class ClusterEngine(VideoEngine):
         self.bus = EventBus()
         self.publisher = PublishOnce(self.bus)
         self.published: OrderedDict[str, float] = self.publisher.published
-        self.registry: CameraRegistry[ClusterCamera] = CameraRegistry(ClusterCamera)
+        self.registry: CameraRegistry[ClusterCamera] = CameraRegistry(ClusterCamera, cfg.cameras.offline_after_s)
         self._cams = self.registry.by_id
         self._cv = self.registry.cv
         self._given = workers

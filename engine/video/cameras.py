@@ -19,6 +19,8 @@ from typing import Any, Generic, TypeVar
 
 from engine.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
 
+DEFAULT_OFFLINE_AFTER_S = 5.0
+"""Seconds without a frame after which a running push camera is reported offline (config: cameras.offline_after_s)."""
 RATE_WINDOW_S = 5.0
 """Window of the cameras' fps figures: long enough to be steady at a few fps, short enough to follow changes."""
 MAX_CAMERA_ID_CHARS = 128
@@ -31,6 +33,7 @@ class CameraPhase(StrEnum):
     IDLE = "idle"  # a push camera waiting for its first frame
     CONNECTING = "connecting"  # a pull camera opening its stream
     RUNNING = "running"  # frames are being processed
+    OFFLINE = "offline"  # a push camera whose frames stopped coming (its gateway went away)
     RETRYING = "retrying"  # a pull camera's stream failed; reopened with backoff
     ENDED = "ended"  # a non-looping file camera reached its end
     STOPPED = "stopped"  # removed or shut down
@@ -77,6 +80,7 @@ class CameraStatus:
     last_error: str = ""
     reconnects: int = 0
     last_frame_time: float = 0.0
+    last_arrival: float = 0.0  # time.monotonic() of the last frame received (0: none yet)
     busy: bool = False  # a worker holds frames of this camera
     fps_in: RateMeter = field(default_factory=RateMeter)
     fps_out: RateMeter = field(default_factory=RateMeter)
@@ -110,8 +114,10 @@ class CameraRegistry(Generic[C]):
     """Cameras by id in registration order, their bounded queues and counters, under one condition
     variable (`cv`) that the engine's dispatching threads also wait on."""
 
-    def __init__(self, make: Callable[[str, str, str, dict[str, str]], C]) -> None:
+    def __init__(self, make: Callable[[str, str, str, dict[str, str]], C],
+                 offline_after_s: float = DEFAULT_OFFLINE_AFTER_S) -> None:
         self.make = make
+        self.offline_after_s = offline_after_s  # a running push camera without frames this long is OFFLINE
         self.cv = threading.Condition()
         self.by_id: dict[str, C] = {}
         self.order: deque[str] = deque()  # round-robin order of the dispatchers
@@ -182,12 +188,36 @@ class CameraRegistry(Generic[C]):
         with self.cv:
             cam.frames_in += 1
             cam.fps_in.tick()
+            cam.last_arrival = time.monotonic()
+            if cam.state is CameraPhase.OFFLINE:  # its gateway is back
+                cam.set_state(CameraPhase.RUNNING, "")
             if len(cam.queue) >= max(1, queue_size):
                 dropped = cam.queue.popleft()
                 cam.frames_dropped += 1
             cam.queue.append(item)
             self.cv.notify_all()
         return dropped
+
+    def check_health(self, now: float | None = None) -> None:
+        """Mark running push cameras that received no frame for `offline_after_s` OFFLINE (read paths call
+        this: ListCameras, GetCamera, a metrics scrape); the next frame makes them RUNNING again."""
+        now = time.monotonic() if now is None else now
+        with self.cv:
+            cams = list(self.by_id.values())
+        for cam in cams:
+            age = now - cam.last_arrival
+            if cam.kind == "push" and cam.state is CameraPhase.RUNNING and cam.last_arrival and \
+                    age > self.offline_after_s:
+                cam.set_state(CameraPhase.OFFLINE, f"no frames for {age:.0f} s (more than "
+                              f"{self.offline_after_s:g} s): is its gateway or stream client running?")
+
+    def health(self) -> list[tuple[str, bool, float | None]]:
+        """(camera id, up, seconds since its last frame or None) per camera, after `check_health`:
+        up = RUNNING (frames are coming)."""
+        self.check_health()
+        now = time.monotonic()
+        return [(c.camera_id, c.state is CameraPhase.RUNNING, now - c.last_arrival if c.last_arrival else None)
+                for c in self.all()]
 
     def queued(self) -> int:
         """Frames waiting in every camera's queue."""

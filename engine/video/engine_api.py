@@ -68,6 +68,7 @@ class VideoEngine(ABC):
         cam: CameraStatus = self.registry.get(camera_id)
         if live:
             self.refresh([cam])
+            self.registry.check_health()
         return cam
 
     def cameras(self, live: bool = True) -> list[CameraStatus]:
@@ -75,6 +76,7 @@ class VideoEngine(ABC):
         cams = self.registry.all()
         if live:
             self.refresh(cams)
+            self.registry.check_health()
         return cams
 
     def find_camera(self, camera_id: str) -> CameraStatus | None:

@@ -67,6 +67,7 @@ class Engine(VideoEngine):
         self.scheduler = Scheduler(SchedulerSettings(p.queue_size, b.batch_size, b.batch_wait_ms, p.workers),
                                    self.recognizer, self.recorder, self.metrics)
         self.registry = self.scheduler.registry
+        self.registry.offline_after_s = cfg.cameras.offline_after_s
         self.sources: dict[str, PullSource] = {}
 
     # ---- cameras ---------------------------------------------------------------------------------
