@@ -90,12 +90,14 @@ class Client:
                 raise
 
     def enroll(self, watchlist: str, person_id: str, images: list[bytes], name: str = "",
-               metadata: dict[str, str] | None = None, replace: bool = False, strict: bool = False) -> pb.Person:
+               metadata: dict[str, str] | None = None, replace: bool = False, strict: bool = False,
+               add_to_existing: bool = False) -> pb.Person:
         """Enrol from photos; the reply's `notes` say when the dominant one of several faces was taken
         (comparable faces are refused, naming their boxes; strict=True refuses any second face)."""
         return self.watchlists.EnrollPerson(pb.EnrollPersonRequest(
             watchlist=watchlist, person_id=person_id, display_name=name, metadata=metadata or {},
-            images=[pb.Image(encoded=b) for b in images], replace=replace, strict=strict), metadata=self.metadata)
+            images=[pb.Image(encoded=b) for b in images], replace=replace, strict=strict,
+            add_to_existing=add_to_existing), metadata=self.metadata)
 
     def stream(self, frames: Iterator[pb.Frame]) -> Iterator[pb.FrameResult]:
         return self.ingest.StreamFrames(frames, metadata=self.metadata)

@@ -48,6 +48,13 @@ class AlreadyExistsError(FaceEngineError):
     grpc_code = "ALREADY_EXISTS"
 
 
+class FailedPreconditionError(FaceEngineError):
+    """The request is valid but conflicts with what is stored (e.g. a photo under an existing person id that
+    does not look like that person): the message says how to proceed."""
+
+    grpc_code = "FAILED_PRECONDITION"
+
+
 class ResourceExhaustedError(FaceEngineError):
     """The engine is overloaded or a size limit was exceeded."""
 

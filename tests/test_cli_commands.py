@@ -185,3 +185,22 @@ def test_long_commands_show_one_progress_style_only_on_a_terminal_or_when_asked(
     from engine.cli.progress import progress_shown
 
     assert not progress_shown(Namespace(progress=True, quiet=True))  # --quiet wins
+
+
+def test_enroll_command_refuses_another_face_and_duplicates_under_a_taken_id(server: ServeProcess,
+                                                                            env: dict[str, str]) -> None:
+    """The CLI gets the engine's rule: another person's photo under an id is refused with the way out,
+    `--add-to-existing` adds it on purpose, and the same photo twice is a duplicate, not a second template."""
+    def enroll(*args: str):  # noqa: ANN202
+        return cli("enroll", "--server", server.address, "--watchlist", "cli-taken", "--create", "--person",
+                   "obama", *args, env=env)
+
+    assert enroll("--name", "Barack Obama", str(IMAGES / "obama.jpg")).returncode == 0
+    out = enroll(str(IMAGES / "biden.jpg"))
+    assert out.returncode == 1 and "FAILED_PRECONDITION" in out.stderr and "--add-to-existing" in out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
+    out = enroll(str(IMAGES / "obama.jpg"))
+    assert out.returncode == 1 and "ALREADY_EXISTS" in out.stderr, out.stderr
+    assert enroll("--add-to-existing", str(IMAGES / "biden.jpg")).returncode == 0
+    out = cli("watchlists", "persons", "cli-taken", "--server", server.address, env=env)
+    assert out.stdout.splitlines() == ["obama\tBarack Obama\t2 templates"], out.stdout

@@ -427,3 +427,37 @@ def test_enrolment_picks_the_dominant_face_as_the_api_does(stack: Stack) -> None
         assert [p.person_id for p in stack.srv.store.list_persons("ids")] == ["subject"]
     finally:
         c.close()
+
+
+def test_enrolling_another_face_under_a_taken_id_asks_first(stack: Stack) -> None:
+    """A different person's photo under an existing id is not merged: the page keeps the input, shows the
+    enrolled person's photo and asks; 'Add to the existing person' adds it on purpose; a duplicate is refused."""
+    import html
+
+    c, csrf = sign_in(stack.url, stack.tokens["admin"])
+    try:
+        c.post("/watchlists/create", data={"csrf": csrf, "name": "taken"})
+        obama, biden = (IMAGES / "obama.jpg").read_bytes(), (IMAGES / "biden.jpg").read_bytes()
+        form = {"csrf": csrf, "watchlist": "taken", "person_id": "obama", "step": "enrol"}
+        r = c.post("/persons/enrol", data={**form, "display_name": "Barack Obama"},
+                   files={"photo": ("o.jpg", obama, "image/jpeg")})
+        assert r.status_code == 303
+        r = c.post("/persons/enrol", data={**form, "display_name": "Joe Biden"},
+                   files={"photo": ("b.jpg", biden, "image/jpeg")})
+        text = html.unescape(r.text)
+        assert r.status_code == 409 and "does not look like" in text and 'id="add-to-existing"' in text
+        assert 'value="Joe Biden"' in text and "/photo?w=taken&amp;p=obama" in r.text  # input kept, their photo
+        image = re.search(r'name="image_b64" value="([^"]+)"', r.text).group(1)
+        assert stack.srv.store.get_person("taken", "obama").template_count == 1
+        r = c.post("/persons/enrol", data={"csrf": csrf, "watchlist": "taken", "person_id": "biden",
+                                           "display_name": "Joe Biden", "image_b64": image, "step": "enrol"})
+        assert r.status_code == 303  # chose another id
+        r = c.post("/persons/enrol", data={**form, "image_b64": image, "add_to_existing": "1"})
+        assert r.status_code == 303  # added to the existing person on purpose
+        assert stack.srv.store.get_person("taken", "obama").template_count == 2
+        r = c.post("/persons/enrol", data=form, files={"photo": ("o.jpg", obama, "image/jpeg")})
+        assert r.status_code == 409 and "already enrolled" in html.unescape(r.text)
+        assert 'id="add-to-existing"' not in r.text
+        assert stack.srv.store.get_person("taken", "obama").template_count == 2
+    finally:
+        c.close()

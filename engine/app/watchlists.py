@@ -10,11 +10,16 @@ import cv2
 import numpy as np
 
 from engine.config import Config
-from engine.errors import InvalidArgumentError
+from engine.errors import AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError
+from engine.gallery.calibration import effective_threshold
 from engine.gallery.gallery import Gallery
 from engine.service import validate
 from engine.store.base import GalleryStore, Person, Watchlist
 from engine.vision.analyzer import FaceAnalyzer
+
+DUPLICATE_SIMILARITY = 0.95
+"""Cosine similarity at or above which a new photo counts as one already enrolled (the same photo, or a
+re-encoded or resized copy of it): refused rather than stored as a second, identical template."""
 
 ImageSource = tuple[str, Callable[[], np.ndarray]]
 """(what the image is called in messages, how to decode it): decoded only after the cheap checks pass."""
@@ -59,11 +64,15 @@ class WatchlistService:
 
     def enroll(self, watchlist: str, person_id: str, images: Sequence[ImageSource], display_name: str = "",
                metadata: Mapping[str, str] | None = None, *, strict: bool = False, replace: bool = False,
-               on_note: Callable[[str], None] | None = None) -> Enrolment:
+               add_to_existing: bool = False, on_note: Callable[[str], None] | None = None) -> Enrolment:
         """Enrol a person from one or more images: counts, ids, names and metadata checked and the watchlist
         looked up before any model runs; each image must show one dominant face (`strict`: exactly one).
         The first image's face is kept as the person's photo when the person is new or replaced. `on_note`
-        hears each image's note as it is made (the CLI prints them even when a later image is refused)."""
+        hears each image's note as it is made (the CLI prints them even when a later image is refused).
+        Under an existing person id (unless `replace`): a photo that does not look like that person (below the
+        match threshold) is refused unless `add_to_existing`, a photo already enrolled (near-identical
+        embedding) is refused as a duplicate, and a different display name is refused unless `add_to_existing`
+        (then it renames); see `_check_existing`."""
         lim = self.cfg.limits
         metadata = dict(metadata or {})
         if not images:
@@ -84,11 +93,58 @@ class WatchlistService:
                     on_note(note)
             if i == 0:
                 photo = face_crop_jpeg(image, det.boxes[0])
+        existing = None if replace else self._existing(watchlist, person_id)
+        if existing is not None:
+            display_name = self._check_existing(existing, [what for what, _ in images], np.stack(embs),
+                                                display_name, add_to_existing)
+        else:
+            self._check_duplicates(person_id, [what for what, _ in images], np.stack(embs),
+                                   np.empty((0, len(embs[0])), np.float32))
         person = self.gallery.enroll(watchlist, person_id, np.stack(embs), display_name or person_id, metadata,
                                      replace=replace)
         if photo and (replace or person.template_count == len(embs)):  # new or replaced: newest photo
             self.store.set_person_photo(watchlist, person_id, photo)
         return Enrolment(person, notes, len(embs))
+
+    def _existing(self, watchlist: str, person_id: str) -> Person | None:
+        try:
+            return self.gallery.get_person(watchlist, person_id)
+        except NotFoundError:
+            return None
+
+    def _check_existing(self, person: Person, names: list[str], embs: np.ndarray, display_name: str,
+                        add_to_existing: bool) -> str:
+        """The one rule for adding photos to an enrolled person (gRPC, CLI and console alike); returns the
+        display name to store (the existing one unless the caller renames explicitly)."""
+        who = f"person {person.person_id!r} ({person.display_name}) in watchlist {person.watchlist!r}"
+        how = ("choose another person id for a different person, or add it anyway with add_to_existing "
+               "(CLI --add-to-existing, console 'Add to the existing person')")
+        known = self.gallery.person_vectors(person.watchlist, person.person_id)
+        self._check_duplicates(person.person_id, names, embs, known)
+        if len(known) and not add_to_existing:
+            threshold = effective_threshold(self.cfg, self.analyzer.embedder.spec)[0]
+            best = (embs @ known.T).max(axis=1)
+            for what, score in zip(names, best.tolist(), strict=True):
+                if score < threshold:
+                    raise FailedPreconditionError(
+                        f"{what} does not look like {who}: similarity {score:.2f} to their photos is below the "
+                        f"match threshold {threshold:.2f}; {how}")
+        if display_name and display_name != person.display_name and not add_to_existing:
+            raise FailedPreconditionError(f"{who} is already enrolled under another name; {how} (that also renames "
+                                          f"them to {display_name!r})")
+        return display_name if add_to_existing and display_name else person.display_name
+
+    @staticmethod
+    def _check_duplicates(person_id: str, names: list[str], embs: np.ndarray, known: np.ndarray) -> None:
+        """Refuse a photo already enrolled for the person, or given twice in this request."""
+        seen = known
+        for what, e in zip(names, embs, strict=True):
+            if len(seen) and float((seen @ e).max()) >= DUPLICATE_SIMILARITY:
+                raise AlreadyExistsError(f"{what} is already enrolled for person {person_id!r} (the same photo or "
+                                         f"a copy of it: similarity {float((seen @ e).max()):.2f}); nothing was "
+                                         "added. Enrol a different photo of them, or replace their photos "
+                                         "with replace")
+            seen = np.vstack([seen, e[None, :]])
 
 
 __all__ = ["Enrolment", "ImageSource", "WatchlistService", "face_crop_jpeg"]

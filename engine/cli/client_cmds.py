@@ -49,6 +49,9 @@ def register(sub: Any, lazy: Callable[[str, str], Callable[[argparse.Namespace],
     e.add_argument("--name", default="", help="display name")
     e.add_argument("--meta", action="append", help="metadata key=value (repeatable)")
     e.add_argument("--replace", action="store_true", help="replace existing templates")
+    e.add_argument("--add-to-existing", action="store_true",
+                   help="under an existing person id: add a photo that does not look like them (below the match "
+                   "threshold) and rename them to --name (refused without it)")
     e.add_argument("--create", action="store_true", help="create the watchlist if missing")
     e.add_argument("--strict", action="store_true", help="refuse photos with several faces (default: the dominant one)")
     e.add_argument("images", nargs="+")
@@ -269,7 +272,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
             c.ensure_watchlist(args.watchlist)
         meta = dict(kv.split("=", 1) for kv in args.meta or [] if "=" in kv)
         p = c.enroll(args.watchlist, args.person, [_read(i) for i in args.images], args.name, meta, args.replace,
-                     args.strict)
+                     args.strict, args.add_to_existing)
         for note in p.notes:
             print(f"note: {note}", file=sys.stderr)
         if args.json:

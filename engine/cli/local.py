@@ -109,7 +109,8 @@ def cmd_enroll_local(args: argparse.Namespace) -> int:
             service.create_watchlist(args.watchlist)
         try:
             done = service.enroll(args.watchlist, args.person, images, args.name or "", meta, strict=args.strict,
-                                  replace=args.replace, on_note=lambda text: print(f"note: {text}", file=sys.stderr))
+                                  replace=args.replace, add_to_existing=args.add_to_existing,
+                                  on_note=lambda text: print(f"note: {text}", file=sys.stderr))
         except NotFoundError as exc:
             if args.create:
                 raise

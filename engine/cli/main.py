@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--name", help="display name")
     e.add_argument("--meta", action="append", help="metadata key=value (repeatable)")
     e.add_argument("--replace", action="store_true", help="replace the person's existing templates")
+    e.add_argument("--add-to-existing", action="store_true",
+                   help="under an existing person id: add a photo that does not look like them (below the match "
+                   "threshold) and rename them to --name (refused without it)")
     e.add_argument("--strict", action="store_true", help="refuse images with several faces (default: the dominant one)")
     e.add_argument("--json", action="store_true")
     e.add_argument("images", nargs="+", help="one or more images; of several faces the dominant one is enrolled")

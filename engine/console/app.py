@@ -583,6 +583,7 @@ def create_app(settings: ConsoleSettings) -> Starlette:
                                                   metadata=sess.metadata, timeout=15)
         extra.setdefault("preview", None)
         extra.setdefault("form", {})
+        extra.setdefault("conflict", None)
         return render(request, "persons.html", status, watchlist=name, persons=list(wl.persons),
                       next_page=wl.next_page_token, **extra)
 
@@ -612,9 +613,17 @@ def create_app(settings: ConsoleSettings) -> Starlette:
             return await persons_page(request, name, sess, form=fields,
                                       preview={"crop": b64(res.crop), "problem": res.problem,
                                                "faces": len(res.faces), "image": b64(data)})
-        person = await stubs().watchlists.EnrollPerson(pb.EnrollPersonRequest(
-            watchlist=name, person_id=fields["person_id"].strip(), display_name=fields["display_name"].strip(),
-            images=[pb.Image(encoded=data)]), metadata=sess.metadata, timeout=60)
+        add = form.get("add_to_existing") == "1"
+        try:
+            person = await stubs().watchlists.EnrollPerson(pb.EnrollPersonRequest(
+                watchlist=name, person_id=fields["person_id"].strip(), display_name=fields["display_name"].strip(),
+                images=[pb.Image(encoded=data)], add_to_existing=add), metadata=sess.metadata, timeout=60)
+        except grpc.aio.AioRpcError as exc:  # the id is taken: ask (their photo beside) or say it is a duplicate
+            if exc.code() not in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS):
+                raise
+            conflict = {"person_id": fields["person_id"].strip(), "image": b64(data),
+                        "ask": exc.code() == grpc.StatusCode.FAILED_PRECONDITION}
+            return await persons_page(request, name, sess, 409, form=fields, error=exc.details(), conflict=conflict)
         return RedirectResponse(f"/persons?{_qs(name=name, done=f'enrolled {person.person_id}')}", 303)
 
     async def person_remove(request: Request) -> Response:

@@ -327,6 +327,16 @@ class VectorIndex:
         with self._lock:
             return self._sorted_ids.copy()
 
+    def vectors(self, ids: Any) -> np.ndarray:  # noqa: ANN401 - ids: array-like of int64
+        """The stored vectors of the `ids` present (absent ids are skipped), one row each."""
+        want = self._check_ids(ids)
+        with self._lock:
+            want = want[self._present(want)]
+            if len(want) == 0:
+                return np.empty((0, self.dim), dtype=np.float32)
+            vecs = self._store.reconstruct_batch(np.ascontiguousarray(want))
+            return np.asarray(vecs, np.float32).reshape(-1, self.dim)
+
     def held(self) -> dict[str, int]:
         """Vectors the faiss structures hold: "store" (the exact copy) and "ann" (the approximate index, once
         built): a removal must reach them, not only hide the ids (checked by tests and diagnostics)."""

@@ -180,6 +180,14 @@ class Gallery:
             self._note_own_change()
             return len(ids)
 
+    def person_vectors(self, watchlist: str, person_id: str) -> np.ndarray:
+        """The person's enrolled template vectors (n x dim; none when not enrolled), after catching up with
+        other writers: what enrolment compares a new photo with."""
+        self.sync()
+        with self._lock:
+            ids = sorted(self._by_person.get((watchlist, person_id), ()))
+            return self.index.vectors(np.asarray(ids, np.int64))
+
     def get_person(self, watchlist: str, person_id: str) -> Person:
         return self.store.get_person(watchlist, person_id)
 

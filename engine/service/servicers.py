@@ -317,8 +317,10 @@ class WatchlistsServicer(rpc.WatchlistsServicer):
         images = [(f"image {i + 1} of {n}", lambda img=img, what=f"image {i + 1} of {n}":
                    image_from_proto(img, srv.cfg.limits, what)) for i, img in enumerate(request.images)]
         done = srv.watchlists.enroll(request.watchlist, request.person_id, images, request.display_name,
-                                     dict(request.metadata), strict=request.strict, replace=request.replace)
-        add_audit_detail(f"images={done.images} replace={str(request.replace).lower()}")
+                                     dict(request.metadata), strict=request.strict, replace=request.replace,
+                                     add_to_existing=request.add_to_existing)
+        add_audit_detail(f"images={done.images} replace={str(request.replace).lower()}"
+                         + (" add_to_existing=true" if request.add_to_existing else ""))
         msg = person_msg(done.person)
         msg.notes.extend(done.notes)
         return msg
