@@ -150,9 +150,11 @@ class FaceEngineServer:
             except OSError as exc:
                 log.warning("metrics endpoint not started on port %s: %s", self.cfg.server.metrics_port, exc)
         self._set_health(True)
-        log.info("faceengine serving on %s (detector=%s, embedder=%s, provider=%s, %s, gallery=%d templates, "
-                 "match threshold %.4f for FPIR %g at %d people)",
-                 self.address, self.analyzer.detector.name, self.analyzer.embedder.name,
+        host = self.cfg.server.host
+        listening = "all addresses" if host in ("", "0.0.0.0", "::", "[::]") else host
+        log.info("faceengine serving on %s, clients dial %s (detector=%s, embedder=%s, provider=%s, %s, "
+                 "gallery=%d templates, match threshold %.4f for FPIR %g at %d people)",
+                 listening, self.address, self.analyzer.detector.name, self.analyzer.embedder.name,
                  self.analyzer.provider, self.engine.describe(), len(self.gallery), self.settings.match_threshold,
                  self.cfg.gallery.match_fpir, self.cfg.gallery.watchlist_size)
         return self
